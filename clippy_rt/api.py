@@ -1,0 +1,73 @@
+"""``clippy_rt.load``: one entry point for every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from .engine import Engine, TorchEngine, resolve_device, resolve_precision
+from .errors import BackendUnavailableError, InputError, ModelDirError
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def load(path: Union[str, Path], backend: str = "torch", device: str = "cpu",
+         precision: str = "fp32") -> Engine:
+    """Load a model directory (torch), an ONNX directory (onnxruntime) or an engine
+    directory (tensorrt) and return an ``Engine``.
+
+    ``path`` may also be ``"demo"``: the small model shipped with the package.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = _resolve_path(path)
+    if backend == "torch":
+        return _load_torch(path, device, precision)
+    if backend == "onnxruntime":
+        try:
+            from .backends.onnxruntime import load_onnxruntime
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend 'onnxruntime' needs the onnxruntime package ({exc}); "
+                "install it with: pip install 'clippy-rt[onnx]'") from exc
+        return load_onnxruntime(path, device=device, precision=precision)
+    from .backends.tensorrt import load_tensorrt
+    return load_tensorrt(path, device=device, precision=precision)
+
+
+def _resolve_path(path: Union[str, Path]) -> Path:
+    if str(path) == "demo":
+        from .demo import demo_model_dir
+        return demo_model_dir()
+    if not isinstance(path, (str, Path)):
+        raise InputError(f"path must be a str or Path, got {type(path).__name__}")
+    return Path(path)
+
+
+def _load_torch(path: Path, device: str, precision: str) -> TorchEngine:
+    from .model_dir import load_model
+    from .tokenizer import Tokenizer
+
+    if (path / "manifest.json").is_file() and not (path / "weights.safetensors").is_file():
+        raise ModelDirError(f"{path} is an ONNX directory; load it with backend='onnxruntime'")
+    if (path / "engine.json").is_file() and not (path / "weights.safetensors").is_file():
+        raise ModelDirError(f"{path} is a TensorRT engine directory; load it with backend='tensorrt'")
+    resolved_device = resolve_device(device)
+    resolve_precision(precision)
+    model, info = load_model(path)
+    tokenizer = load_tokenizer(info.tokenizer, info.config)
+    return TorchEngine(model, info.config, tokenizer, resolved_device, precision, path)
+
+
+def load_tokenizer(tokenizer_path: Path, config):
+    """The tokenizer for ``config``'s text tower, checked against its vocabulary."""
+    from .errors import ConfigError
+    from .tokenizer import Tokenizer
+
+    text = config.text
+    tokenizer = Tokenizer.from_file(tokenizer_path, max_length=text.max_length, pad_id=text.pad_id,
+                                    eos_id=text.eos_id, unk_id=text.unk_id)
+    if tokenizer.vocab_size > text.vocab_size:
+        raise ConfigError(f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} pieces but the text "
+                          f"tower's embedding holds {text.vocab_size}")
+    return tokenizer

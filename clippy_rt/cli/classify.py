@@ -1,0 +1,50 @@
+"""Zero-shot classification of images against free-text labels.
+
+Labels are separated by commas, synonyms of one label by '|'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_arguments, print_json, progress, random_warning, size_arg
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--labels", required=True, help='labels, e.g. "cat,dog,car|automobile"')
+    parser.add_argument("--template", default=None,
+                        help='prompt template, e.g. "a photo of {article} {}" (default: labels verbatim)')
+    parser.add_argument("--top-k", type=int, default=5, help="how many labels to report (default: 5)")
+    parser.add_argument("--size", type=size_arg, default=None, help="model input size (default: the model's)")
+    parser.add_argument("--resize", default="crop", choices=["squash", "crop", "letterbox"],
+                        help="how images are fitted to the input size (default: crop)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args) -> int:
+    import sys
+
+    import clippy_rt
+    from clippy_rt.images import load_image
+    from clippy_rt.prompts import parse_cli_prompts
+
+    label_set = parse_cli_prompts(args.labels)
+    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    warning = random_warning(engine)
+    if warning:
+        print(warning, file=sys.stderr)
+    images = [load_image(Path(p)) for p in args.images]
+    results = []
+    for path, image in progress(list(zip(args.images, images)), "classify", enabled=not args.json):
+        top = engine.classify(image, label_set, top_k=args.top_k, template=args.template, size=args.size,
+                              resize=args.resize)
+        results.append({"image": str(path), "top": [{"label": l, "probability": p} for l, p in top]})
+    if args.json:
+        print_json({"model": str(args.model), "random_weights": engine.random_weights, "images": results})
+    else:
+        for item in results:
+            shown = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in item["top"])
+            print(f"{item['image']}: {shown}")
+    return 0

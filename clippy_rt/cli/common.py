@@ -1,0 +1,87 @@
+"""Helpers shared by the subcommands: argument types, progress display, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Iterable, Iterator, List, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def int_list(text: str) -> List[int]:
+    """``"224,448"`` -> [224, 448]."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def str_list(text: str) -> List[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return values
+
+
+def size_arg(text: str):
+    """``"448"`` -> 448; ``"320x480"`` -> (320, 480) (height x width)."""
+    try:
+        if "x" in text:
+            height, width = (int(v) for v in text.lower().split("x"))
+            if height <= 0 or width <= 0:
+                raise ValueError
+            return (height, width)
+        value = int(text)
+        if value <= 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HxW with positive integers, got {text!r}") from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = None) -> None:
+    parser.add_argument("model", help=model_help or "model directory (or ONNX / engine directory, or 'demo')")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
+                        help="inference backend (default: torch)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                        help="compute precision (default: fp32)")
+
+
+def progress(items: Sequence[T], label: str, *, stream=None, enabled: bool = True) -> Iterator[T]:
+    """Yield ``items`` while drawing a progress bar on stderr (a line per item when not a TTY)."""
+    stream = stream or sys.stderr
+    total = len(items)
+    if not enabled or total <= 1:
+        yield from items
+        return
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    start = time.perf_counter()
+    for index, item in enumerate(items, 1):
+        yield item
+        elapsed = time.perf_counter() - start
+        if tty:
+            filled = int(30 * index / total)
+            stream.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {index}/{total} {elapsed:.1f}s")
+            if index == total:
+                stream.write("\n")
+        else:
+            stream.write(f"{label}: {index}/{total} ({elapsed:.1f}s)\n")
+        stream.flush()
+
+
+def print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def random_warning(engine) -> Optional[str]:
+    if getattr(engine, "random_weights", False):
+        return "warning: this model has RANDOM weights; its outputs carry no meaning"
+    return None

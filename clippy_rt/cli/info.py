@@ -1,0 +1,68 @@
+"""Describe a model, ONNX or engine directory: config, parameter counts, files, random or not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import print_json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("path", type=Path, help="model directory (or ONNX / engine directory, or 'demo')")
+    parser.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def run(args) -> int:
+    from clippy_rt.api import _resolve_path
+    from clippy_rt.errors import ModelDirError
+
+    path = _resolve_path(args.path)
+    if not path.is_dir():
+        raise ModelDirError(f"not a directory: {path}")
+    files = {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()}
+    info = {"path": str(path), "files": files}
+    if (path / "weights.safetensors").is_file():
+        from clippy_rt.model_dir import load_model
+
+        model, md = load_model(path)
+        info["kind"] = "model"
+        info["config"] = md.config.to_dict()
+        info["random_weights"] = md.config.random_weights
+        info["parameters"] = {
+            "image": sum(p.numel() for p in model.visual.parameters()),
+            "text": sum(p.numel() for p in model.text.parameters()),
+            "total": sum(p.numel() for p in model.parameters()),
+        }
+        info["tokenizer"] = md.tokenizer.name
+    elif (path / "manifest.json").is_file() or (path / "engine.json").is_file():
+        sidecar = "engine.json" if (path / "engine.json").is_file() else "manifest.json"
+        info["kind"] = "tensorrt" if sidecar == "engine.json" else "onnx"
+        try:
+            info["manifest"] = json.loads((path / sidecar).read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelDirError(f"{path / sidecar} is not valid JSON: {exc}") from None
+        info["random_weights"] = bool(info["manifest"].get("config", {}).get("random_weights", False))
+    else:
+        raise ModelDirError(f"{path} is not a model, ONNX or engine directory")
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"{info['kind']} directory {path}")
+    if info.get("random_weights"):
+        print("weights: RANDOM (not trained)")
+    if "config" in info:
+        cfg = info["config"]
+        img, txt = cfg["image"], cfg["text"]
+        print(f"arch: {cfg['arch']}  source: {cfg['source'] or '-'}")
+        print(f"image tower: ViT patch {img['patch_size']}, width {img['width']}, depth {img['depth']}, "
+              f"heads {img['heads']}, pooling {img['pooling']} (class token {'in' if img['pool_include_cls'] else 'out'}), "
+              f"input {img['image_size']}")
+        print(f"text tower: T5 d_model {txt['d_model']}, depth {txt['depth']}, heads {txt['heads']}, "
+              f"ffn {txt['ffn']}, vocab {txt['vocab_size']}, max length {txt['max_length']}, "
+              f"projection {'yes' if txt['projection'] else 'no'}")
+        params = info["parameters"]
+        print(f"parameters: image {params['image']:,}  text {params['text']:,}  total {params['total']:,}")
+    for name, size in files.items():
+        print(f"  {name}  {size:,} bytes")
+    return 0

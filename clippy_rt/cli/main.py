@@ -1,0 +1,85 @@
+"""clippy-rt: open-vocabulary segmentation and classification with CLIPpy.
+
+Run `clippy-rt COMMAND --help` for a command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# Subcommand name -> module in this package; each module's docstring is its help, and it
+# defines add_arguments(parser) and run(args) -> int. Modules are imported only when used.
+COMMANDS = {
+    "segment": "segment",
+    "classify": "classify",
+    "info": "info",
+    "convert": "convert",
+    "random-init": "random_init",
+    "export": "export",
+    "build": "build",
+    "bench": "bench",
+    "eval": "eval",
+}
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"clippy_rt.cli.{COMMANDS[name]}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("clippy_rt.cli."):
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clippy-rt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = _load(name)
+        if module is None:
+            continue
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else name
+        command = sub.add_parser(name, help=summary, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show full tracebacks on errors")
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def _version() -> str:
+    from clippy_rt import __version__
+    return f"clippy-rt {__version__}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from clippy_rt.errors import ClippyError
+
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("clippy-rt: interrupted", file=sys.stderr)
+        return 130
+    except (ClippyError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"clippy-rt {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Segment images with free-text prompts; write label and overlay PNGs.
+
+For each IMAGE writes <stem>.labels.png (palette PNG, pixel value = class index) and
+<stem>.overlay.png (colour overlay with a legend) into --out. Classes are separated by
+commas; synonyms of one class by '|': --prompts "background|sky|wall,cat,dog".
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from .common import add_model_arguments, print_json, progress, random_warning, size_arg
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--prompts", required=True, help='classes, e.g. "background|sky,cat,dog"')
+    parser.add_argument("--template", default=None,
+                        help='prompt template, e.g. "a photo of {article} {}" (default: prompts verbatim)')
+    parser.add_argument("--size", type=size_arg, default=None,
+                        help="model input size, S or HxW, multiples of the patch size (default: the model's)")
+    parser.add_argument("--resize", default="squash", choices=["squash", "crop", "letterbox"],
+                        help="how images are fitted to the input size (default: squash)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory for the PNGs")
+    parser.add_argument("--json", action="store_true",
+                        help="print per image the pixel fraction of each class and the timings")
+
+
+def run(args) -> int:
+    import sys
+
+    import clippy_rt
+    from clippy_rt.errors import InputError
+    from clippy_rt.images import load_image
+    from clippy_rt.prompts import parse_cli_prompts
+    from clippy_rt.visualize import overlay, save_label_png
+
+    prompt_set = parse_cli_prompts(args.prompts)
+    paths = [Path(p) for p in args.images]
+    stems = [p.stem for p in paths]
+    if args.out is not None and len(set(stems)) != len(stems):
+        raise InputError("two images share a file name stem; their outputs would overwrite each other")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} exists and is not a directory")
+    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    warning = random_warning(engine)
+    if warning:
+        print(warning, file=sys.stderr)
+    # Read every image before writing anything, so a bad file fails the run up front.
+    images = [load_image(p) for p in paths]
+
+    staging = None
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".clippy-rt-", dir=args.out.parent))
+    report = []
+    try:
+        for path, image in progress(list(zip(paths, images)), "segment", enabled=not args.json):
+            result = engine.segment(image, prompt_set, size=args.size, template=args.template,
+                                    resize=args.resize)
+            if staging is not None:
+                shown = image
+                if result.crop_box is not None:
+                    top, left, height, width = result.crop_box
+                    shown = image.crop((left, top, left + width, top + height))
+                save_label_png(result.labels, staging / f"{path.stem}.labels.png", len(result.prompts))
+                overlay(shown, result.labels, list(result.prompts)).save(staging / f"{path.stem}.overlay.png")
+            report.append({
+                "image": str(path),
+                "size": [int(result.labels.shape[0]), int(result.labels.shape[1])],
+                "fractions": result.fractions(),
+                "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
+            })
+        if staging is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for produced in sorted(staging.iterdir()):
+                produced.replace(args.out / produced.name)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    if args.json:
+        print_json({"model": str(args.model), "backend": engine.backend, "random_weights": engine.random_weights,
+                    "classes": list(prompt_set.classes), "images": report})
+    else:
+        for item in report:
+            top = sorted(item["fractions"].items(), key=lambda kv: -kv[1])[:3]
+            shown = ", ".join(f"{name} {100 * frac:.1f}%" for name, frac in top)
+            print(f"{item['image']}: {shown}")
+        if args.out is not None:
+            print(f"wrote {2 * len(report)} files to {args.out}")
+    return 0

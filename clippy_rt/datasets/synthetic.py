@@ -1,0 +1,671 @@
+"""Procedurally generated scenes with captions and pixel-exact label maps.
+
+Each scene shows 1 to 4 flat-coloured shapes over a textured background. The
+caption names every object's colour and shape and the background kind, in one of
+a dozen phrasings; it is the only supervision a model trained on these scenes
+sees. The label map (0 = background, 1 + ``SHAPES.index(shape)`` for a shape) is
+kept for evaluation and is never derived from the caption or vice versa.
+
+Everything is a function of an integer seed, so a scene can be regenerated
+anywhere from its seed alone.
+
+Seed policy. Training draws seeds from ``[TRAIN_SEED_BASE, EVAL_SEED_BASE)`` and
+held-out evaluation from ``[EVAL_SEED_BASE, ...)``; :class:`SyntheticScenes`
+refuses a seed range that straddles ``EVAL_SEED_BASE``, so a training set and an
+evaluation set built through it can never share a scene. The image of seed ``s``
+comes from ``SeedSequence(s, spawn_key=(1,))`` and its default caption from
+``SeedSequence(s, spawn_key=(2,))``: two independent streams, so drawing another
+caption for the same image (``caption_seed``) never changes the image.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from clippy_rt.errors import InputError
+
+__all__ = [
+    "BACKGROUNDS",
+    "BACKGROUND_PHRASES",
+    "COLOURS",
+    "EVAL_SEED_BASE",
+    "SHAPES",
+    "TRAIN_SEED_BASE",
+    "Scene",
+    "SyntheticScenes",
+    "class_names",
+    "eval_prompts",
+    "generate_scene",
+    "parse_spec",
+]
+
+# --------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+
+# Saturated colours on purpose: every background below is muted, so an object
+# never blends into the background, yet colour says nothing about the shape class.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 20, 30),
+    "orange": (255, 130, 0),
+    "yellow": (250, 230, 30),
+    "green": (20, 180, 40),
+    "cyan": (0, 205, 215),
+    "blue": (25, 60, 230),
+    "purple": (140, 30, 180),
+    "pink": (255, 105, 180),
+}
+
+BACKGROUNDS: tuple[str, ...] = ("grass", "gradient", "noise", "stripes", "sky")
+
+# Every phrase contains a word that names its kind, so a caption always names it.
+BACKGROUND_PHRASES: dict[str, tuple[str, ...]] = {
+    "grass": ("grass", "a grassy background", "a patch of grass", "a grass background"),
+    "gradient": ("a gradient", "a gradient background", "a smooth gradient", "a colour gradient"),
+    "noise": ("noise", "a noisy background", "random noise", "a noise background"),
+    "stripes": ("stripes", "a striped background", "a pattern of stripes", "a stripy background"),
+    "sky": ("the sky", "a sky background", "a cloudy sky", "clouds in the sky"),
+}
+
+# The one prompt per background kind used at evaluation (the background class's
+# logit is the max over these).
+_BACKGROUND_PROMPTS: dict[str, str] = {
+    "grass": "a grassy background",
+    "gradient": "a gradient background",
+    "noise": "a noisy background",
+    "stripes": "a striped background",
+    "sky": "a sky background",
+}
+
+# Colours too close to a background's own colours to stay visible on it.
+_EXCLUDED_COLOURS: dict[str, frozenset[str]] = {
+    "grass": frozenset({"green"}),
+}
+
+TRAIN_SEED_BASE = 0
+EVAL_SEED_BASE = 10**9
+
+_IMAGE_STREAM = 1
+_CAPTION_STREAM = 2
+
+MAX_OBJECTS = 4
+# Object size: the diameter of its bounding circle, as a fraction of the image side.
+_MIN_DIAMETER = 0.22
+_MAX_DIAMETER = 0.5
+# Centres may lie near the border, so objects can be cut by the frame.
+_CENTRE_MARGIN = 0.05
+# An object must keep this fraction of its full (unclipped, unoccluded) area
+# visible, and at least _MIN_VISIBLE_PIXELS_FRACTION of the image, otherwise its
+# placement is redrawn: the caption names it, so it has to be seen.
+_MIN_VISIBLE_FRACTION = 0.4
+_MIN_VISIBLE_PIXELS_FRACTION = 0.004
+_PLACEMENT_TRIES = 30
+
+# Muted tones for gradients and stripes: far from every entry of COLOURS.
+_MUTED_TONES = np.array(
+    [
+        (200, 190, 160),
+        (150, 150, 150),
+        (110, 120, 135),
+        (140, 110, 80),
+        (180, 160, 120),
+        (130, 135, 110),
+        (160, 150, 170),
+        (110, 140, 140),
+        (85, 85, 90),
+        (190, 190, 195),
+    ],
+    dtype=np.float32,
+)
+
+
+# --------------------------------------------------------------------------------------
+# Shapes: boolean masks from rotated, radius-normalised coordinates
+# --------------------------------------------------------------------------------------
+# u, v are float32 arrays: the pixel-centre offsets from the object's centre, rotated
+# into the object's frame and divided by its radius, so each shape fits roughly in the
+# unit disc.
+
+
+def _circle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * u + v * v <= 1.0
+
+
+def _square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # Half-side 0.75: corners reach 1.06, close to the disc, and the area is near the
+    # circle's, so neither class dominates pixel counts.
+    return np.maximum(np.abs(u), np.abs(v)) <= 0.75
+
+
+_TRIANGLE_CIRCUMRADIUS = 1.15
+# Outward normals of an equilateral triangle with a vertex at angle pi/2.
+_TRIANGLE_NORMALS = np.array(
+    [[math.cos(a), math.sin(a)] for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)],
+    dtype=np.float32,
+)
+
+
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # Inside iff the projection on every edge normal is at most the inradius (R / 2).
+    proj = np.maximum.reduce([u * n[0] + v * n[1] for n in _TRIANGLE_NORMALS])
+    return proj <= _TRIANGLE_CIRCUMRADIUS / 2
+
+
+_STAR_POINTS = 5
+_STAR_OUTER = 1.1
+_STAR_INNER = 0.45
+
+
+def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # Fold the angle into the half-sector [0, pi/5] between an outer vertex A (on the
+    # x axis) and the next inner vertex B; the star is then the triangle (0, A, B).
+    sector = 2 * math.pi / _STAR_POINTS
+    rho = np.sqrt(u * u + v * v)
+    phi = np.mod(np.arctan2(v, u), sector)
+    phi = np.minimum(phi, sector - phi)
+    px, py = rho * np.cos(phi), rho * np.sin(phi)
+    ax, ay = _STAR_OUTER, 0.0
+    bx, by = _STAR_INNER * math.cos(sector / 2), _STAR_INNER * math.sin(sector / 2)
+    # Same side of line AB as the origin: cross(B - A, P - A) >= 0.
+    return (bx - ax) * (py - ay) - (by - ay) * (px - ax) >= 0.0
+
+
+_CROSS_HALF_WIDTH = 0.32
+
+
+def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    au, av = np.abs(u), np.abs(v)
+    return ((au <= _CROSS_HALF_WIDTH) & (av <= 1.0)) | ((av <= _CROSS_HALF_WIDTH) & (au <= 1.0))
+
+
+_RING_INNER = 0.55
+
+
+def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r2 = u * u + v * v
+    return (r2 <= 1.0) & (r2 >= _RING_INNER * _RING_INNER)
+
+
+_SHAPE_MASKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "circle": _circle,
+    "square": _square,
+    "triangle": _triangle,
+    "star": _star,
+    "cross": _cross,
+    "ring": _ring,
+}
+
+# Every shape lies inside this radius (in units of the object radius); bounds the
+# pixel window a mask is evaluated on.
+_SHAPE_EXTENT = 1.2
+
+
+def _unit_areas(resolution: int = 600) -> dict[str, float]:
+    """Area of each shape in units of radius^2, by counting on a fine grid."""
+    step = 2 * _SHAPE_EXTENT / resolution
+    axis = (np.arange(resolution, dtype=np.float32) + 0.5) * step - _SHAPE_EXTENT
+    u, v = np.meshgrid(axis, axis)
+    return {name: float(fn(u, v).sum()) * step * step for name, fn in _SHAPE_MASKS.items()}
+
+
+_UNIT_AREAS = _unit_areas()
+
+
+# --------------------------------------------------------------------------------------
+# Backgrounds: float32 [H, W, 3] in 0..255
+# --------------------------------------------------------------------------------------
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells_y: int, cells_x: int) -> np.ndarray:
+    """Uniform noise on a (cells_y, cells_x) grid, bilinearly resized to [size, size]."""
+    coarse = rng.random((max(cells_y, 2), max(cells_x, 2)), dtype=np.float32)
+    return np.asarray(
+        Image.fromarray(coarse).resize((size, size), Image.BILINEAR), dtype=np.float32
+    )
+
+
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x), each float32 [size, size]."""
+    axis = np.arange(size, dtype=np.float32) + 0.5
+    return np.meshgrid(axis, axis, indexing="ij")
+
+
+def _two_tones(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    first, second = rng.choice(len(_MUTED_TONES), size=2, replace=False)
+    jitter = rng.uniform(-12, 12, size=(2, 3)).astype(np.float32)
+    return _MUTED_TONES[first] + jitter[0], _MUTED_TONES[second] + jitter[1]
+
+
+def _grass(rng: np.random.Generator, size: int) -> np.ndarray:
+    # Noise stretched vertically (few rows, many columns) reads as blades of grass.
+    blades = _smooth_noise(rng, size, size // 8, size // 2)
+    patches = _smooth_noise(rng, size, 3, 3)
+    t = np.clip(0.65 * blades + 0.35 * patches, 0.0, 1.0)[..., None]
+    dark = np.array([35, 80, 25], dtype=np.float32)
+    light = np.array([105, 150, 55], dtype=np.float32)
+    fine = rng.normal(0.0, 6.0, size=(size, size, 1)).astype(np.float32)
+    return dark + t * (light - dark) + fine
+
+
+def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
+    start, end = _two_tones(rng)
+    angle = rng.uniform(0.0, 2 * math.pi)
+    y, x = _pixel_grid(size)
+    proj = x * math.cos(angle) + y * math.sin(angle)
+    t = (proj - proj.min()) / max(float(proj.max() - proj.min()), 1e-6)
+    return start + t[..., None] * (end - start)
+
+
+def _noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    grey = rng.uniform(70.0, 190.0, size=(size, size, 1)).astype(np.float32)
+    tint = rng.uniform(-15.0, 15.0, size=(size, size, 3)).astype(np.float32)
+    return grey + tint
+
+
+def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
+    first, second = _two_tones(rng)
+    period = size * rng.uniform(0.08, 0.2)
+    angle = rng.uniform(0.0, math.pi)
+    phase = rng.uniform(0.0, 1.0)
+    y, x = _pixel_grid(size)
+    proj = (x * math.cos(angle) + y * math.sin(angle)) / period + phase
+    band = (np.mod(proj, 1.0) < 0.5)[..., None]
+    return np.where(band, first, second)
+
+
+def _sky(rng: np.random.Generator, size: int) -> np.ndarray:
+    y, _ = _pixel_grid(size)
+    top = np.array([80, 140, 215], dtype=np.float32)
+    horizon = np.array([175, 210, 240], dtype=np.float32)
+    t = (y / size)[..., None]
+    base = top + t * (horizon - top)
+    # Two octaves: the coarse one alone gives blocky, box-like clouds.
+    clouds = 0.65 * _smooth_noise(rng, size, 4, 6) + 0.35 * _smooth_noise(rng, size, 9, 13)
+    cover = rng.uniform(0.4, 0.6)
+    alpha = np.clip((clouds - cover) * 4.0, 0.0, 0.85)[..., None]
+    white = np.array([240, 242, 248], dtype=np.float32)
+    return base + alpha * (white - base)
+
+
+_BACKGROUND_PAINTERS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "grass": _grass,
+    "gradient": _gradient,
+    "noise": _noise,
+    "stripes": _stripes,
+    "sky": _sky,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Scenes
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """One generated scene.
+
+    Attributes:
+        image: uint8 [H, W, 3] RGB, read-only.
+        labels: uint8 [H, W], read-only: 0 where the background shows, else
+            1 + ``SHAPES.index(shape)`` of the object visible there (later objects
+            occlude earlier ones). Every labelled pixel has exactly its object's
+            ``COLOURS`` value in ``image``.
+        caption: names every object's colour and shape and the background kind.
+        objects: ``(shape, colour)`` per object, in drawing order (back to front).
+        background: a key of ``BACKGROUND_PHRASES``.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    caption: str
+    objects: tuple[tuple[str, str], ...]
+    background: str
+
+
+def _check_seed(seed: object, name: str) -> int:
+    if isinstance(seed, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}") from None
+    if value < 0:
+        raise InputError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size must be an int, got {type(size).__name__}")
+    if size < 16:
+        raise InputError(f"size must be >= 16 pixels, got {size}")
+    return int(size)
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
+
+
+def _object_mask(
+    shape: str, centre_y: float, centre_x: float, radius: float, angle: float, size: int
+) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Mask of one object on the in-frame window around it.
+
+    Returns (mask bool [h, w], (rows, cols)) with ``mask`` covering
+    ``image[rows, cols]``; the window may be empty when the object lies outside.
+    """
+    reach = radius * _SHAPE_EXTENT
+    y0, y1 = max(int(math.floor(centre_y - reach)), 0), min(int(math.ceil(centre_y + reach)), size)
+    x0, x1 = max(int(math.floor(centre_x - reach)), 0), min(int(math.ceil(centre_x + reach)), size)
+    y0, x0 = min(y0, y1), min(x0, x1)
+    dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - centre_y)[:, None]
+    dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - centre_x)[None, :]
+    cos_a, sin_a = math.cos(angle) / radius, math.sin(angle) / radius
+    u = dx * cos_a + dy * sin_a
+    v = dy * cos_a - dx * sin_a
+    return _SHAPE_MASKS[shape](u, v), (slice(y0, y1), slice(x0, x1))
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where one object was drawn: centre and radius in pixels, angle in radians."""
+
+    shape: str
+    colour: str
+    centre_y: float
+    centre_x: float
+    radius: float
+    angle: float
+
+
+def _place_objects(
+    rng: np.random.Generator, size: int, background: str
+) -> tuple[list[_Placement], np.ndarray]:
+    """Draws 1..MAX_OBJECTS objects; returns their placements and the owner map.
+
+    The owner map is int8 [size, size]: -1 for background, else the index of the
+    object visible at that pixel.
+    """
+    count = int(rng.integers(1, MAX_OBJECTS + 1))
+    excluded = _EXCLUDED_COLOURS.get(background, frozenset())
+    colours = [name for name in COLOURS if name not in excluded]
+    min_pixels = _MIN_VISIBLE_PIXELS_FRACTION * size * size
+    owner = np.full((size, size), -1, dtype=np.int8)
+    objects: list[_Placement] = []
+    needed: list[float] = []
+    for index in range(count):
+        placed = False
+        for attempt in range(_PLACEMENT_TRIES):
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            colour = colours[int(rng.integers(len(colours)))]
+            radius = 0.5 * size * rng.uniform(_MIN_DIAMETER, _MAX_DIAMETER)
+            centre_y, centre_x = size * rng.uniform(_CENTRE_MARGIN, 1.0 - _CENTRE_MARGIN, size=2)
+            angle = rng.uniform(0.0, 2 * math.pi)
+            if index == 0 and attempt == _PLACEMENT_TRIES - 1:
+                # A scene needs one object; centred, it is whole and alone.
+                centre_y = centre_x = size / 2
+            mask, window = _object_mask(shape, centre_y, centre_x, radius, angle, size)
+            candidate = owner.copy()
+            candidate[window][mask] = index
+            visible = np.bincount(candidate.ravel() + 1, minlength=index + 2)[1:]
+            required = needed + [max(_MIN_VISIBLE_FRACTION * _UNIT_AREAS[shape] * radius**2, min_pixels)]
+            if np.all(visible >= np.asarray(required)):
+                owner, placed = candidate, True
+                objects.append(_Placement(shape, colour, float(centre_y), float(centre_x), radius, angle))
+                needed = required
+                break
+        if not placed:
+            # Rare (crowded scene): keep the objects placed so far rather than one
+            # that would be hidden or hide another.
+            break
+    return objects, owner
+
+
+def _render(
+    rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray, list[_Placement], str]:
+    """Returns (image uint8 [size, size, 3], labels uint8 [size, size], placements, background)."""
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    canvas = _BACKGROUND_PAINTERS[background](rng, size)
+    objects, owner = _place_objects(rng, size, background)
+    # Lookup tables indexed by owner + 1 (0 = background).
+    label_lut = np.array([0] + [SHAPES.index(o.shape) + 1 for o in objects], dtype=np.uint8)
+    colour_lut = np.array([(0, 0, 0)] + [COLOURS[o.colour] for o in objects], dtype=np.uint8)
+    slot = owner.astype(np.intp) + 1
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    covered = slot > 0
+    image[covered] = colour_lut[slot[covered]]
+    labels = label_lut[slot]
+    return image, labels, objects, background
+
+
+# --------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------
+
+_COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _plural(noun: str) -> str:
+    return noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
+
+
+def _join(phrases: list[str], rng: np.random.Generator) -> str:
+    if len(phrases) == 1:
+        return phrases[0]
+    last = " and " if rng.random() < 0.7 else ", "
+    return ", ".join(phrases[:-1]) + last + phrases[-1]
+
+
+# Fields: {objects} the objects joined as a list, {listing} the objects separated by
+# commas, {bg} a background phrase, {count} the number of objects in words,
+# {noun} "shape"/"shapes", {be} "is"/"are" agreeing with the first object phrase.
+_CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{objects} on {bg}",
+    "a photo of {objects} on {bg}",
+    "{objects} over {bg}",
+    "{count} {noun}: {listing}, over {bg}",
+    "an image of {objects} in front of {bg}",
+    "{bg} with {objects}",
+    "there {be} {objects} on {bg}",
+    "{objects} against {bg}",
+    "a picture showing {objects} on {bg}",
+    "{objects} drawn on {bg}",
+    "on {bg}: {listing}",
+    "a drawing of {objects} with {bg} behind",
+    "a rendering of {objects} placed on {bg}",
+)
+
+
+def _caption(objects: tuple[tuple[str, str], ...], background: str, rng: np.random.Generator) -> str:
+    counts: dict[tuple[str, str], int] = {}
+    for obj in objects:
+        counts[obj] = counts.get(obj, 0) + 1
+    groups = list(counts.items())
+    order = rng.permutation(len(groups))
+    phrases = []
+    for i in order:
+        (shape, colour), n = groups[i]
+        if n == 1:
+            phrases.append(f"{_article(colour)} {colour} {shape}")
+        else:
+            phrases.append(f"{_COUNT_WORDS[n]} {colour} {_plural(shape)}")
+    phrase_options = BACKGROUND_PHRASES[background]
+    template = _CAPTION_TEMPLATES[int(rng.integers(len(_CAPTION_TEMPLATES)))]
+    first_is_plural = counts[groups[order[0]][0]] > 1
+    return template.format(
+        objects=_join(phrases, rng),
+        listing=", ".join(phrases),
+        bg=phrase_options[int(rng.integers(len(phrase_options)))],
+        count=_COUNT_WORDS[len(objects)],
+        noun="shape" if len(objects) == 1 else "shapes",
+        be="are" if first_is_plural else "is",
+    )
+
+
+def generate_scene(seed: int, size: int = 64, *, caption_seed: int | None = None) -> Scene:
+    """Generates the scene of ``seed`` at ``size`` x ``size`` pixels.
+
+    The same (seed, size) always gives the same image, labels and objects; the
+    caption comes from ``caption_seed`` (default: ``seed``) through an independent
+    stream, so several phrasings of one image are ``caption_seed = 0, 1, ...``.
+    Object placement is drawn in units of ``size``, so a scene looks the same at
+    every size except for rare placements redrawn because of pixel counts.
+
+    Raises:
+        TypeError: seed, caption_seed or size is not an int.
+        InputError: a negative seed, or size < 16.
+    """
+    seed = _check_seed(seed, "seed")
+    caption_seed = seed if caption_seed is None else _check_seed(caption_seed, "caption_seed")
+    size = _check_size(size)
+    image, labels, placements, background = _render(_rng(seed, _IMAGE_STREAM), size)
+    objects = tuple((p.shape, p.colour) for p in placements)
+    caption = _caption(objects, background, _rng(caption_seed, _CAPTION_STREAM))
+    image.setflags(write=False)
+    labels.setflags(write=False)
+    return Scene(image=image, labels=labels, caption=caption, objects=objects, background=background)
+
+
+class SyntheticScenes(Sequence):
+    """The scenes of seeds ``seed, seed + 1, ..., seed + n - 1``, generated on access.
+
+    The range must lie entirely below ``EVAL_SEED_BASE`` (a training set) or
+    entirely at or above it (an evaluation set), so that the two never overlap.
+    """
+
+    def __init__(self, n: int, seed: int = EVAL_SEED_BASE, size: int = 64) -> None:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"n must be an int, got {type(n).__name__}")
+        if n < 1:
+            raise InputError(f"n must be >= 1, got {n}")
+        seed = _check_seed(seed, "seed")
+        size = _check_size(size)
+        if seed < EVAL_SEED_BASE < seed + n:
+            raise InputError(
+                f"seeds [{seed}, {seed + n}) straddle EVAL_SEED_BASE = {EVAL_SEED_BASE}: a set "
+                "must be all training seeds or all evaluation seeds"
+            )
+        self._n = int(n)
+        self._seed = seed
+        self._size = size
+
+    @property
+    def seeds(self) -> range:
+        return range(self._seed, self._seed + self._n)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def split(self) -> str:
+        """The seed range's side of EVAL_SEED_BASE: "train" below it, "eval" at or above."""
+        return "eval" if self._seed >= EVAL_SEED_BASE else "train"
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> Scene:  # type: ignore[override]
+        if isinstance(index, slice):
+            raise TypeError("SyntheticScenes does not support slicing; index one scene at a time")
+        i = operator.index(index)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"scene index {index} out of range for {self._n} scenes")
+        return generate_scene(self._seed + i, self._size)
+
+    def __repr__(self) -> str:
+        return f"SyntheticScenes(n={self._n}, seed={self._seed}, size={self._size})"
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation vocabulary and CLI spec
+# --------------------------------------------------------------------------------------
+
+
+def class_names() -> list[str]:
+    """Label index -> class name: ``["background", *SHAPES]``."""
+    return ["background", *SHAPES]
+
+
+def eval_prompts(shape_templates: Sequence[str] = ("{article} {shape}",)) -> dict[str, list[str]]:
+    """Prompts per class, in label order: ``{class: [prompts]}``.
+
+    A class's logit is the max over its prompts. The background has one prompt per
+    background kind ("a grassy background", ...), because captions name the kind and
+    never say "background" alone. Each shape gets one prompt per template; a template
+    may use ``{shape}`` and ``{article}`` ("a"/"an" for the shape word).
+
+    Raises:
+        InputError: no templates, or a template without ``{shape}`` or with other fields.
+    """
+    if isinstance(shape_templates, str) or len(shape_templates) == 0:
+        raise InputError("shape_templates must be a non-empty sequence of strings")
+    prompts: dict[str, list[str]] = {"background": [_BACKGROUND_PROMPTS[b] for b in BACKGROUNDS]}
+    for shape in SHAPES:
+        shape_prompts = []
+        for template in shape_templates:
+            if "{shape}" not in template:
+                raise InputError(f"shape template {template!r} has no {{shape}} field")
+            try:
+                shape_prompts.append(template.format(shape=shape, article=_article(shape)))
+            except (KeyError, IndexError, ValueError) as err:
+                raise InputError(
+                    f"shape template {template!r} is invalid (allowed fields: shape, article): {err}"
+                ) from None
+        prompts[shape] = shape_prompts
+    return prompts
+
+
+DEFAULT_SPEC_N = 500
+
+
+def _is_decimal(text: str) -> bool:
+    # str.isdigit alone accepts non-ASCII digits such as "²" that int() rejects.
+    return text.isascii() and text.isdigit()
+
+
+def parse_spec(spec: str) -> tuple[int, int]:
+    """Parses ``synthetic``, ``synthetic:N`` or ``synthetic:N:SEED`` into ``(n, seed)``.
+
+    Defaults: n = 500, seed = EVAL_SEED_BASE (held-out scenes).
+
+    Raises:
+        InputError: another prefix, a non-integer or non-positive N, a negative SEED.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a str, got {type(spec).__name__}")
+    parts = spec.strip().split(":")
+    if parts[0] != "synthetic" or len(parts) > 3:
+        raise InputError(f"expected 'synthetic', 'synthetic:N' or 'synthetic:N:SEED', got {spec!r}")
+    n, seed = DEFAULT_SPEC_N, EVAL_SEED_BASE
+    if len(parts) >= 2:
+        if not _is_decimal(parts[1]) or int(parts[1]) < 1:
+            raise InputError(f"N in {spec!r} must be a positive integer, got {parts[1]!r}")
+        n = int(parts[1])
+    if len(parts) == 3:
+        if not _is_decimal(parts[2]):
+            raise InputError(f"SEED in {spec!r} must be a non-negative integer, got {parts[2]!r}")
+        seed = int(parts[2])
+        if seed < EVAL_SEED_BASE < seed + n:
+            raise InputError(
+                f"seeds [{seed}, {seed + n}) straddle EVAL_SEED_BASE = {EVAL_SEED_BASE}: use a "
+                "range entirely below or entirely at/above it"
+            )
+    return n, seed

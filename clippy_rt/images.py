@@ -1,0 +1,346 @@
+"""Host-side image pre-processing: decode anything image-like to RGB, resize, normalise.
+
+Pipeline for one image of H0 x W0 pixels and a model input of H x W (multiples of the patch
+size):
+
+    RGB uint8 -> resize (PIL bicubic) -> x / 255 -> (x - mean) / std -> float32 [3, H, W]
+
+Three ways to fit the input frame (``mode``):
+
+- ``squash``: resize to H x W, ignoring the aspect ratio; labels at the original size.
+- ``crop``: the reference evaluation protocol. Scale so the image covers H x W (for a
+  square input: shorter side to H), centre crop H x W. Labels cover the crop only:
+  ``crop_box`` says where it lies in the original and ``out_size`` is its size there.
+- ``letterbox``: scale so the image fits inside H x W keeping its aspect ratio, centre it,
+  pad with the mean colour (zero after normalisation). ``window`` is the unpadded region
+  in normalised coordinates of the input frame; labels at the original size.
+
+Decoding follows PIL's own conversions except where they lose data: 16-bit grayscale is
+scaled to 8 bits (v -> round(v / 257)) instead of clipped at 255, palette images go through
+RGBA. Alpha is dropped, not composited: the colour stored under a transparent pixel is what
+the model sees (as with PIL's ``convert("RGB")`` and OpenCV's BGRA -> RGB). EXIF orientation
+is not applied, as in the reference pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+MODES = ("squash", "crop", "letterbox")
+
+ImageSource = Union[Image.Image, np.ndarray, str, os.PathLike]
+Size = Union[int, Tuple[int, int]]
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """One image ready for the model, and where its labels belong.
+
+    pixels:        float32 [3, H, W], normalised.
+    original_size: (H0, W0) of the decoded image.
+    out_size:      (height, width) the label map should have: the original size, or in
+                   ``crop`` mode the size of the crop in original pixels.
+    window:        (y0, x0, y1, x1) in [0, 1], the part of the input frame the labels cover
+                   (``letterbox`` with padding); None for the whole frame.
+    crop_box:      (top, left, height, width) of the crop in original pixels (``crop``
+                   mode); None otherwise.
+    """
+
+    pixels: torch.Tensor
+    original_size: Tuple[int, int]
+    out_size: Tuple[int, int]
+    window: Optional[Tuple[float, float, float, float]] = None
+    crop_box: Optional[Tuple[int, int, int, int]] = None
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+
+
+def load_image(source: ImageSource, *, bgr: bool = False) -> Image.Image:
+    """Decode ``source`` into a new RGB PIL image.
+
+    ``source``: a PIL image (any mode), a file path, or a uint8 numpy array of shape
+    [H, W] (grayscale), [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA). ``bgr=True`` reads
+    3- and 4-channel arrays as BGR / BGRA (OpenCV frames); it has no effect on PIL images
+    and files, which carry their own channel order.
+
+    Raises ``InputError`` for a missing, unreadable, corrupt or truncated file (naming it)
+    and for an array of the wrong shape; ``TypeError`` for an unsupported type or dtype.
+    """
+    if isinstance(source, Image.Image):
+        name = getattr(source, "filename", "") or "the PIL image"
+        try:
+            # Image.open is lazy: force decoding so a truncated file fails here.
+            source.load()
+        except Exception as exc:
+            raise InputError(f"cannot decode {name}: {_reason(exc)}") from None
+        return _to_rgb(source, name)
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, bgr)
+    if isinstance(source, (str, os.PathLike)):
+        return _read_file(Path(source))
+    if isinstance(source, torch.Tensor):
+        raise TypeError("load_image takes a PIL image, a uint8 numpy array or a path, got a "
+                        "torch.Tensor; pass normalised float tensors through as_pixel_batch")
+    raise TypeError(f"expected a PIL image, a uint8 numpy array or a path, got "
+                    f"{type(source).__name__}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_file(path: Path) -> Image.Image:
+    if not path.exists():
+        raise InputError(f"image file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"image path is a directory, not a file: {path}")
+    try:
+        opened = Image.open(path)
+    except OSError as exc:
+        reason = exc.strerror if exc.strerror else _reason(exc)
+        raise InputError(f"cannot read image file {path}: {reason}") from None
+    except Exception as exc:
+        raise InputError(f"cannot read image file {path}: {_reason(exc)}") from None
+    try:
+        try:
+            # Decoding errors of PIL's plugins are of many types (OSError for truncation,
+            # SyntaxError, EOFError, ValueError, struct.error, zlib.error, ...).
+            opened.load()
+        except Exception as exc:
+            raise InputError(f"cannot decode image file {path}: {_reason(exc)}") from None
+        return _to_rgb(opened, str(path))
+    finally:
+        opened.close()
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # 'I' is how PIL opens 16-bit grayscale files: read it as 0..65535 as well, clipping
+        # what lies outside. PIL's own I -> L conversion clips at 255 instead of scaling.
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        eight_bit = ((values + 128) // 257).astype(np.uint8)
+        return Image.fromarray(eight_bit).convert("RGB")
+    if mode in ("P", "PA"):
+        # Palette transparency is only honoured on the way to RGBA; PIL warns otherwise.
+        return image.convert("RGBA").convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot convert {name} from mode {mode!r} to RGB: {_reason(exc)}") from None
+
+
+def _array_to_rgb(array: np.ndarray, bgr: bool) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise TypeError(f"image arrays must be uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                        f"got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise InputError(f"image arrays must have shape [H, W], [H, W, 1], [H, W, 3] or "
+                         f"[H, W, 4], got {tuple(array.shape)}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"image array is empty: shape {tuple(array.shape)}")
+    if array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+    rgb = array[:, :, 2::-1] if bgr else array[:, :, :3]
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+# ---------------------------------------------------------------------------------------
+# Geometry
+
+
+def _input_size(size: Size, patch_size: int) -> Tuple[int, int]:
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
+        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    if isinstance(size, int) and not isinstance(size, bool):
+        height = width = size
+    elif (isinstance(size, (tuple, list)) and len(size) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        height, width = size
+    else:
+        raise InputError(f"size must be an integer or a (height, width) pair of integers, got {size!r}")
+    if height <= 0 or width <= 0 or height % patch_size or width % patch_size:
+        raise InputError(f"input size must be positive multiples of the patch size {patch_size}, "
+                         f"got {height}x{width} (height x width)")
+    return height, width
+
+
+def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    values = []
+    for name, triple in (("mean", mean), ("std", std)):
+        try:
+            floats = [float(v) for v in triple]
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be 3 numbers, got {triple!r}") from None
+        if len(floats) != 3 or not all(math.isfinite(v) for v in floats):
+            raise InputError(f"{name} must be 3 finite numbers, got {triple!r}")
+        values.append(floats)
+    if min(values[1]) <= 0:
+        raise InputError(f"std must be positive, got {std!r}")
+    return (torch.tensor(values[0], dtype=torch.float32).view(3, 1, 1),
+            torch.tensor(values[1], dtype=torch.float32).view(3, 1, 1))
+
+
+def _round_div(numerator: int, denominator: int) -> int:
+    """round(numerator / denominator) with halves up, exactly, for non-negative integers."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def cover_size(original: Tuple[int, int], target: Tuple[int, int]) -> Tuple[int, int]:
+    """(height, width) after scaling ``original`` to cover ``target``, aspect ratio kept.
+
+    The binding side gets the target exactly and the other is floored, as torchvision's
+    ``Resize(int)`` does (for a square target: shorter side to the target); integer
+    arithmetic makes it exact.
+    """
+    (h0, w0), (h, w) = original, target
+    if h * w0 >= w * h0:
+        return h, (w0 * h) // h0
+    return (h0 * w) // w0, w
+
+
+def fit_size(original: Tuple[int, int], target: Tuple[int, int]) -> Tuple[int, int]:
+    """(height, width) after scaling ``original`` to fit inside ``target``, aspect ratio kept.
+
+    The binding side gets the target exactly and the other is rounded (at least 1 pixel).
+    """
+    (h0, w0), (h, w) = original, target
+    if h * w0 <= w * h0:
+        return h, min(w, max(1, _round_div(w0 * h, h0)))
+    return min(h, max(1, _round_div(h0 * w, w0))), w
+
+
+def center_crop_offset(size: int, crop: int) -> int:
+    """Offset of a centred crop, ``int(round((size - crop) / 2))`` as torchvision's CenterCrop
+    (Python's round, halves to even)."""
+    return int(round((size - crop) / 2.0))
+
+
+# ---------------------------------------------------------------------------------------
+# Preparation
+
+
+def _normalise(picture: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    pixels = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return pixels.to(torch.float32).div(255.0).sub(mean).div(std).contiguous()
+
+
+def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Sequence[float],
+            std: Sequence[float], patch_size: int, bgr: bool = False) -> Prepared:
+    """Decode, resize and normalise one image for an input of ``size`` (see the module doc).
+
+    ``size``: an int (square) or (H, W), multiples of ``patch_size``. Returns a ``Prepared``
+    whose ``pixels`` are float32 [3, H, W]. Raises ``InputError`` for a bad size or mode and
+    for an image smaller than one patch.
+    """
+    height, width = _input_size(size, patch_size)
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    mean_t, std_t = _check_mean_std(mean, std)
+    picture = load_image(image, bgr=bgr)
+    w0, h0 = picture.size
+    if h0 < patch_size or w0 < patch_size:
+        raise InputError(f"image is {w0}x{h0} pixels (width x height), smaller than one "
+                         f"{patch_size}x{patch_size} patch")
+    original = (h0, w0)
+
+    if mode == "squash":
+        resized = picture.resize((width, height), Image.Resampling.BICUBIC)
+        return Prepared(_normalise(resized, mean_t, std_t), original, original)
+
+    if mode == "crop":
+        new_h, new_w = cover_size(original, (height, width))
+        resized = picture.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        top, left = center_crop_offset(new_h, height), center_crop_offset(new_w, width)
+        cropped = resized.crop((left, top, left + width, top + height))
+        # The same crop in original pixels (rounded); it stays inside the image.
+        top0 = min(_round_div(top * h0, new_h), h0 - 1)
+        left0 = min(_round_div(left * w0, new_w), w0 - 1)
+        crop_h0 = max(1, min(_round_div(height * h0, new_h), h0 - top0))
+        crop_w0 = max(1, min(_round_div(width * w0, new_w), w0 - left0))
+        return Prepared(_normalise(cropped, mean_t, std_t), original, (crop_h0, crop_w0),
+                        crop_box=(top0, left0, crop_h0, crop_w0))
+
+    new_h, new_w = fit_size(original, (height, width))
+    resized = picture.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    # The mean colour normalises to zero, so padding is a zero fill.
+    pixels = torch.zeros((3, height, width), dtype=torch.float32)
+    pixels[:, top:top + new_h, left:left + new_w] = _normalise(resized, mean_t, std_t)
+    window = None
+    if (new_h, new_w) != (height, width):
+        window = (top / height, left / width, (top + new_h) / height, (left + new_w) / width)
+    return Prepared(pixels, original, original, window=window)
+
+
+def prepare_batch(images: Union[Sequence[ImageSource], np.ndarray], size: Size, *, mode: str = "squash",
+                  mean: Sequence[float], std: Sequence[float], patch_size: int,
+                  bgr: bool = False) -> Tuple[torch.Tensor, List[Prepared]]:
+    """``prepare`` each image and stack: returns (pixels float32 [B, 3, H, W], list of B
+    ``Prepared`` whose ``pixels`` are views of that batch).
+
+    ``images``: a list of anything ``load_image`` takes, or a uint8 array [B, H, W, C].
+    """
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        raise TypeError(f"prepare_batch takes a list of images, got a single "
+                        f"{type(images).__name__}; use prepare() or wrap it in a list")
+    images = list(images)
+    if not images:
+        raise InputError("prepare_batch needs at least one image, got an empty list")
+    prepared = [prepare(image, size, mode=mode, mean=mean, std=std, patch_size=patch_size, bgr=bgr)
+                for image in images]
+    batch = torch.stack([item.pixels for item in prepared])
+    views = [Prepared(batch[i], item.original_size, item.out_size, item.window, item.crop_box)
+             for i, item in enumerate(prepared)]
+    return batch, views
+
+
+def as_pixel_batch(tensor: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Check an already normalised float tensor and return it as [B, 3, H, W].
+
+    Accepts [3, H, W] (batch of one) or [B, 3, H, W], any float dtype and device; H and W
+    must be multiples of ``patch_size`` and at least one patch. The tensor is returned as
+    is (a view for 3-D input), with no copy or dtype change.
+    """
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
+        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of normalised pixels [B, 3, H, W], got "
+                        f"{type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor of normalised pixels, got {tensor.dtype}; "
+                        f"raw uint8 images go through prepare()")
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 4:
+        raise InputError(f"expected pixels of shape [3, H, W] or [B, 3, H, W], got "
+                         f"{tuple(tensor.shape)}")
+    batch, channels, height, width = tensor.shape
+    if channels != 3:
+        hint = " (channels-last? permute to [B, 3, H, W])" if width == 3 else ""
+        raise InputError(f"expected 3 channels in dimension 1, got shape {tuple(tensor.shape)}{hint}")
+    if batch == 0:
+        raise InputError(f"expected at least one image, got shape {tuple(tensor.shape)}")
+    if height < patch_size or width < patch_size or height % patch_size or width % patch_size:
+        raise InputError(f"pixel height and width must be positive multiples of the patch size "
+                         f"{patch_size}, got {height}x{width} (height x width)")
+    return tensor

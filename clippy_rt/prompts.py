@@ -1,0 +1,113 @@
+"""Prompt sets: classes, each with one or more prompts (synonyms) whose max is the class logit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .config import format_prompt
+from .errors import InputError
+
+PromptsLike = Union[Sequence[str], Mapping[str, Sequence[str]], "PromptSet"]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """``classes[i]`` is a class name; ``prompts`` is every prompt text, flattened, and
+    ``prompt_class[j]`` the class index of prompt ``j``."""
+
+    classes: Tuple[str, ...]
+    prompts: Tuple[str, ...]
+    prompt_class: Tuple[int, ...]
+
+    @property
+    def has_synonyms(self) -> bool:
+        return len(self.prompts) != len(self.classes)
+
+    def class_index(self) -> torch.Tensor:
+        """int64 [P]: the class of each prompt."""
+        return torch.tensor(self.prompt_class, dtype=torch.long)
+
+
+def _check_text(text: object, what: str) -> str:
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError(f"{what} is empty")
+    return text.strip()
+
+
+def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> PromptSet:
+    """Normalise a list of prompts, a ``{class: [prompt, ...]}`` mapping, or a PromptSet.
+
+    With ``template`` (e.g. ``"a photo of {article} {}"``) each prompt is filled into it.
+    Raises InputError for an empty set, an empty prompt or class, or a duplicate class.
+    """
+    if isinstance(prompts, PromptSet):
+        return prompts
+    if isinstance(prompts, str):
+        raise InputError("prompts must be a list of strings or a {class: [prompts]} mapping, got one string; "
+                         "wrap it in a list")
+    if isinstance(prompts, Mapping):
+        items = [(_check_text(name, "class name"), value) for name, value in prompts.items()]
+    else:
+        try:
+            items = [(_check_text(p, f"prompt {i}"), [p]) for i, p in enumerate(prompts)]
+        except TypeError:
+            raise InputError(f"prompts must be a list of strings, got {type(prompts).__name__}") from None
+    if not items:
+        raise InputError("the prompt list is empty: give at least one prompt")
+    classes, texts, owners = [], [], []
+    seen = set()
+    for index, (name, synonyms) in enumerate(items):
+        if name in seen:
+            raise InputError(f"duplicate class {name!r}: each class may appear once "
+                             f"(put synonyms in one class: {{'{name}': [...]}} or 'a|b' on the CLI)")
+        seen.add(name)
+        if isinstance(synonyms, str):
+            synonyms = [synonyms]
+        synonyms = [_check_text(s, f"prompt for class {name!r}") for s in synonyms]
+        if not synonyms:
+            raise InputError(f"class {name!r} has no prompts")
+        classes.append(name)
+        for text in synonyms:
+            texts.append(format_prompt(template, text) if template else text)
+            owners.append(index)
+    return PromptSet(tuple(classes), tuple(texts), tuple(owners))
+
+
+def parse_cli_prompts(spec: str) -> PromptSet:
+    """``"background|sky|wall,cat,dog"`` -> classes background (3 prompts), cat, dog.
+
+    The class is named by its first synonym.
+    """
+    classes = {}
+    for index, group in enumerate(spec.split(",")):
+        synonyms = [s.strip() for s in group.split("|")]
+        if not any(synonyms):
+            raise InputError(f"--prompts: entry {index} is empty in {spec!r}")
+        if not all(synonyms):
+            raise InputError(f"--prompts: entry {index} ({group!r}) has an empty synonym")
+        if synonyms[0] in classes:
+            raise InputError(f"--prompts: duplicate class {synonyms[0]!r}")
+        classes[synonyms[0]] = synonyms
+    return build_prompt_set(classes)
+
+
+def class_logits(prompt_logits: torch.Tensor, prompt_set: PromptSet) -> torch.Tensor:
+    """[..., P] prompt logits -> [..., C] class logits, the max over each class's prompts."""
+    if not prompt_set.has_synonyms:
+        return prompt_logits
+    index = prompt_set.class_index().to(prompt_logits.device)
+    shape = (*prompt_logits.shape[:-1], len(prompt_set.classes))
+    out = torch.full(shape, float("-inf"), dtype=prompt_logits.dtype, device=prompt_logits.device)
+    return out.scatter_reduce(-1, index.expand_as(prompt_logits), prompt_logits, reduce="amax")
+
+
+def prompts_to_classes(labels: torch.Tensor, prompt_set: PromptSet) -> torch.Tensor:
+    """Map prompt indices to class indices (int64); the identity without synonyms."""
+    if not prompt_set.has_synonyms:
+        return labels.long()
+    return prompt_set.class_index().to(labels.device)[labels.long()]

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny random models, tolerance table, GPU/TensorRT markers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# One dtype -> tolerance table for the whole suite.
+TOLERANCES = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=2e-2, rtol=2e-2),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none on this machine"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A `tiny` random-weight model directory, made once per session."""
+    from clippy_rt.random_init import random_init
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    random_init("tiny", out, seed=0)
+    return out

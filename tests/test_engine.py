@@ -1,0 +1,182 @@
+"""The Engine API on the tiny model: shapes, caching, segmentation against the reference procedure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import clippy_rt
+from clippy_rt.errors import BackendUnavailableError, InputError
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return clippy_rt.load(tiny_model_dir)
+
+
+def _reference_procedure(patch, text, out_size):
+    """MODEL.md: upsample all D channels, then the dot product, then argmax."""
+    features = patch.permute(0, 3, 1, 2)
+    upsampled = F.interpolate(features, size=out_size, mode="bilinear", align_corners=False)
+    logits = torch.einsum("bdhw,kd->bkhw", upsampled, text)
+    return logits
+
+
+def _top2_gap(logits):
+    top2 = logits.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def test_encode_image_shapes_and_norms(engine):
+    pixels = torch.randn(3, 3, 32, 48)
+    features = engine.encode_image(pixels)
+    assert features.patch.shape == (3, 4, 6, engine.config.embed_dim)
+    assert features.pooled.shape == (3, engine.config.embed_dim)
+    torch.testing.assert_close(features.patch.norm(dim=-1), torch.ones(3, 4, 6))
+    torch.testing.assert_close(features.pooled.norm(dim=-1), torch.ones(3))
+
+
+def test_encode_text_is_cached_and_order_preserving(engine):
+    engine.clear_text_cache()
+    calls = []
+    original = engine._text_forward
+
+    def counting(ids, mask):
+        calls.append(ids.shape[0])
+        return original(ids, mask)
+
+    engine._text_forward = counting
+    try:
+        first = engine.encode_text(["a cat", "a dog"])
+        second = engine.encode_text(["a dog", "a bird", "a cat"])
+    finally:
+        del engine._text_forward
+    assert calls == [2, 1]
+    torch.testing.assert_close(second[0], first[1])
+    torch.testing.assert_close(second[2], first[0])
+    torch.testing.assert_close(second.norm(dim=-1), torch.ones(3))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 24)])
+def test_segment_matches_reference_procedure(engine, size):
+    torch.manual_seed(0)
+    pixels = torch.randn(1, 3, *size)
+    prompts = ["a red circle", "a blue square", "noise", "a green star", "grass"]
+    features = engine.encode_image(pixels)
+    logits = _reference_procedure(features.patch, engine.encode_text(prompts), size)
+    result = engine.segment(pixels, prompts)
+    decided = _top2_gap(logits)[0] > 1e-5
+    assert decided.float().mean() > 0.9
+    assert torch.equal(result.labels[decided], logits.argmax(dim=1)[0][decided])
+    torch.testing.assert_close(result.scores, logits.max(dim=1).values[0], atol=1e-5, rtol=0)
+
+
+def test_postprocessing_at_odd_output_size(engine):
+    from clippy_rt.kernels.seg_head import seg_head
+
+    torch.manual_seed(2)
+    features = engine.encode_image(torch.randn(2, 3, 24, 40))
+    text = engine.encode_text(["one", "two", "three"])
+    logits = _reference_procedure(features.patch, text, (57, 31))
+    labels, scores = seg_head(features.patch, text, (57, 31), return_scores=True)
+    decided = _top2_gap(logits) > 1e-5
+    assert torch.equal(labels.long()[decided], logits.argmax(dim=1)[decided])
+    torch.testing.assert_close(scores, logits.max(dim=1).values, atol=1e-5, rtol=0)
+
+
+def test_segment_tensor_input_and_synonyms(engine):
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, 32, 32)
+    flat = ["sky", "wall", "cat", "dog"]
+    result_flat = engine.segment(pixels, flat)
+    result_syn = engine.segment(pixels, {"background": ["sky", "wall"], "cat": ["cat"], "dog": ["dog"]})
+    assert isinstance(result_flat, list) and len(result_flat) == 2
+    for a, b in zip(result_flat, result_syn):
+        assert a.labels.shape == (32, 32) and a.labels.dtype == torch.int64
+        mapped = torch.tensor([0, 0, 1, 2])[a.labels]
+        assert torch.equal(mapped, b.labels)
+        torch.testing.assert_close(a.scores, b.scores)
+        assert b.prompts == ("background", "cat", "dog")
+        assert abs(sum(b.fractions().values()) - 1.0) < 1e-9
+
+
+def test_segment_returns_labels_at_original_size(engine):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (45, 70, 3), dtype=np.uint8))
+    for resize in ("squash", "letterbox"):
+        result = engine.segment(image, ["a", "b", "c"], resize=resize)
+        assert result.labels.shape == (45, 70)
+        assert result.crop_box is None
+    cropped = engine.segment(image, ["a", "b", "c"], resize="crop")
+    top, left, height, width = cropped.crop_box
+    assert cropped.labels.shape == (height, width) == (45, 45)
+
+
+def test_classify_probabilities(engine):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    top = engine.classify(image, ["cat", "dog", "car"], top_k=2)
+    assert [t[0] for t in top] != [] and len(top) == 2
+    assert top[0][1] >= top[1][1]
+    everything = engine.classify(image, ["cat", "dog", "car"], top_k=10)
+    assert abs(sum(p for _, p in everything) - 1.0) < 1e-5
+    # the probabilities follow MODEL.md's formula
+    pooled = engine.encode_image(image, resize="crop").pooled
+    text = engine.encode_text(["cat", "dog", "car"])
+    probs = (np.exp(engine.logit_scale) * (pooled @ text.T)).softmax(-1)[0]
+    assert dict(everything) == pytest.approx({n: float(p) for n, p in zip(["cat", "dog", "car"], probs)}, abs=1e-5)
+
+
+@pytest.mark.parametrize("prompts,message", [
+    ([], "empty"),
+    (["cat", ""], "empty"),
+    (["cat", "   "], "empty"),
+    (["cat", "cat"], "duplicate class"),
+    ("cat", "one string"),
+])
+def test_bad_prompts(engine, prompts, message):
+    with pytest.raises(InputError, match=message):
+        engine.segment(torch.randn(1, 3, 32, 32), prompts)
+
+
+def test_very_long_prompt_is_truncated(engine):
+    long_prompt = "a very long prompt about a red circle " * 200
+    ids, mask = engine.tokenizer.encode([long_prompt])
+    assert ids.shape[1] == engine.config.text.max_length
+    assert ids[0, -1].item() == engine.config.text.eos_id
+    embeds = engine.encode_text([long_prompt, "short"])
+    assert torch.isfinite(embeds).all()
+
+
+def test_bad_tensor_inputs(engine):
+    with pytest.raises(InputError):
+        engine.encode_image(torch.randn(1, 3, 30, 32))  # not a multiple of the patch
+    with pytest.raises((InputError, TypeError)):
+        engine.encode_image(torch.randn(1, 4, 32, 32))
+    with pytest.raises(InputError, match="smaller than one"):
+        engine.encode_image(np.zeros((5, 7, 3), np.uint8))
+
+
+def test_cuda_on_a_cpu_machine(tiny_model_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailableError, match="CUDA is not available"):
+        clippy_rt.load(tiny_model_dir, device="cuda")
+
+
+def test_unknown_backend_and_precision(tiny_model_dir):
+    with pytest.raises(InputError, match="unknown backend"):
+        clippy_rt.load(tiny_model_dir, backend="tflite")
+    with pytest.raises(InputError, match="precision"):
+        clippy_rt.load(tiny_model_dir, precision="int3")
+
+
+def test_fp16_torch_backend_agrees(tiny_model_dir):
+    full = clippy_rt.load(tiny_model_dir)
+    half = clippy_rt.load(tiny_model_dir, precision="bf16")
+    pixels = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(half.encode_image(pixels).pooled, full.encode_image(pixels).pooled,
+                               atol=5e-2, rtol=0)
