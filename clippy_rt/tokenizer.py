@@ -246,7 +246,8 @@ def builtin_corpus() -> List[str]:
     return [line for line in _CORPUS_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+# SentencePiece's message when the corpus cannot fill the vocabulary; it names the maximum.
+_TOO_HIGH = re.compile(r"Vocabulary size (?:is )?too high.*?<= ?(\d+)")
 
 
 def train_sentencepiece(lines: Iterable[str], out_path: PathLike, vocab_size: int, *, seed: int = 0,
@@ -299,7 +300,7 @@ def train_sentencepiece(lines: Iterable[str], out_path: PathLike, vocab_size: in
             match = _TOO_HIGH.search(str(exc))
             if match is None:
                 raise
-            supported = int(match.group(2))
+            supported = int(match.group(1))
             if exact:
                 raise InputError(f"the corpus ({len(sentences)} lines) supports at most "
                                  f"{supported} {model_type} pieces, {vocab_size} were asked for") from None

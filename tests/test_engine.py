@@ -67,7 +67,7 @@ def test_segment_matches_reference_procedure(engine, size):
     prompts = ["a red circle", "a blue square", "noise", "a green star", "grass"]
     features = engine.encode_image(pixels)
     logits = _reference_procedure(features.patch, engine.encode_text(prompts), size)
-    result = engine.segment(pixels, prompts)
+    result = engine.segment(pixels[0], prompts)  # one [3, H, W] tensor -> one Segmentation
     decided = _top2_gap(logits)[0] > 1e-5
     assert decided.float().mean() > 0.9
     assert torch.equal(result.labels[decided], logits.argmax(dim=1)[0][decided])
@@ -112,7 +112,8 @@ def test_segment_returns_labels_at_original_size(engine):
         assert result.crop_box is None
     cropped = engine.segment(image, ["a", "b", "c"], resize="crop")
     top, left, height, width = cropped.crop_box
-    assert cropped.labels.shape == (height, width) == (45, 45)
+    # the 32x32 crop of the 32x49 resize is 32/49 * 70 = 45.7 original columns wide
+    assert cropped.labels.shape == (height, width) == (45, 46)
 
 
 def test_classify_probabilities(engine):

@@ -31,11 +31,11 @@ def run(args) -> int:
     from clippy_rt.prompts import parse_cli_prompts
 
     label_set = parse_cli_prompts(args.labels)
+    images = [load_image(Path(p)) for p in args.images]
     engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)
-    images = [load_image(Path(p)) for p in args.images]
     results = []
     for path, image in progress(list(zip(args.images, images)), "classify", enabled=not args.json):
         top = engine.classify(image, label_set, top_k=args.top_k, template=args.template, size=args.size,

@@ -45,12 +45,17 @@ def run(args) -> int:
         raise InputError("two images share a file name stem; their outputs would overwrite each other")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} exists and is not a directory")
+    # Read every image before loading the model or writing anything: a bad file fails up front.
+    images = [load_image(p) for p in paths]
     engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)
-    # Read every image before writing anything, so a bad file fails the run up front.
-    images = [load_image(p) for p in paths]
+    patch = engine.config.image.patch_size
+    for path, image in zip(paths, images):
+        if min(image.size) < patch:
+            raise InputError(f"{path}: image is {image.size[0]}x{image.size[1]} pixels (width x height), "
+                             f"smaller than one {patch}x{patch} patch")
 
     staging = None
     if args.out is not None:

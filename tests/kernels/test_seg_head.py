@@ -3,14 +3,13 @@ Triton kernels (interpreter on CPU, compiled on CUDA) against the reference."""
 
 from __future__ import annotations
 
-import itertools
+import importlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clippy_rt.errors import BackendUnavailableError, InputError
-from clippy_rt.kernels import seg_head as seg_head_module
 from clippy_rt.kernels.seg_head import (patch_logits_ref, seg_head, seg_head_ref,
                                         seg_head_reference_procedure, top2_gap, upsample_logits_ref)
 
@@ -19,6 +18,9 @@ from clippy_rt.kernels.seg_head import (patch_logits_ref, seg_head, seg_head_ref
 # the reference's top-2 gap exceeds LABEL_GAP.
 SCORE_ATOL = 1e-5
 LABEL_GAP = 1e-5
+
+# The package exports the function `seg_head`, which shadows the submodule attribute.
+seg_head_module = importlib.import_module("clippy_rt.kernels.seg_head")
 
 LETTERBOX = (0.125, 0.0, 0.875, 1.0)
 

@@ -1,0 +1,252 @@
+"""ONNX Runtime backend: serves an ONNX directory (``clippy-rt export``) through the Engine API.
+
+CPU by default; ``device="cuda"`` uses the CUDA execution provider of ``onnxruntime-gpu``
+with inputs and outputs bound to torch CUDA tensors (IO binding), so nothing is copied
+through the host. Every feed is validated against the I/O spec before ONNX Runtime sees
+it, so a wrong shape or dtype is an ``InputError`` naming the tensor, not an ORT trace.
+
+Session options, and why:
+
+- graph optimisation ``ORT_ENABLE_ALL``: constant folding, LayerNorm/GELU/MatMul+Add
+  fusions and the CPU layout transforms; measured against ``ENABLE_EXTENDED`` and the
+  ``onnxruntime.transformers`` offline fusions in benchmarks/RESULTS.md.
+- ``intra_op_num_threads`` = physical cores: ORT's GEMMs do not gain from hyper-threads,
+  and a thread per logical CPU makes the spinning pool fight its sibling.
+- ``inter_op_num_threads`` = 1 with sequential execution: the towers are a chain of large
+  ops, there is no branch parallelism to exploit.
+- the CPU memory arena and memory patterns stay on: they remove per-call allocations;
+  the arena grows to the largest shape served and keeps it.
+
+ONNX Runtime's ``InferenceSession.run`` is thread-safe, so one engine may be shared by
+threads without a lock.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from clippy_rt.config import ClippyConfig
+from clippy_rt.engine import Engine, resolve_device
+from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
+from clippy_rt.export.io_spec import IMAGE, TEXT, GraphSpec, fixed_dims, validate_feed
+
+try:
+    import onnxruntime as ort
+except ImportError as _exc:  # re-raised by clippy_rt.load as BackendUnavailableError
+    raise ImportError(f"onnxruntime is not installed ({_exc})") from _exc
+
+# ONNX Runtime's own exception classes (they derive from Exception only).
+_ORT_ERRORS = tuple(cls for cls in vars(ort.capi.onnxruntime_pybind11_state).values()
+                    if isinstance(cls, type) and issubclass(cls, Exception)) + (RuntimeError,)
+
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-thread siblings counted once)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def session_options(threads: Optional[int] = None, optimization: str = "all") -> "ort.SessionOptions":
+    """The session options this backend uses (module docstring explains each choice)."""
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise InputError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.intra_op_num_threads = threads or physical_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.log_severity_level = 3
+    return options
+
+
+def providers_for(device: torch.device, tensorrt_provider: bool = False) -> list:
+    """Execution providers for ``device``: CPU, or CUDA (optionally TensorRT first) then CPU."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailableError(
+            f"device {str(device)!r} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime "
+            f"offers {', '.join(available)}. Install it with: pip install onnxruntime-gpu")
+    index = device.index or 0
+    providers = [("CUDAExecutionProvider", {"device_id": index})]
+    if tensorrt_provider:
+        if "TensorrtExecutionProvider" not in available:
+            raise BackendUnavailableError("the TensorRT execution provider is not available in this onnxruntime")
+        providers.insert(0, ("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": True}))
+    return providers + ["CPUExecutionProvider"]
+
+
+class OrtRunner:
+    """One graph in one ONNX Runtime session: ``infer(feed) -> {output name: array}``.
+
+    The feed is checked against ``graph``'s spec first (``InputError`` on mismatch). A graph
+    file that ONNX Runtime cannot load, or whose inputs and outputs are not the spec's,
+    raises ``ModelDirError``.
+    """
+
+    def __init__(self, path: Path, graph: GraphSpec, config: ClippyConfig, *,
+                 device: torch.device = torch.device("cpu"), threads: Optional[int] = None,
+                 optimization: str = "all", tensorrt_provider: bool = False) -> None:
+        self.path = Path(path)
+        self.graph = graph
+        self.config = config
+        self.device = device
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads, optimization),
+                                                providers=providers_for(device, tensorrt_provider))
+        except _ORT_ERRORS as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelDirError(f"{self.path} cannot be loaded by ONNX Runtime (corrupt or truncated graph?): "
+                                f"{first}") from None
+        self._check_session_io()
+
+    def _check_session_io(self) -> None:
+        for kind, values, specs in (("inputs", self.session.get_inputs(), self.graph.inputs),
+                                    ("outputs", self.session.get_outputs(), self.graph.outputs)):
+            names = [v.name for v in values]
+            if names != [s.name for s in specs]:
+                raise ModelDirError(f"{self.path}: graph {kind} are {names}, but the {self.graph.name} graph "
+                                    f"must have {[s.name for s in specs]}")
+            for value, spec in zip(values, specs):
+                if value.type != f"tensor({_ort_type(spec.dtype)})":
+                    raise ModelDirError(f"{self.path}: {spec.name} is {value.type}, expected "
+                                        f"tensor({_ort_type(spec.dtype)})")
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run on host arrays (or CPU tensors): validated feed -> {output name: numpy array}."""
+        validate_feed(self.graph, feed, self.config)
+        arrays = {name: _as_numpy(value) for name, value in feed.items()}
+        outputs = self.session.run(list(self.graph.output_names), arrays)
+        return dict(zip(self.graph.output_names, outputs))
+
+    def infer_torch(self, feed: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Run on torch tensors; returns torch tensors on ``self.device``.
+
+        On CUDA the inputs and the outputs are bound in place (IO binding); on CPU the
+        arrays share memory with the tensors.
+        """
+        dims = validate_feed(self.graph, feed, self.config)
+        if self.device.type == "cpu":
+            outputs = self.session.run(list(self.graph.output_names),
+                                       {name: _as_numpy(value) for name, value in feed.items()})
+            return {name: torch.from_numpy(out) for name, out in zip(self.graph.output_names, outputs)}
+        return self._infer_cuda(feed, dims)
+
+    def _infer_cuda(self, feed: Mapping[str, torch.Tensor], dims: Dict[str, int]) -> Dict[str, torch.Tensor]:
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        inputs = {}
+        for spec in self.graph.inputs:
+            tensor = feed[spec.name].to(self.device).contiguous()
+            inputs[spec.name] = tensor  # keeps the buffer alive until the run returns
+            binding.bind_input(spec.name, "cuda", index, spec.numpy_dtype, tuple(tensor.shape), tensor.data_ptr())
+        dims = dict(dims)
+        dims.update(output_dims(self.graph, dims, self.config))
+        outputs = {}
+        for spec in self.graph.outputs:
+            tensor = torch.empty(spec.shape(dims), dtype=_torch_dtype(spec.dtype), device=self.device)
+            outputs[spec.name] = tensor
+            binding.bind_output(spec.name, "cuda", index, spec.numpy_dtype, tuple(tensor.shape), tensor.data_ptr())
+        # ORT runs on its own CUDA stream; wait for torch's work on the inputs first.
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        return outputs
+
+
+def output_dims(graph: GraphSpec, dims: Mapping[str, int], config: ClippyConfig) -> Dict[str, int]:
+    """Sizes of output-only axes, derived from the input sizes."""
+    out = dict(fixed_dims(config))
+    if graph.name == IMAGE.name:
+        patch = config.image.patch_size
+        out["patches"] = (dims["height"] // patch) * (dims["width"] // patch)
+    return out
+
+
+def _ort_type(dtype: str) -> str:
+    return {"float32": "float", "int64": "int64", "float16": "float16"}[dtype]
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}[dtype]
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return np.ascontiguousarray(value.detach().cpu().numpy())
+    return np.ascontiguousarray(value)
+
+
+class OnnxRuntimeEngine(Engine):
+    """The Engine API over two ONNX Runtime sessions (image and text towers)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_dir, tokenizer, device: torch.device, precision: str,
+                 threads: Optional[int] = None, optimization: str = "all",
+                 tensorrt_provider: bool = False) -> None:
+        super().__init__(onnx_dir.config, tokenizer, onnx_dir.logit_scale, device, precision, onnx_dir.path)
+        options = dict(device=device, threads=threads, optimization=optimization,
+                       tensorrt_provider=tensorrt_provider)
+        self.image_runner = OrtRunner(onnx_dir.graph_path(IMAGE.name, precision), IMAGE, onnx_dir.config, **options)
+        self.text_runner = OrtRunner(onnx_dir.graph_path(TEXT.name, precision), TEXT, onnx_dir.config, **options)
+
+    def _image_forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        out = self.image_runner.infer_torch({IMAGE.inputs[0].name: pixels})
+        return out["patch_features"], out["image_embeds"]
+
+    def _text_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.text_runner.infer_torch({"input_ids": input_ids, "attention_mask": attention_mask})
+        return out["text_embeds"]
+
+
+def load_onnxruntime(path, device: str = "cpu", precision: str = "fp32", *, threads: Optional[int] = None,
+                     optimization: str = "all", tensorrt_provider: bool = False,
+                     verify_checksums: bool = True) -> OnnxRuntimeEngine:
+    """Load an ONNX directory written by ``clippy-rt export`` as an Engine.
+
+    ``precision`` selects the graphs ("fp32", or "fp16" where the directory was exported
+    with ``--fp16``); inputs and outputs are float32 either way. Raises ``ModelDirError``
+    for a missing, inconsistent, truncated or corrupt directory, ``InputError`` for bad
+    arguments, ``BackendUnavailableError`` for a device this onnxruntime cannot use.
+    """
+    from clippy_rt.api import load_tokenizer
+    from clippy_rt.export.onnx import read_onnx_dir
+
+    resolved = resolve_device(device)
+    if precision not in ("fp32", "fp16"):
+        raise InputError(f"the onnxruntime backend serves precision 'fp32' or 'fp16', got {precision!r}")
+    onnx_dir = read_onnx_dir(Path(path), verify_checksums=verify_checksums)
+    if precision not in onnx_dir.precisions:
+        raise ModelDirError(f"{path} holds {', '.join(onnx_dir.precisions)} graphs, not {precision}; "
+                            f"re-export with `clippy-rt export ... --fp16` to add float16 graphs")
+    tokenizer = load_tokenizer(onnx_dir.tokenizer, onnx_dir.config)
+    return OnnxRuntimeEngine(onnx_dir, tokenizer, resolved, precision, threads=threads,
+                             optimization=optimization, tensorrt_provider=tensorrt_provider)
+

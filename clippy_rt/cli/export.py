@@ -1,0 +1,53 @@
+"""Export a model directory to ONNX (for ONNX Runtime, and for `clippy-rt build`).
+
+    clippy-rt export MODEL_DIR --out DIR [--fp16] [--opset N] [--check-sizes 224,448]
+
+Writes a self-contained directory (config, tokenizer, image.onnx, text.onnx, seg_head.onnx,
+manifest.json; with --fp16 also image.fp16.onnx and text.fp16.onnx), then prints a parity
+table: torch float32 against ONNX Runtime CPU on random inputs at each size.
+Load it with clippy_rt.load(DIR, backend="onnxruntime").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import int_list
+
+
+def add_arguments(parser) -> None:
+    from clippy_rt.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+    parser.add_argument("model", type=Path, help="model directory (config.json, weights.safetensors, tokenizer)")
+    parser.add_argument("--out", type=Path, required=True, help="output ONNX directory")
+    parser.add_argument("--fp16", action="store_true", help="also write float16 graphs (*.fp16.onnx)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET})")
+    parser.add_argument("--check-sizes", type=int_list, default=None, metavar="S1,S2",
+                        help="square image sizes for the parity check (default: the model's size and twice it)")
+    parser.add_argument("--check-batches", type=int_list, default=[1, 2], metavar="B1,B2",
+                        help="batch sizes for the parity check (default: 1,2)")
+    parser.add_argument("--seg-head", action=argparse.BooleanOptionalAction, default=True,
+                        help="write seg_head.onnx (default: yes)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run(args) -> int:
+    from clippy_rt.export.onnx import PARITY_CLASSES, export_onnx, format_parity_table
+
+    def log(message: str) -> None:
+        print(f"export: {message}", file=sys.stderr, flush=True)
+
+    result = export_onnx(args.model, args.out, fp16=args.fp16, opset=args.opset, check_sizes=args.check_sizes,
+                         check_batches=args.check_batches, seg_head=args.seg_head, overwrite=args.overwrite,
+                         log=log)
+    print(f"wrote {result.path} ({', '.join(result.manifest['precisions'])}; opset {result.manifest['opset']})")
+    print()
+    print("Parity, torch float32 vs ONNX Runtime CPU (random inputs; labels: argmax over "
+          f"{len(PARITY_CLASSES)} prompts per patch):")
+    print(format_parity_table(result.parity))
+    if result.manifest["config"].get("random_weights"):
+        print("\nwarning: this model has RANDOM weights; its outputs carry no meaning")
+    return 0

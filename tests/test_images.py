@@ -1,0 +1,351 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from clippy_rt.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from clippy_rt.errors import InputError
+from clippy_rt.images import Prepared, as_pixel_batch, load_image, prepare, prepare_batch
+
+MEAN, STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+NORM = dict(mean=MEAN, std=STD)
+
+
+def random_rgb(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def normalised(rgb):
+    """Hand normalisation in float64: [H, W, 3] uint8 -> [3, H, W] float32."""
+    x = rgb.astype(np.float64) / 255.0
+    x = (x - np.asarray(MEAN)) / np.asarray(STD)
+    return torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32))
+
+
+def bicubic(rgb, width, height):
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def test_numpy_rgb_bgr_gray_and_alpha():
+    rgb = random_rgb(9, 11)
+    np.testing.assert_array_equal(np.asarray(load_image(rgb)), rgb)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    np.testing.assert_array_equal(np.asarray(load_image(bgr, bgr=True)), rgb)
+    np.testing.assert_array_equal(np.asarray(load_image(rgb[:, ::2])), rgb[:, ::2])
+
+    gray = rgb[:, :, 0]
+    for array in (gray, gray[:, :, None]):
+        out = np.asarray(load_image(array))
+        assert out.shape == (9, 11, 3)
+        for channel in range(3):
+            np.testing.assert_array_equal(out[:, :, channel], gray)
+
+    # Alpha is dropped: a fully transparent pixel keeps its stored colour.
+    alpha = np.zeros((9, 11, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(load_image(np.concatenate([rgb, alpha], axis=2))), rgb)
+    bgra = np.concatenate([bgr, alpha + 255], axis=2)
+    np.testing.assert_array_equal(np.asarray(load_image(bgra, bgr=True)), rgb)
+
+
+def test_pil_image_is_copied_to_rgb():
+    rgb = random_rgb(6, 7)
+    source = Image.fromarray(rgb)
+    out = load_image(source)
+    assert out.mode == "RGB" and out is not source
+    np.testing.assert_array_equal(np.asarray(out), rgb)
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg", "bmp", "webp", "tiff"])
+def test_rgb_files(tmp_path, suffix):
+    rgb = random_rgb(20, 30)
+    path = tmp_path / f"image.{suffix}"
+    Image.fromarray(rgb).save(path)
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (30, 20)
+    if suffix in ("png", "bmp", "tiff"):
+        np.testing.assert_array_equal(np.asarray(out), rgb)
+    assert np.asarray(load_image(str(path))).shape == (20, 30, 3)
+
+
+def test_grayscale_rgba_la_bilevel_files(tmp_path):
+    rgb = random_rgb(8, 10)
+    gray = rgb[:, :, 1]
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    out = np.asarray(load_image(tmp_path / "gray.png"))
+    np.testing.assert_array_equal(out, np.repeat(gray[:, :, None], 3, axis=2))
+
+    rgba = np.concatenate([rgb, rgb[:, :, :1]], axis=2)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert Image.open(tmp_path / "rgba.png").mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "rgba.png")), rgb)
+
+    Image.fromarray(np.stack([gray, rgb[:, :, 2]], axis=2)).save(tmp_path / "la.png")
+    assert Image.open(tmp_path / "la.png").mode == "LA"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "la.png")),
+                                  np.repeat(gray[:, :, None], 3, axis=2))
+
+    bits = gray > 127
+    Image.fromarray(bits).save(tmp_path / "bits.png")
+    assert Image.open(tmp_path / "bits.png").mode == "1"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "bits.png"))[:, :, 0],
+                                  np.where(bits, 255, 0))
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 1, 128, 129, 1000], [257, 25_700, 32_896, 65_278, 65_535]], dtype=np.uint16)
+    expected = np.rint(values / 257.0).astype(np.uint8)
+    image16 = Image.frombytes("I;16", (5, 2), values.astype("<u2").tobytes())
+    image16.save(tmp_path / "deep.png")
+    reopened = Image.open(tmp_path / "deep.png")
+    assert reopened.mode in ("I;16", "I")
+    for source in (image16, reopened, tmp_path / "deep.png", Image.fromarray(values.astype(np.int32))):
+        out = np.asarray(load_image(source))
+        for channel in range(3):
+            np.testing.assert_array_equal(out[:, :, channel], expected)
+    big_endian = Image.frombytes("I;16B", (5, 2), values.astype(">u2").tobytes())
+    np.testing.assert_array_equal(np.asarray(load_image(big_endian))[:, :, 0], expected)
+
+
+@pytest.mark.parametrize("transparency", [1, b"\xff\x00\x80"])
+def test_palette_with_transparency(tmp_path, transparency):
+    colours = [(200, 10, 30), (5, 180, 90), (17, 34, 250)]
+    indices = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
+    image = Image.frombytes("P", (3, 2), indices.tobytes())
+    image.putpalette([c for colour in colours for c in colour])
+    image.info["transparency"] = transparency
+    image.save(tmp_path / "palette.png")
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    for source in (image, tmp_path / "palette.png"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = np.asarray(load_image(source))
+        np.testing.assert_array_equal(out, np.asarray(colours, dtype=np.uint8)[indices])
+
+
+def test_cmyk(tmp_path):
+    cmyk = np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 255, 0, 0], [0, 0, 255, 0], [0, 0, 0, 255]]],
+                    dtype=np.uint8)
+    Image.frombytes("CMYK", (5, 1), cmyk.tobytes()).save(tmp_path / "cmyk.tiff")
+    assert Image.open(tmp_path / "cmyk.tiff").mode == "CMYK"
+    out = np.asarray(load_image(tmp_path / "cmyk.tiff"))[0]
+    np.testing.assert_array_equal(out, [[255, 255, 255], [0, 255, 255], [255, 0, 255],
+                                        [255, 255, 0], [0, 0, 0]])
+    Image.frombytes("CMYK", (5, 1), cmyk.tobytes()).save(tmp_path / "cmyk.jpg")
+    assert load_image(tmp_path / "cmyk.jpg").mode == "RGB"
+
+
+def test_missing_and_directory_paths(tmp_path):
+    missing = tmp_path / "no such.png"
+    with pytest.raises(InputError, match="not found") as info:
+        load_image(missing)
+    assert str(missing) in str(info.value)
+    with pytest.raises(InputError, match="directory"):
+        load_image(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_corrupt_and_truncated_files(tmp_path, suffix):
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    garbage = tmp_path / f"garbage.{suffix}"
+    garbage.write_bytes(b"definitely not an image" * 20)
+    with pytest.raises(InputError) as info:
+        load_image(garbage)
+    assert str(garbage) in str(info.value)
+
+    whole = tmp_path / f"whole.{suffix}"
+    Image.fromarray(random_rgb(64, 64)).save(whole)
+    data = whole.read_bytes()
+    truncated = tmp_path / f"truncated.{suffix}"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cannot decode") as info:
+        load_image(truncated)
+    assert str(truncated) in str(info.value)
+    # A lazily opened PIL image of the same file fails the same way.
+    with Image.open(truncated) as lazy:
+        with pytest.raises(InputError, match="truncated"):
+            load_image(lazy)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (np.zeros((4, 4, 3), dtype=np.float32), TypeError, "uint8"),
+    (np.zeros((4, 4, 3), dtype=np.uint16), TypeError, "uint16"),
+    (np.zeros((4, 4, 2), dtype=np.uint8), InputError, r"\(4, 4, 2\)"),
+    (np.zeros((2, 4, 4, 3), dtype=np.uint8), InputError, r"\(2, 4, 4, 3\)"),
+    (np.zeros((0, 4, 3), dtype=np.uint8), InputError, "empty"),
+    (torch.zeros(3, 4, 4), TypeError, "as_pixel_batch"),
+    (42, TypeError, "int"),
+])
+def test_bad_sources(bad, error, message):
+    with pytest.raises(error, match=message):
+        load_image(bad)
+
+
+# --- prepare ----------------------------------------------------------------------------
+
+
+def test_squash_matches_hand_computation():
+    rgb = random_rgb(37, 53)
+    prepared = prepare(rgb, (32, 48), mode="squash", patch_size=16, **NORM)
+    assert isinstance(prepared, Prepared)
+    assert prepared.pixels.dtype == torch.float32 and prepared.pixels.shape == (3, 32, 48)
+    torch.testing.assert_close(prepared.pixels, normalised(bicubic(rgb, 48, 32)))
+    assert prepared.original_size == (37, 53) and prepared.out_size == (37, 53)
+    assert prepared.window is None and prepared.crop_box is None
+
+
+# (224, 227) and (227, 224) crop 3 pixels: an offset of round(1.5) = 2, not 1.
+@pytest.mark.parametrize("height, width", [(480, 640), (640, 480), (300, 300), (101, 333),
+                                           (224, 227), (227, 224)])
+def test_crop_matches_hand_computation(height, width):
+    rgb = random_rgb(height, width, seed=height)
+    size = 224
+    # Shorter side to `size`, the longer one floored; centre crop with round() offsets.
+    if height <= width:
+        new_h, new_w = size, int(width * size / height)
+    else:
+        new_h, new_w = int(height * size / width), size
+    top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2))
+    expected = bicubic(rgb, new_w, new_h)[top:top + size, left:left + size]
+
+    prepared = prepare(rgb, size, mode="crop", patch_size=16, **NORM)
+    torch.testing.assert_close(prepared.pixels, normalised(expected))
+    box = (round(top * height / new_h), round(left * width / new_w),
+           round(size * height / new_h), round(size * width / new_w))
+    assert prepared.crop_box == box
+    assert prepared.out_size == box[2:]
+    assert prepared.window is None and prepared.original_size == (height, width)
+    assert box[0] + box[2] <= height and box[1] + box[3] <= width
+
+
+def test_crop_matches_torchvision_protocol():
+    transforms = pytest.importorskip("torchvision.transforms")
+    rgb = random_rgb(375, 500, seed=3)
+    reference = transforms.Compose([
+        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD),
+    ])(Image.fromarray(rgb))
+    torch.testing.assert_close(prepare(rgb, 224, mode="crop", patch_size=16, **NORM).pixels, reference)
+
+
+@pytest.mark.parametrize("original, size, resized, offset, window", [
+    # (H0, W0), (H, W), resized (h, w), (top, left), window (y0, x0, y1, x1)
+    ((100, 50), (64, 64), (64, 32), (0, 16), (0.0, 0.25, 1.0, 0.75)),
+    ((50, 200), (32, 64), (16, 64), (8, 0), (0.25, 0.0, 0.75, 1.0)),
+    ((30, 70), (48, 48), (21, 48), (13, 0), (13 / 48, 0.0, 34 / 48, 1.0)),
+    ((60, 60), (32, 32), (32, 32), (0, 0), None),
+])
+def test_letterbox_window_and_padding(original, size, resized, offset, window):
+    rgb = random_rgb(*original, seed=1)
+    prepared = prepare(rgb, size, mode="letterbox", patch_size=16, **NORM)
+    assert prepared.window == window
+    assert prepared.out_size == original and prepared.original_size == original
+    assert prepared.crop_box is None
+    (h, w), (top, left) = resized, offset
+    inner = prepared.pixels[:, top:top + h, left:left + w]
+    torch.testing.assert_close(inner, normalised(bicubic(rgb, w, h)))
+    padding = torch.ones(size, dtype=torch.bool)
+    padding[top:top + h, left:left + w] = False
+    assert (prepared.pixels[:, padding] == 0).all()
+
+
+def test_bgr_flag_in_prepare():
+    rgb = random_rgb(20, 24)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    for mode in ("squash", "crop", "letterbox"):
+        expected = prepare(rgb, 16, mode=mode, patch_size=16, **NORM).pixels
+        torch.testing.assert_close(prepare(bgr, 16, mode=mode, patch_size=16, bgr=True, **NORM).pixels,
+                                   expected)
+
+
+def test_normalisation_of_known_values():
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 0, 128, 255
+    pixels = prepare(rgb, 16, mode="squash", patch_size=16, **NORM).pixels
+    for channel, value in enumerate((0, 128, 255)):
+        expected = (value / 255.0 - MEAN[channel]) / STD[channel]
+        torch.testing.assert_close(pixels[channel], torch.full((16, 16), expected, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("size, mode, message", [
+    (20, "squash", "multiples of the patch size 16"),
+    ((32, 40), "squash", "32x40"),
+    (0, "squash", "multiples"),
+    ("224", "squash", "integer"),
+    ((32, 32, 32), "squash", "pair"),
+    (32, "stretch", "squash, crop, letterbox"),
+])
+def test_bad_size_or_mode(size, mode, message):
+    with pytest.raises(InputError, match=message):
+        prepare(random_rgb(40, 40), size, mode=mode, patch_size=16, **NORM)
+
+
+def test_image_smaller_than_a_patch():
+    message = r"image is 5x7 pixels \(width x height\), smaller than one 16x16 patch"
+    with pytest.raises(InputError, match=message):
+        prepare(random_rgb(7, 5), 32, patch_size=16, **NORM)
+    with pytest.raises(InputError, match="smaller than one"):
+        prepare(random_rgb(100, 15), 32, mode="letterbox", patch_size=16, **NORM)
+    assert prepare(random_rgb(16, 16), 32, patch_size=16, **NORM).pixels.shape == (3, 32, 32)
+
+
+def test_bad_mean_std():
+    with pytest.raises(InputError, match="std"):
+        prepare(random_rgb(16, 16), 16, patch_size=16, mean=MEAN, std=(1.0, 0.0, 1.0))
+    with pytest.raises(InputError, match="mean"):
+        prepare(random_rgb(16, 16), 16, patch_size=16, mean=(0.5, 0.5), std=STD)
+
+
+def test_prepare_batch(tmp_path):
+    Image.fromarray(random_rgb(40, 30, seed=2)).save(tmp_path / "a.png")
+    images = [random_rgb(50, 70), tmp_path / "a.png", Image.fromarray(random_rgb(33, 33, seed=4))]
+    batch, prepared = prepare_batch(images, (32, 48), mode="letterbox", patch_size=16, **NORM)
+    assert batch.shape == (3, 3, 32, 48) and batch.dtype == torch.float32
+    assert [p.original_size for p in prepared] == [(50, 70), (40, 30), (33, 33)]
+    for k, (image, item) in enumerate(zip(images, prepared)):
+        single = prepare(image, (32, 48), mode="letterbox", patch_size=16, **NORM)
+        torch.testing.assert_close(batch[k], single.pixels)
+        assert item.window == single.window
+        assert item.pixels.data_ptr() == batch[k].data_ptr()
+
+    frames = np.stack([random_rgb(20, 20, seed=s) for s in range(2)])
+    batch, prepared = prepare_batch(frames[..., ::-1], 16, patch_size=16, bgr=True, **NORM)
+    torch.testing.assert_close(batch[1], prepare(frames[1], 16, patch_size=16, **NORM).pixels)
+
+    with pytest.raises(InputError, match="empty"):
+        prepare_batch([], 16, patch_size=16, **NORM)
+    with pytest.raises(TypeError, match="list"):
+        prepare_batch(tmp_path / "a.png", 16, patch_size=16, **NORM)
+
+
+# --- already normalised tensors ------------------------------------------------------
+
+
+def test_as_pixel_batch_accepts_float_tensors():
+    single = torch.randn(3, 32, 48)
+    batch = as_pixel_batch(single, 16)
+    assert batch.shape == (1, 3, 32, 48) and batch.data_ptr() == single.data_ptr()
+    half = torch.randn(2, 3, 16, 16, dtype=torch.float16)
+    assert as_pixel_batch(half, 16) is half
+
+
+@pytest.mark.parametrize("tensor, error, message", [
+    (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), TypeError, "floating-point"),
+    (np.zeros((1, 3, 16, 16), dtype=np.float32), TypeError, "ndarray"),
+    (torch.zeros(16, 16), InputError, r"\(16, 16\)"),
+    (torch.zeros(1, 1, 3, 16, 16), InputError, "B, 3, H, W"),
+    (torch.zeros(1, 16, 16, 3), InputError, "channels-last"),
+    (torch.zeros(1, 3, 16, 24), InputError, "16x24"),
+    (torch.zeros(1, 3, 8, 8), InputError, "8x8"),
+    (torch.zeros(0, 3, 16, 16), InputError, "at least one"),
+])
+def test_as_pixel_batch_rejects(tensor, error, message):
+    with pytest.raises(error, match=message):
+        as_pixel_batch(tensor, 16)

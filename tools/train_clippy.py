@@ -1,0 +1,415 @@
+"""Train a small CLIPpy on generated scenes, from image-level captions only.
+
+The recipe of the paper, scaled down to two CPU cores:
+
+- the engine's own ``ClippyModel`` in a small configuration (ViT with patch 8 on
+  64-pixel scenes, a T5 encoder text tower with mean pooling and a Dense projection);
+- a SentencePiece vocabulary trained on the caption corpus;
+- the symmetric contrastive (InfoNCE) loss with a learned logit scale:
+
+      S = exp(t) * I @ T^T                      (I [B, D], T [B, D], both L2-normalised)
+      loss = (CE(S, diag) + CE(S^T, diag)) / 2
+
+  where I is the max over the image tokens (``--pooling max``, CLIPpy) or the class
+  token (``--pooling cls``, the CLIP-style ablation). The image-to-text direction also
+  sees one extra caption per image that differs from the true one by one shape or the
+  background kind (a hard negative: still a caption, never a label map).
+
+Captions are composed per step from each scene's object list and background kind
+(colour + shape or shape only, varied phrasings). The scenes' label maps are never
+read during training; they are used only by the held-out evaluation, which segments
+scenes from a validation range of evaluation seeds (disjoint from the 500 reported
+ones) with ``eval_prompts`` and logs zero-shot mIoU as training goes.
+
+Every evaluation writes the current weights as a complete model directory
+(``OUT/model``), so a usable model exists whenever the run stops.
+
+    python tools/train_clippy.py --out runs/max --pooling max --steps 1200
+    python tools/train_clippy.py --out runs/cls --pooling cls --steps 600
+
+This script is not part of the runtime package and is never imported by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clippy_rt.config import ClippyConfig, ImageTowerConfig, TextTowerConfig
+from clippy_rt.datasets.synthetic import (
+    BACKGROUND_PHRASES,
+    BACKGROUNDS,
+    EVAL_SEED_BASE,
+    SHAPES,
+    TRAIN_SEED_BASE,
+    class_names,
+    eval_prompts,
+    generate_scene,
+)
+from clippy_rt.model_dir import save_model_dir
+from clippy_rt.models import ClippyModel
+from clippy_rt.tokenizer import Tokenizer, train_sentencepiece
+
+# Held-out seeds used for monitoring during training: evaluation-side seeds, far from
+# the range the reported figures use (EVAL_SEED_BASE + [0, 500)).
+VALIDATION_SEED = EVAL_SEED_BASE + 5_000_000
+IMAGE_SIZE = 64
+
+# --------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------
+
+_COUNT_WORDS = ("zero", "one", "two", "three", "four")
+
+# {objects}: the object phrases joined into a list; {bg}: a background phrase.
+_TEMPLATES = (
+    "{objects} on {bg}",
+    "a photo of {objects} on {bg}",
+    "{objects} over {bg}",
+    "an image of {objects} in front of {bg}",
+    "{bg} with {objects}",
+    "{objects} against {bg}",
+    "a picture showing {objects} on {bg}",
+    "{objects} drawn on {bg}",
+    "on {bg}: {objects}",
+    "a drawing of {objects} with {bg} behind",
+)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _plural(noun: str) -> str:
+    return noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
+
+
+def compose_caption(objects, background: str, rng: np.random.Generator, with_colour: bool) -> str:
+    """One caption naming every object (with or without its colour) and the background kind."""
+    names = [f"{colour} {shape}" if with_colour else shape for shape, colour in objects]
+    counts: dict = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    phrases = []
+    for name, count in counts.items():
+        if count == 1:
+            phrases.append(f"{_article(name)} {name}")
+        else:
+            words = name.split(" ")
+            phrases.append(" ".join([_COUNT_WORDS[count], *words[:-1], _plural(words[-1])]))
+    phrases = [phrases[i] for i in rng.permutation(len(phrases))]
+    if len(phrases) == 1:
+        listed = phrases[0]
+    else:
+        listed = ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    options = BACKGROUND_PHRASES[background]
+    template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
+    return template.format(objects=listed, bg=options[int(rng.integers(len(options)))])
+
+
+def hard_negative(objects, background: str, rng: np.random.Generator):
+    """The same scene description with one shape replaced, or (1 time in 4) another background."""
+    if rng.random() < 0.25:
+        others = [b for b in BACKGROUNDS if b != background]
+        return list(objects), others[int(rng.integers(len(others)))]
+    objects = list(objects)
+    index = int(rng.integers(len(objects)))
+    shape, colour = objects[index]
+    others = [s for s in SHAPES if s != shape]
+    objects[index] = (others[int(rng.integers(len(others)))], colour)
+    return objects, background
+
+
+def caption_corpus(n: int, seed: int) -> list:
+    """Captions for the vocabulary: composed ones, generator ones and the evaluation prompts."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for index in range(n):
+        scene = generate_scene(TRAIN_SEED_BASE + index, 16)
+        lines.append(scene.caption)
+        lines.append(compose_caption(scene.objects, scene.background, rng, with_colour=bool(index % 2)))
+    for prompts in eval_prompts(("{article} {shape}", "a {shape}", "{shape}")).values():
+        lines.extend(prompts)
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+def scene_pool(n: int, cache: Path):
+    """Images uint8 [n, 64, 64, 3], objects and backgrounds of training seeds 0..n-1 (cached)."""
+    if cache.is_file():
+        data = np.load(cache, allow_pickle=False)
+        if len(data["images"]) >= n:
+            meta = json.loads(str(data["meta"]))
+            return data["images"][:n], [tuple(map(tuple, o)) for o in meta["objects"][:n]], meta["backgrounds"][:n]
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    objects, backgrounds = [], []
+    for index in range(n):
+        scene = generate_scene(TRAIN_SEED_BASE + index, IMAGE_SIZE)
+        images[index] = scene.image
+        objects.append(scene.objects)
+        backgrounds.append(scene.background)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"objects": [list(map(list, o)) for o in objects], "backgrounds": backgrounds})
+    np.savez(cache, images=images, meta=np.array(meta))
+    return images, objects, backgrounds
+
+
+def normalise(images: np.ndarray, config: ImageTowerConfig) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W], (x / 255 - mean) / std, as the engine does."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.std).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each image under a random one of the 8 flips/rotations (captions stay true)."""
+    out = np.empty_like(images)
+    for index, image in enumerate(images):
+        k = int(rng.integers(8))
+        image = np.rot90(image, k % 4)
+        out[index] = image[:, ::-1] if k >= 4 else image
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------
+
+
+def make_config(args, vocab_size: int) -> ClippyConfig:
+    image = ImageTowerConfig(
+        patch_size=args.patch, width=args.width, depth=args.depth, heads=args.width // 32,
+        mlp_dim=4 * args.width, pos_grid=IMAGE_SIZE // args.patch, pooling=args.pooling,
+        pool_include_cls=False, image_size=IMAGE_SIZE)
+    text = TextTowerConfig(
+        vocab_size=vocab_size, d_model=args.width, d_kv=32, d_ff=4 * args.width,
+        heads=args.width // 32, depth=args.text_depth, relative_buckets=16,
+        relative_max_distance=32, max_length=args.max_length, projection=True,
+        projection_dim=args.width)
+    return ClippyConfig(image=image, text=text, prompt_template="{article} {}",
+                        arch=f"clippy-synthetic-{args.pooling}",
+                        source="tools/train_clippy.py: trained on generated scenes (clippy_rt.datasets.synthetic)")
+
+
+def image_embedding(model: ClippyModel, pixels: torch.Tensor):
+    """(patch features [B, N, D], pooled [B, D]), both L2-normalised, computed inline.
+
+    The same math as ``VisionTower.forward``: max over the patch tokens (the class
+    token is left out: ``pool_include_cls=False``) or the class token.
+    """
+    tokens = model.visual.forward_features(pixels)
+    patches = tokens[:, 1:]
+    if model.cfg.image.pooling == "cls":
+        pooled = tokens[:, 0]
+    else:
+        pooled = patches.max(dim=1).values
+    return F.normalize(patches, dim=-1), F.normalize(pooled, dim=-1)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------
+
+
+class Validation:
+    """Zero-shot segmentation of held-out scenes, as the engine computes it.
+
+    logits[b, k] = bilinear upsample (align_corners=False) of <patch, text_k> to 64 x 64;
+    a class's logit is the max over its prompts; label = argmax over classes.
+    """
+
+    def __init__(self, n: int, seed: int, config: ClippyConfig) -> None:
+        scenes = [generate_scene(seed + i, IMAGE_SIZE) for i in range(n)]
+        self.pixels = normalise(np.stack([s.image for s in scenes]), config.image)
+        self.targets = np.stack([s.labels for s in scenes]).astype(np.int64)
+        prompts = eval_prompts()
+        self.prompts = [p for name in class_names() for p in prompts[name]]
+        self.owner = torch.tensor([k for k, name in enumerate(class_names()) for _ in prompts[name]])
+
+    @torch.no_grad()
+    def __call__(self, model: ClippyModel, tokenizer: Tokenizer) -> dict:
+        model.eval()
+        ids, mask = tokenizer.encode(self.prompts)
+        text = model.text(ids, mask)
+        classes = len(class_names())
+        matrix = np.zeros((classes, classes), dtype=np.int64)
+        grid = IMAGE_SIZE // model.cfg.image.patch_size
+        for start in range(0, len(self.pixels), 100):
+            patches, _ = image_embedding(model, self.pixels[start:start + 100])
+            logits = (patches @ text.T).transpose(1, 2).reshape(len(patches), -1, grid, grid)
+            logits = F.interpolate(logits, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                                   align_corners=False)
+            per_class = torch.full((len(patches), classes, IMAGE_SIZE, IMAGE_SIZE), -math.inf)
+            for k in range(classes):
+                per_class[:, k] = logits[:, self.owner == k].max(dim=1).values
+            pred = per_class.argmax(dim=1).numpy()
+            target = self.targets[start:start + 100]
+            matrix += np.bincount((target * classes + pred).ravel(),
+                                  minlength=classes * classes).reshape(classes, classes)
+        model.train()
+        tp = np.diag(matrix).astype(np.float64)
+        union = matrix.sum(0) + matrix.sum(1) - tp
+        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        return {"miou": float(np.nanmean(iou)), "pixel_accuracy": float(tp.sum() / matrix.sum()),
+                "iou": {name: round(float(v), 4) for name, v in zip(class_names(), iou)}}
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to peak / 50."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = peak / 50
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor,
+                     logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE; image-to-text also ranks the hard-negative captions.
+
+    image, text: [B, D]; negatives: [M, D]; all L2-normalised. Returns a scalar.
+    """
+    scale = logit_scale.clamp(max=math.log(100.0)).exp()
+    per_image = scale * image @ torch.cat([text, negatives]).T
+    per_text = scale * text @ image.T
+    target = torch.arange(len(image))
+    return 0.5 * (F.cross_entropy(per_image, target) + F.cross_entropy(per_text, target))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="run folder (log, model dirs)")
+    parser.add_argument("--pooling", choices=("max", "cls"), default="max")
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (sets the schedule)")
+    parser.add_argument("--max-minutes", type=float, default=45.0,
+                        help="stop (and save) after this many minutes even before --steps")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--patch", type=int, default=8)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--text-depth", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=40)
+    parser.add_argument("--vocab", type=int, default=320)
+    parser.add_argument("--pool", type=int, default=40000, help="training scenes (seeds 0..N-1)")
+    parser.add_argument("--colour-prob", type=float, default=0.5,
+                        help="probability that a caption names colours (else shapes only)")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-images", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "log.jsonl"
+    log = log_path.open("a")
+
+    def record(entry: dict) -> None:
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        print(json.dumps(entry), flush=True)
+
+    begin = time.perf_counter()
+    spiece = args.cache / f"spiece-{args.vocab}.model"
+    if not spiece.is_file():
+        args.cache.mkdir(parents=True, exist_ok=True)
+        train_sentencepiece(caption_corpus(20000, args.seed), spiece, args.vocab, seed=args.seed)
+    tokenizer = Tokenizer.from_file(spiece, max_length=args.max_length)
+    config = make_config(args, tokenizer.vocab_size)
+    images, objects, backgrounds = scene_pool(args.pool, args.cache / f"pool-{args.pool}.npz")
+    validation = Validation(args.eval_images, VALIDATION_SEED, config)
+    record({"event": "start", "args": {k: str(v) for k, v in vars(args).items()},
+            "vocab": tokenizer.vocab_size, "setup_s": round(time.perf_counter() - begin, 1),
+            "config": config.to_dict()})
+
+    model = ClippyModel(config)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": other, "weight_decay": 0.0}], lr=args.lr,
+                                  betas=(0.9, 0.98), eps=1e-6)
+    start = time.perf_counter()
+    best = -1.0
+    losses = []
+
+    def checkpoint(step: int) -> None:
+        nonlocal best
+        result = validation(model, tokenizer)
+        minutes = (time.perf_counter() - start) / 60
+        record({"event": "eval", "step": step, "minutes": round(minutes, 2),
+                "loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
+                "logit_scale": round(float(model.logit_scale.exp()), 2), **result})
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        save_model_dir(args.out / "model", config, state, spiece, overwrite=True)
+        if result["miou"] > best:
+            best = result["miou"]
+            save_model_dir(args.out / "best", config, state, spiece, overwrite=True)
+
+    step = 0
+    while step < args.steps:
+        if (time.perf_counter() - start) / 60 > args.max_minutes:
+            record({"event": "time limit", "step": step})
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        index = rng.integers(len(images), size=args.batch)
+        pixels = normalise(dihedral(images[index], rng), config.image)
+        captions, negatives = [], []
+        for i in index:
+            colour = rng.random() < args.colour_prob
+            captions.append(compose_caption(objects[i], backgrounds[i], rng, colour))
+            negatives.append(compose_caption(*hard_negative(objects[i], backgrounds[i], rng), rng, colour))
+        ids, mask = tokenizer.encode(captions + negatives)
+        _, image = image_embedding(model, pixels)
+        text = model.text(ids, mask)
+        loss = contrastive_loss(image, text[: args.batch], text[args.batch:], model.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss))
+        step += 1
+        if step % 10 == 0:
+            record({"event": "train", "step": step, "loss": round(float(np.mean(losses[-10:])), 4),
+                    "lr": round(optimizer.param_groups[0]["lr"], 6),
+                    "minutes": round((time.perf_counter() - start) / 60, 2)})
+        if step % args.eval_every == 0:
+            checkpoint(step)
+    if step % args.eval_every:
+        checkpoint(step)
+    record({"event": "done", "step": step, "minutes": round((time.perf_counter() - start) / 60, 2),
+            "best_miou": best})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
