@@ -36,7 +36,6 @@ import hashlib
 import json
 import platform
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -524,18 +523,16 @@ def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
                    logit_scale=float(manifest["logit_scale"]))
 
 
-def check_file(file: Path, entry: Mapping[str, object], verify_checksum: bool) -> None:
-    """``file`` must exist with the manifest's size and (optionally) sha256."""
+def check_file(file: Path, entry: Mapping[str, object], verify_checksum: bool,
+               listed_in: str = MANIFEST_FILE) -> None:
+    """``file`` must exist with the recorded size and (optionally) sha256."""
     if not file.is_file():
-        raise ModelDirError(f"{file} is missing (listed in {MANIFEST_FILE})")
+        raise ModelDirError(f"{file} is missing (listed in {listed_in})")
     size = file.stat().st_size
     if size != entry.get("bytes"):
-        raise ModelDirError(f"{file} has {size} bytes but {MANIFEST_FILE} records {entry.get('bytes')}: "
-                            f"the file is truncated or was replaced; re-export the model")
+        raise ModelDirError(f"{file} has {size} bytes but {listed_in} records {entry.get('bytes')}: "
+                            f"the file is truncated or was replaced; rebuild the directory")
     if verify_checksum and sha256_file(file) != entry.get("sha256"):
-        raise ModelDirError(f"{file} does not match its sha256 in {MANIFEST_FILE}: the file is corrupt or "
-                            f"was replaced; re-export the model")
+        raise ModelDirError(f"{file} does not match its sha256 in {listed_in}: the file is corrupt or "
+                            f"was replaced; rebuild the directory")
 
-
-def python_version() -> str:
-    return sys.version.split()[0]

@@ -267,8 +267,14 @@ def _axis_mapping(window: Optional[Window], h: int, w: int, height: int, width: 
 # ----------------------------------------------------------------------------------------------
 
 def patch_logits_ref(patch_features: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-    """Patch logits [B, K, h, w] float32 = P . T^T, computed in float32."""
-    return torch.einsum("bhwd,kd->bkhw", patch_features.float(), text_embeds.float())
+    """Patch logits [B, K, h, w] float32 = P . T^T, computed in float32.
+
+    One [B*h*w, D] x [D, K] matmul; the result is a channels-last view (K innermost),
+    which F.interpolate keeps, so the max over K later reads contiguous memory.
+    """
+    batch, h, w, dim = patch_features.shape
+    logits = patch_features.float().reshape(batch * h * w, dim) @ text_embeds.float().t()
+    return logits.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
 
 
 def _axis_taps(size_in: int, size_out: int, offset: float, scale: float, device):
@@ -317,24 +323,26 @@ def seg_head_ref(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_si
                                                          window, temperature)
     batch = patch_features.shape[0]
     num_prompts = text_embeds.shape[0]
-    device = patch_features.device
     logits = patch_logits_ref(patch_features, text_embeds)
     chunk = max(1, min(num_prompts, _REF_CHUNK_ELEMENTS // max(1, batch * height * width)))
 
-    best = torch.full((batch, height, width), float("-inf"), device=device)
-    best_k = torch.zeros((batch, height, width), dtype=torch.int64, device=device)
-    sum_exp = torch.zeros((batch, height, width), device=device)
+    best = best_k = sum_exp = None
     for k0 in range(0, num_prompts, chunk):
         up = upsample_logits_ref(logits[:, k0:k0 + chunk], (height, width), window)
-        chunk_k = up.argmax(dim=1, keepdim=True)  # first maximum on ties
-        chunk_max = up.gather(1, chunk_k).squeeze(1)
+        # torch.max over a dim returns the first maximal index on ties, as argmax does.
+        chunk_max, chunk_k = up.max(dim=1)
+        chunk_k += k0
+        if best is None:
+            best, best_k = chunk_max, chunk_k
+            if temperature is not None:
+                sum_exp = torch.exp(temperature * (up - best[:, None])).sum(dim=1)
+            continue
+        new_best = torch.maximum(best, chunk_max)
         if temperature is not None:
-            new_best = torch.maximum(best, chunk_max)
             sum_exp = sum_exp * torch.exp(temperature * (best - new_best)) + torch.exp(
                 temperature * (up - new_best[:, None])).sum(dim=1)
-        better = chunk_max > best  # strict: an earlier chunk keeps a tie
-        best_k = torch.where(better, chunk_k.squeeze(1) + k0, best_k)
-        best = torch.where(better, chunk_max, best)
+        best_k = torch.where(chunk_max > best, chunk_k, best_k)  # strict: an earlier chunk keeps a tie
+        best = new_best
 
     labels = best_k.to(label_dtype(num_prompts))
     if not return_scores:

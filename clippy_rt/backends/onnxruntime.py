@@ -218,7 +218,9 @@ class OnnxRuntimeEngine(Engine):
         self.text_runner = OrtRunner(onnx_dir.graph_path(TEXT.name, precision), TEXT, onnx_dir.config, **options)
 
     def _image_forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self.image_runner.infer_torch({IMAGE.inputs[0].name: pixels})
+        # The graphs take float32 pixels in every precision (io_spec); the Engine API
+        # accepts any float tensor, as the torch backend does.
+        out = self.image_runner.infer_torch({IMAGE.inputs[0].name: pixels.float()})
         return out["patch_features"], out["image_embeds"]
 
     def _text_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

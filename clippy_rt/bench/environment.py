@@ -43,6 +43,7 @@ def collect_environment() -> Dict[str, Any]:
         "cpu": cpu_info(),
         "memory_bytes": _total_memory(),
         "torch_threads": torch.get_num_threads(),
+        "load_average": _load_average(),
         "gpu": gpu_info(),
         "versions": package_versions(),
         "onnxruntime_providers": _onnxruntime_providers(),
@@ -178,6 +179,14 @@ def _module_version(module: str) -> Optional[str]:
     except Exception:  # a broken optional install must not stop the benchmark report
         return None
     return getattr(imported, "__version__", None)
+
+
+def _load_average() -> Optional[List[float]]:
+    """1, 5 and 15 minute load averages: other work on the machine shows up here."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _total_memory() -> Optional[int]:

@@ -55,7 +55,7 @@ JSON_SCHEMA: Dict[str, object] = {
             "type": "object",
             "required": ["model", "arch", "backends", "precisions", "devices", "batches", "sizes", "prompts",
                          "stages", "frame_size", "warmup_ms", "duration_s", "min_iters", "max_iters",
-                         "cuda_graph", "seed", "baseline"],
+                         "cuda_graph", "seed", "threads", "baseline"],
             "properties": {
                 "model": _NULLABLE_STRING,
                 "arch": _NULLABLE_STRING,
@@ -73,6 +73,7 @@ JSON_SCHEMA: Dict[str, object] = {
                 "max_iters": _NULLABLE_INT,
                 "cuda_graph": {"type": "boolean"},
                 "seed": {"type": "integer"},
+                "threads": _NULLABLE_INT,
                 "baseline": {
                     "anyOf": [{"type": "null"},
                               {"type": "object", "required": ["backend", "precision"],
@@ -94,7 +95,7 @@ JSON_SCHEMA: Dict[str, object] = {
         },
         "environment": {
             "type": "object",
-            "required": ["date", "platform", "python", "cpu", "memory_bytes", "torch_threads", "gpu",
+            "required": ["date", "platform", "python", "cpu", "memory_bytes", "torch_threads", "load_average", "gpu",
                          "versions", "onnxruntime_providers", "cpu_governor", "jetson"],
             "properties": {
                 "date": {"type": "string"},
@@ -113,6 +114,7 @@ JSON_SCHEMA: Dict[str, object] = {
                 },
                 "memory_bytes": _NULLABLE_INT,
                 "torch_threads": {"type": "integer"},
+                "load_average": {"type": ["array", "null"], "items": {"type": "number"}},
                 "gpu": {
                     "anyOf": [{"type": "null"}, {
                         "type": "object",
@@ -349,7 +351,10 @@ def format_table(run: BenchRun, *, max_listed: int = 6) -> str:
     weights = "RANDOM weights" if model.get("random_weights") else "trained weights"
     lines.append(f"clippy-rt bench: {model.get('arch')} ({model.get('kind')}, {weights}); "
                  f"percentiles nearest-rank; times in ms")
-    machine = f"machine: {cpu.get('model') or 'unknown CPU'}, {cpu.get('usable_threads')} threads"
+    machine = (f"machine: {cpu.get('model') or 'unknown CPU'}, {cpu.get('usable_threads')} usable threads, "
+               f"torch threads {env.get('torch_threads')}")
+    if env.get("load_average"):
+        machine += f", load average {' / '.join(str(v) for v in env['load_average'])}"
     if gpu:
         machine += f"; GPU {gpu.get('name')} (driver {gpu.get('driver') or '?'}, CUDA {gpu.get('cuda_runtime')})"
     lines.append(machine)

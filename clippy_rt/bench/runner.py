@@ -100,6 +100,7 @@ class BenchSettings:
     cuda_graph: bool = False
     baseline: Optional[Tuple[str, str]] = ("torch", "fp32")
     seed: int = 0
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.arch is None):
@@ -123,6 +124,9 @@ class BenchSettings:
         if (len(self.frame_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                              for v in self.frame_size)):
             raise InputError(f"frame_size must be (height, width) positive integers, got {self.frame_size!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise InputError(f"threads must be a positive integer or None, got {self.threads!r}")
         if not isinstance(self.policy, TimingPolicy):
             raise TypeError(f"policy must be a TimingPolicy, got {type(self.policy).__name__}")
         if self.baseline is not None:
@@ -138,7 +142,7 @@ class BenchSettings:
             "prompts": list(self.prompts), "stages": list(self.stages), "frame_size": list(self.frame_size),
             "warmup_ms": self.policy.warmup_s * 1000.0, "duration_s": self.policy.duration_s,
             "min_iters": self.policy.min_iters, "max_iters": self.policy.max_iters,
-            "cuda_graph": self.cuda_graph, "seed": self.seed,
+            "cuda_graph": self.cuda_graph, "seed": self.seed, "threads": self.threads,
             "baseline": ({"backend": self.baseline[0], "precision": self.baseline[1]}
                          if self.baseline is not None else None),
         }
@@ -633,8 +637,8 @@ def _available_host_memory() -> Optional[int]:
 
 
 def _seg_head_case(case: Case, config, settings: BenchSettings) -> Timed:
-    from clippy_rt.kernels import seg_head as seg_head_module
-
+    # The package re-exports the function under the module's name; import the module itself.
+    seg_head_module = importlib.import_module("clippy_rt.kernels.seg_head")
     device = torch.device(case.device)
     dtype = _DTYPES[case.precision]
     grid = case.size // config.image.patch_size
@@ -807,8 +811,6 @@ class Runner:
             return _image_case(case, engine, self.settings)
         if case.stage == "text":
             return _text_case(case, engine)
-        if case.variant == "reference-post":
-            return _end_to_end_case(case, engine, self.settings)
         return _end_to_end_case(case, engine, self.settings)
 
     def close(self) -> None:
@@ -831,18 +833,22 @@ def run_benchmark(settings: BenchSettings, *, wrap: Optional[Callable[[Sequence[
     started = _now()
     interrupted = False
     results: List[CaseResult] = []
+    threads_before = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="clippy-rt-bench-") as tmp:
         source = resolve_source(settings.model, settings.arch, Path(tmp), seed=settings.seed)
         runner = Runner(settings, source, Path(tmp))
         cases = runner.cases
-        env = environment if environment is not None else collect_environment()
         try:
+            if settings.threads is not None:
+                torch.set_num_threads(settings.threads)
+            env = environment if environment is not None else collect_environment()
             for case in (wrap(cases) if wrap is not None else cases):
                 results.append(runner.run_case(case))
         except KeyboardInterrupt:
             interrupted = True
         finally:
             runner.close()
+            torch.set_num_threads(threads_before)
     return BenchRun(settings=settings, model=source.describe(settings.arch), environment=env,
                     results=tuple(results), planned=len(cases), interrupted=interrupted,
                     started=started, finished=_now())

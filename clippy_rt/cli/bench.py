@@ -68,6 +68,8 @@ def add_arguments(parser) -> None:
                         help="also time the torch image tower captured in a CUDA graph (CUDA only)")
     parser.add_argument("--baseline", default="torch:fp32",
                         help="BACKEND:PRECISION the ratios compare with, or 'none' (default: torch:fp32)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads during the run (default: torch's own choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the report as JSON (schema: benchmarks/BENCH_SCHEMA.md)")
@@ -105,7 +107,7 @@ def settings_from_args(args):
         backends=tuple(args.backend), precisions=tuple(args.precision), devices=tuple(args.device),
         batches=tuple(args.batch), sizes=tuple(args.size) if args.size else None, prompts=tuple(args.prompts),
         stages=tuple(args.stage), frame_size=tuple(frame), policy=policy, cuda_graph=args.cuda_graph,
-        baseline=_baseline(args.baseline), seed=args.seed)
+        baseline=_baseline(args.baseline), seed=args.seed, threads=args.threads)
 
 
 def run(args) -> int:
