@@ -5,47 +5,156 @@ onnxruntime package): initializers and activations become float16, Cast nodes ar
 inserted around the nodes kept in float32, and the graph inputs and outputs stay float32
 (``keep_io_types``), so callers of a float16 graph see the same tensors as for float32.
 
-What stays float32, and why (figures in benchmarks/RESULTS.md, "float16 accuracy"):
+What runs in float16, per tower (measurements in benchmarks/RESULTS.md, "float16"):
 
-- the final L2 normalisations (``ReduceL2`` and the division after it): the sum of 768
-  squares of O(1) activations rounds badly in float16, and every downstream similarity
-  is divided by it;
-- the T5 RMS norms (``Pow`` / ``ReduceMean`` / ``Sqrt``): ``mean(x**2)`` overflows float16
-  for T5's large residual activations, which the torch model also computes in float32;
-- the position-bias table of the text tower and the bicubic position-embedding resize are
-  tiny and stay float32 by construction (index arithmetic, ``Resize`` scales).
-
-LayerNormalization and Softmax run in float16: ONNX Runtime and TensorRT accumulate both
-in float32 internally, and keeping them float32 measured no gain.
+- image tower: everything except the final L2 normalisations (``ReduceL2``). The ViT's
+  residual stream stays far inside float16's range; LayerNormalization and Softmax
+  accumulate in float32 inside ONNX Runtime's and TensorRT's kernels, and keeping them
+  float32 measured no accuracy gain (max abs error 1.3e-4 against 1.4e-4 on a random
+  ViT-B/16 at 224).
+- text tower (T5): only the large matrix products, the attention projections q, k, v, o
+  and the feed-forward input projection(s) wi. The residual stream, the RMS norms, the
+  attention logits with their relative-position and padding bias, the feed-forward output
+  projection wo, pooling and normalisation stay float32. T5's residual stream grows past
+  float16's 65504 (the reason Hugging Face clamps it), and the RMS norm squares it: with
+  the feed-forward weights scaled so that the residual reaches 1.4e3, converting every
+  node but these gives non-finite or 0.4-off embeddings, this policy stays within 1e-3
+  (tests/export/test_fp16.py).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-# Operator types kept in float32 in both towers.
-KEEP_FLOAT32_OPS = ("ReduceL2", "Pow", "ReduceMean", "Sqrt")
+FLOAT16_MAX = 65504.0
+# Kept float32 in every tower: Resize takes float32 scales, and the position-embedding
+# resize is a one-off on a small table.
+ALWAYS_FLOAT32_OPS = frozenset({"Resize"})
+# Ops that read only the shape of their input, so its precision does not matter.
+TYPE_AGNOSTIC_OPS = frozenset({"Shape", "Size"})
+# Operator types kept in float32 in the image tower.
+IMAGE_KEEP_FLOAT32_OPS = ("ReduceL2",)
+# The only text-tower nodes converted to float16 (names as the tracer writes them from
+# the module tree of clippy_rt.models.t5).
+TEXT_FLOAT16_NODES = (r"/text/blocks\.\d+/attn/(q|k|v|o)/MatMul", r"/text/blocks\.\d+/ffn/(wi|wi_0|wi_1)/MatMul")
 
 
-def convert_to_fp16(model, keep_float32_ops: Optional[Iterable[str]] = None,
-                    keep_float32_nodes: Iterable[str] = ()):
-    """A float16 copy of ``model`` (float32 graph I/O kept) as an ONNX ModelProto.
+def convert_to_fp16(model, graph_name: str, keep_float32_ops: Optional[Iterable[str]] = None,
+                    float16_nodes: Optional[Sequence[str]] = None):
+    """A float16 copy of ``model`` (tower ``graph_name``), float32 graph inputs and outputs.
 
-    ``keep_float32_ops``: operator types left in float32 (default ``KEEP_FLOAT32_OPS``);
-    ``keep_float32_nodes``: node names left in float32.
+    ``keep_float32_ops`` overrides the image tower's float32 operator types;
+    ``float16_nodes`` (regular expressions over node names) overrides the text tower's
+    float16 allow-list. Raises ``ValueError`` if the allow-list matches no node (the model's
+    module names changed and the policy would silently convert nothing).
+    """
+    if graph_name == "image":
+        keep = set(IMAGE_KEEP_FLOAT32_OPS if keep_float32_ops is None else keep_float32_ops) | ALWAYS_FLOAT32_OPS
+        half = {n.name for n in model.graph.node if n.op_type not in keep}
+    elif graph_name == "text":
+        patterns = [re.compile(p) for p in (TEXT_FLOAT16_NODES if float16_nodes is None else float16_nodes)]
+        half = {n.name for n in model.graph.node
+                if n.op_type not in ALWAYS_FLOAT32_OPS and any(p.fullmatch(n.name) for p in patterns)}
+        if not half:
+            raise ValueError("no text-tower node matches the float16 allow-list; the node names changed")
+    else:
+        raise ValueError(f"unknown graph {graph_name!r}")
+    return convert_nodes_to_fp16(model, half)
+
+
+def convert_nodes_to_fp16(model, half_nodes: Set[str]):
+    """Run the nodes named in ``half_nodes`` in float16 and every other node as it was.
+
+    Every float32 tensor gets the precision of its producer (graph inputs stay float32; an
+    initializer or constant read only by float16 nodes is stored as float16, clipped to
+    +-65504); a Cast is inserted on each edge whose two ends differ, once per tensor and
+    precision, so a float32 region never round-trips through float16. Float32 graph outputs
+    produced in float16 are cast back under their own names.
     """
     import copy
 
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, shape_inference
 
-    ops = list(KEEP_FLOAT32_OPS if keep_float32_ops is None else keep_float32_ops)
-    converted = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True,
-                                         op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ops)),
-                                         node_block_list=list(keep_float32_nodes))
-    # The converter appends its input casts after their consumers; ONNX requires
-    # topological order.
-    topological_sort(converted.graph)
-    return converted
+    model = copy.deepcopy(model)
+    graph = model.graph
+    inferred = shape_inference.infer_shapes(model)
+    types: Dict[str, int] = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        types[value.name] = value.type.tensor_type.elem_type
+    initializers = {init.name: init for init in graph.initializer}
+    for name, init in initializers.items():
+        types[name] = init.data_type
+    is_float = {name for name, t in types.items() if t == TensorProto.FLOAT}
+
+    consumers: Dict[str, List] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def to_half_array(array):
+        return np.clip(array, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+
+    # Precision of every float tensor: its producer's; initializers read only in float16 become float16.
+    precision: Dict[str, int] = {}
+    for name in is_float:
+        precision[name] = TensorProto.FLOAT
+    for name, init in initializers.items():
+        readers = consumers.get(name, [])
+        if init.data_type == TensorProto.FLOAT and readers and all(n.name in half_nodes for n in readers):
+            init.CopyFrom(numpy_helper.from_array(to_half_array(numpy_helper.to_array(init)), name))
+            precision[name] = TensorProto.FLOAT16
+    for node in graph.node:
+        if node.name not in half_nodes:
+            continue
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.FLOAT16
+            elif attribute.type == attribute.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                attribute.t.CopyFrom(numpy_helper.from_array(to_half_array(numpy_helper.to_array(attribute.t)),
+                                                             attribute.t.name))
+        for name in node.output:
+            if name in is_float:
+                precision[name] = TensorProto.FLOAT16
+
+    casts: Dict[Tuple[str, int], str] = {}
+    new_nodes = []
+
+    def cast_of(name: str, target: int) -> str:
+        key = (name, target)
+        if key not in casts:
+            suffix = "fp16" if target == TensorProto.FLOAT16 else "fp32"
+            casts[key] = f"{name}__{suffix}"
+            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=target,
+                                              name=f"{name}__cast_{suffix}"))
+        return casts[key]
+
+    for node in graph.node:
+        if node.op_type in TYPE_AGNOSTIC_OPS:
+            continue
+        target = TensorProto.FLOAT16 if node.name in half_nodes else TensorProto.FLOAT
+        for index, name in enumerate(node.input):
+            if name in precision and precision[name] != target:
+                node.input[index] = cast_of(name, target)
+
+    for output in graph.output:
+        if output.type.tensor_type.elem_type == TensorProto.FLOAT and precision.get(output.name) == TensorProto.FLOAT16:
+            inner = f"{output.name}__fp16"
+            for node in graph.node:
+                for index, name in enumerate(node.output):
+                    if name == output.name:
+                        node.output[index] = inner
+                for index, name in enumerate(node.input):
+                    if name == output.name:
+                        node.input[index] = inner
+            new_nodes.append(helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT,
+                                              name=f"{output.name}__cast_fp32"))
+    graph.node.extend(new_nodes)
+    # Intermediate types changed; shape inference recomputes them.
+    del graph.value_info[:]
+    topological_sort(graph)
+    return model
 
 
 def topological_sort(graph) -> None:
@@ -64,7 +173,7 @@ def topological_sort(graph) -> None:
     waiting = []
     consumers = {}
     for index, node in enumerate(nodes):
-        needed = {name for name in _node_inputs(node) if name not in available and name in producer}
+        needed = {name for name in node.input if name not in available and name in producer}
         waiting.append(len(needed))
         for name in needed:
             consumers.setdefault(producer[name], []).append(index)
@@ -82,12 +191,3 @@ def topological_sort(graph) -> None:
         raise ValueError("the graph has a cycle or an input that no node produces")
     del graph.node[:]
     graph.node.extend(nodes[i] for i in order)
-
-
-def _node_inputs(node):
-    """Input names of ``node``, including those read by its subgraphs (If / Loop bodies)."""
-    names = set(node.input)
-    for attribute in node.attribute:
-        for subgraph in list(attribute.g.node if attribute.HasField("g") else []):
-            names |= set(subgraph.input)
-    return names

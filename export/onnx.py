@@ -41,14 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from clippy_rt.config import ClippyConfig
-from clippy_rt.errors import ConfigError, InputError, ModelDirError
+from clippy_rt.errors import BackendUnavailableError, ConfigError, InputError, ModelDirError
 
-from .io_spec import IMAGE, SEG_HEAD, TEXT, TOWERS, GraphSpec
+from .io_spec import GRAPHS, IMAGE, SEG_HEAD, TEXT, TOWERS, GraphSpec
 
 FORMAT = "clippy-rt-onnx"
 FORMAT_VERSION = 1
@@ -193,13 +192,16 @@ def check_graph_io(model, graph: GraphSpec, where: str) -> None:
                                     f"{len(spec.axes)}")
 
 
-def export_towers(model: nn.Module, opset: int = DEFAULT_OPSET) -> Dict[str, object]:
-    """Trace, clean and check both towers. Returns {graph name: float32 ModelProto}."""
+def export_towers(model: nn.Module, opset: int = DEFAULT_OPSET,
+                  names: Sequence[str] = (IMAGE.name, TEXT.name)) -> Dict[str, object]:
+    """Trace, clean and check the towers in ``names``. Returns {graph name: float32 ModelProto}."""
     _check_opset(opset)
     config = model.cfg
     graphs = {}
     for graph, module, args in ((IMAGE, ImageGraph(model), (image_example(config),)),
                                 (TEXT, TextGraph(model), text_example(config))):
+        if graph.name not in names:
+            continue
         proto = trace_to_onnx(module, graph, args, opset)
         drop_noop_casts(proto)
         proto.producer_name = "clippy-rt"
@@ -314,6 +316,27 @@ class ExportResult:
     parity: List[ParityRow] = field(default_factory=list)
 
 
+def require_onnx():
+    """``import onnx`` and check that onnxruntime is importable (both needed to export)."""
+    try:
+        import onnx
+        # The parity check and the float16 converter run on onnxruntime.
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(f"clippy-rt export needs onnx and onnxruntime ({exc}); install them with: "
+                                      f"pip install 'clippy-rt[onnx]'") from exc
+    del onnxruntime
+    return onnx
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Fail before any work if ``out`` cannot be written (``atomic_directory`` checks again)."""
+    if out.exists() and not out.is_dir():
+        raise ModelDirError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ModelDirError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -368,7 +391,7 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
     Raises ``InputError`` for bad arguments, ``ModelDirError`` / ``CheckpointError`` for a
     bad model directory, and ``ModelDirError`` if a graph fails its check.
     """
-    import onnx
+    onnx = require_onnx()
 
     from clippy_rt.api import load_tokenizer
     from clippy_rt.backends.onnxruntime import OrtRunner
@@ -378,21 +401,22 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
 
     log = log or (lambda message: None)
     _check_opset(opset)
+    out = Path(out)
+    check_output_dir(out, overwrite)
     model, info = load_model(Path(model_dir))
     config = info.config
     sizes = _sizes(check_sizes, config)
     if not check_batches or any(not isinstance(b, int) or b < 1 for b in check_batches):
         raise InputError(f"check batches must be positive integers, got {check_batches!r}")
     tokenizer = load_tokenizer(info.tokenizer, config)
-    out = Path(out)
 
     log(f"tracing the image and text towers (opset {opset})")
     graphs = {"fp32": export_towers(model, opset)}
     if fp16:
         log("converting to float16")
-        graphs["fp16"] = {name: convert_to_fp16(proto) for name, proto in graphs["fp32"].items()}
+        graphs["fp16"] = {name: convert_to_fp16(proto, name) for name, proto in graphs["fp32"].items()}
         for name, proto in graphs["fp16"].items():
-            check_graph(proto, TOWERS[[g.name for g in TOWERS].index(name)], f"{name} fp16 graph")
+            check_graph(proto, GRAPHS[name], f"{name} fp16 graph")
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
         files: Dict[str, Dict[str, object]] = {}
@@ -457,10 +481,8 @@ class OnnxDir:
         return tuple(self.manifest["precisions"])
 
     def graph_path(self, name: str, precision: str = "fp32") -> Path:
-        return self.path / GRAPHS_BY_NAME[name].filename(precision)
+        return self.path / GRAPHS[name].filename(precision)
 
-
-GRAPHS_BY_NAME = {g.name: g for g in TOWERS + (SEG_HEAD,)}
 
 
 def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
@@ -505,6 +527,10 @@ def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
     tokenizer = path / str(manifest["tokenizer"])
     if not tokenizer.is_file():
         raise ModelDirError(f"{path} has no tokenizer file {manifest['tokenizer']!r} (listed in {MANIFEST_FILE})")
+    if not isinstance(manifest["files"], dict) or not all(isinstance(e, dict) for e in manifest["files"].values()):
+        raise ModelDirError(f"{manifest_path}: 'files' must map file names to {{bytes, sha256}} entries")
+    if not isinstance(manifest["graphs"], dict) or not isinstance(manifest["precisions"], list):
+        raise ModelDirError(f"{manifest_path}: malformed 'graphs' or 'precisions' entry")
     for precision in manifest["precisions"]:
         if precision not in PRECISIONS:
             raise ModelDirError(f"{manifest_path}: unknown precision {precision!r}")
@@ -512,7 +538,7 @@ def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
             if graph.filename(precision) not in manifest["files"]:
                 raise ModelDirError(f"{manifest_path} lists precision {precision} but no "
                                     f"{graph.filename(precision)}")
-    for name, graph in GRAPHS_BY_NAME.items():
+    for name, graph in GRAPHS.items():
         declared = manifest["graphs"].get(name)
         if declared is not None and declared != graph.describe(config):
             raise ModelDirError(f"{manifest_path}: the {name} graph's tensors {declared} do not match this "

@@ -321,9 +321,10 @@ def build_engines(onnx_dir: Path, out: Path, settings: BuildSettings, *, overwri
 
     from clippy_rt.model_dir import atomic_directory
 
-    from .onnx import CONFIG_FILE, read_onnx_dir, sha256_file
+    from .onnx import CONFIG_FILE, check_output_dir, read_onnx_dir, sha256_file
 
     log = log or (lambda message: None)
+    check_output_dir(Path(out), overwrite)
     trt = import_tensorrt()
     onnx_dir = read_onnx_dir(Path(onnx_dir))
     config = onnx_dir.config

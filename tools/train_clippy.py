@@ -273,13 +273,17 @@ class Validation:
 # --------------------------------------------------------------------------------------
 
 
-def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to peak / 50."""
+def learning_rate(step: int, progress: float, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to peak / 50.
+
+    ``progress`` in [0, 1] is how much of the run is done: the larger of the step
+    fraction and the time fraction, so that a run cut by its time budget still ends
+    its schedule (on a busy machine the steps per minute vary several-fold).
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     floor = peak / 50
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor,
@@ -299,9 +303,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="run folder (log, model dirs)")
     parser.add_argument("--pooling", choices=("max", "cls"), default="max")
-    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (sets the schedule)")
+    parser.add_argument("--steps", type=int, default=1200, help="at most this many optimizer steps")
     parser.add_argument("--max-minutes", type=float, default=45.0,
-                        help="stop (and save) after this many minutes even before --steps")
+                        help="at most this many minutes of training (evaluation included)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=60)
@@ -310,8 +314,8 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--text-depth", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=40)
-    parser.add_argument("--vocab", type=int, default=320)
+    parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument("--vocab", type=int, default=400)
     parser.add_argument("--pool", type=int, default=40000, help="training scenes (seeds 0..N-1)")
     parser.add_argument("--colour-prob", type=float, default=0.5,
                         help="probability that a caption names colours (else shapes only)")
@@ -338,10 +342,13 @@ def main(argv=None) -> int:
         print(json.dumps(entry), flush=True)
 
     begin = time.perf_counter()
-    spiece = args.cache / f"spiece-{args.vocab}.model"
+    spiece = args.cache / f"spiece-bpe-{args.vocab}.model"
     if not spiece.is_file():
         args.cache.mkdir(parents=True, exist_ok=True)
-        train_sentencepiece(caption_corpus(20000, args.seed), spiece, args.vocab, seed=args.seed)
+        # BPE: a unigram model on this small, repetitive vocabulary keeps too few pieces and
+        # splits most words into letters; BPE at this size keeps every word whole.
+        train_sentencepiece(caption_corpus(20000, args.seed), spiece, args.vocab, seed=args.seed,
+                            model_type="bpe")
     tokenizer = Tokenizer.from_file(spiece, max_length=args.max_length)
     config = make_config(args, tokenizer.vocab_size)
     images, objects, backgrounds = scene_pool(args.pool, args.cache / f"pool-{args.pool}.npz")
@@ -367,7 +374,7 @@ def main(argv=None) -> int:
         minutes = (time.perf_counter() - start) / 60
         record({"event": "eval", "step": step, "minutes": round(minutes, 2),
                 "loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
-                "logit_scale": round(float(model.logit_scale.exp()), 2), **result})
+                "logit_scale": round(float(model.logit_scale.detach().exp()), 2), **result})
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         save_model_dir(args.out / "model", config, state, spiece, overwrite=True)
         if result["miou"] > best:
@@ -376,11 +383,11 @@ def main(argv=None) -> int:
 
     step = 0
     while step < args.steps:
-        if (time.perf_counter() - start) / 60 > args.max_minutes:
-            record({"event": "time limit", "step": step})
+        progress = max(step / args.steps, (time.perf_counter() - start) / 60 / args.max_minutes)
+        if progress >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+            group["lr"] = learning_rate(step, progress, args.lr, args.warmup)
         index = rng.integers(len(images), size=args.batch)
         pixels = normalise(dihedral(images[index], rng), config.image)
         captions, negatives = [], []
@@ -396,7 +403,7 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         if step % 10 == 0:
             record({"event": "train", "step": step, "loss": round(float(np.mean(losses[-10:])), 4),

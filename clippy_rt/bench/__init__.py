@@ -6,7 +6,8 @@ variants and baseline are described in ``runner``, the statistics in ``stats``, 
 loop in ``timer`` and the JSON layout in benchmarks/BENCH_SCHEMA.md.
 """
 
-from .report import JSON_SCHEMA, SCHEMA_VERSION, format_table, to_csv, to_json, write_csv, write_json
+from .report import (JSON_SCHEMA, SCHEMA_VERSION, format_markdown, format_table, to_csv, to_json, write_csv,
+                     write_json)
 from .runner import STAGES, BenchRun, BenchSettings, Case, CaseResult, run_benchmark
 from .stats import LatencyStats, nearest_rank_percentile, summarize
 from .timer import Measurement, TimingPolicy, measure
@@ -14,5 +15,5 @@ from .timer import Measurement, TimingPolicy, measure
 __all__ = [
     "run_benchmark", "BenchSettings", "BenchRun", "Case", "CaseResult", "STAGES", "TimingPolicy",
     "Measurement", "measure", "LatencyStats", "summarize", "nearest_rank_percentile", "format_table",
-    "to_json", "to_csv", "write_json", "write_csv", "JSON_SCHEMA", "SCHEMA_VERSION",
+    "format_markdown", "to_json", "to_csv", "write_json", "write_csv", "JSON_SCHEMA", "SCHEMA_VERSION",
 ]

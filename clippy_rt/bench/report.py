@@ -53,12 +53,14 @@ JSON_SCHEMA: Dict[str, object] = {
         "time_unit": {"const": "ms"},
         "settings": {
             "type": "object",
-            "required": ["model", "arch", "backends", "precisions", "devices", "batches", "sizes", "prompts",
+            "required": ["model", "arch", "onnx_dir", "engine_dir", "backends", "precisions", "devices", "batches", "sizes", "prompts",
                          "stages", "frame_size", "warmup_ms", "duration_s", "min_iters", "max_iters",
                          "cuda_graph", "seed", "threads", "baseline"],
             "properties": {
                 "model": _NULLABLE_STRING,
                 "arch": _NULLABLE_STRING,
+                "onnx_dir": _NULLABLE_STRING,
+                "engine_dir": _NULLABLE_STRING,
                 "backends": {"type": "array", "items": {"type": "string"}},
                 "precisions": {"type": "array", "items": {"type": "string"}},
                 "devices": {"type": "array", "items": {"type": "string"}},
@@ -422,3 +424,47 @@ def _bytes(value: Optional[int]) -> str:
     if value is None:
         return "-"
     return f"{value / 2**20:,.0f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def format_markdown(run: BenchRun) -> str:
+    """Measured cases as a Markdown table (host latency in ms), then skipped and failed
+    cases with their reasons; for results files."""
+    ok = [r for r in run.results if r.status == "ok"]
+    with_device = any(r.device_latency is not None for r in ok)
+    header = ["stage", "variant", "backend", "precision", "device", "B", "size", "K", "iters", "median ms",
+              "p90 ms", "p99 ms", "throughput"]
+    if with_device:
+        header.append("GPU median ms")
+    header += ["baseline ms", "speedup"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for result in ok:
+        entry = result_to_dict(run, result)
+        case, latency = result.case, result.latency
+        cells = [case.stage, case.variant, case.backend, case.precision, case.device, _cell(case.batch),
+                 _cell(case.size), _cell(case.prompts), str(latency.count), _ms(latency.median),
+                 _ms(latency.p90), _ms(latency.p99), f"{_rate(result.throughput)} {case.unit}/s"]
+        if with_device:
+            cells.append(_ms(result.device_latency.median if result.device_latency else None))
+        speedup = entry["speedup"]
+        cells += [_ms(entry["baseline_median_ms"]), f"{speedup:.2f}x" if speedup is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not ok:
+        lines = ["No configuration ran."]
+    for status in ("skipped", "failed"):
+        rows = [r for r in run.results if r.status == status]
+        if rows:
+            lines.append("")
+            lines.append(f"{status.capitalize()}:")
+            grouped: Dict[str, List[str]] = {}
+            for result in rows:
+                grouped.setdefault(result.reason or "no reason given", []).append(result.case.label())
+            for reason, labels in grouped.items():
+                lines.append(f"- {reason}: {', '.join(labels)}")
+    if run.interrupted:
+        lines.append("")
+        lines.append(f"Interrupted: {len(run.results)} of {run.planned} configurations finished.")
+    return "\n".join(lines) + "\n"

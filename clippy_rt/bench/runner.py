@@ -35,17 +35,15 @@ one that raises anything else is *failed* with the error; the rest goes on eithe
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gc
 import importlib
 import importlib.util
 import json
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -83,11 +81,17 @@ class BenchSettings:
     """What to measure. ``model`` (a model, ONNX or engine directory, or "demo") or
     ``arch`` (random weights, made in a temporary directory): exactly one.
 
-    ``sizes`` None: the model's configured input size. ``baseline`` None: no ratios.
+    ``onnx_dir`` / ``engine_dir``: an ONNX / TensorRT engine directory the onnxruntime /
+    tensorrt backends use instead of the main input (so a model directory can run torch
+    side by side with them; without ``onnx_dir`` a model directory is exported to ONNX
+    once per run). ``sizes`` None: the model's configured input size. ``baseline`` None:
+    no ratios. ``threads``: torch CPU threads during the run (None: unchanged).
     """
 
     model: Optional[str] = None
     arch: Optional[str] = None
+    onnx_dir: Optional[str] = None
+    engine_dir: Optional[str] = None
     backends: Tuple[str, ...] = ("torch",)
     precisions: Tuple[str, ...] = ("fp32",)
     devices: Tuple[str, ...] = ("cpu",)
@@ -136,7 +140,8 @@ class BenchSettings:
 
     def to_dict(self) -> Dict[str, object]:
         return {
-            "model": self.model, "arch": self.arch, "backends": list(self.backends),
+            "model": self.model, "arch": self.arch, "onnx_dir": self.onnx_dir, "engine_dir": self.engine_dir,
+            "backends": list(self.backends),
             "precisions": list(self.precisions), "devices": list(self.devices),
             "batches": list(self.batches), "sizes": list(self.sizes) if self.sizes is not None else None,
             "prompts": list(self.prompts), "stages": list(self.stages), "frame_size": list(self.frame_size),
@@ -269,6 +274,10 @@ class Unavailable(Exception):
     """A case cannot run on this machine or with this input; the message says why."""
 
 
+class PreparationFailed(Exception):
+    """Something a case depends on (an ONNX export) raised; the message says what."""
+
+
 # ---------------------------------------------------------------------------------------------
 # The model source
 
@@ -334,10 +343,21 @@ def _read_config(path: Path, kind: str):
 # Planning
 
 
-def plan_cases(settings: BenchSettings, config) -> List[Case]:
+def _backend_reachable(backend: str, kind: str, settings: BenchSettings) -> bool:
+    """Whether ``backend`` can load from the input of kind ``kind`` (plus --onnx-dir / --engine-dir)."""
+    if backend == "torch":
+        return kind == "model"
+    if backend == "onnxruntime":
+        return kind in ("model", "onnx") or settings.onnx_dir is not None
+    return kind == "engine" or settings.engine_dir is not None
+
+
+def plan_cases(settings: BenchSettings, config, kind: str = "model") -> List[Case]:
     """Every case of the matrix in run order (grouped so each engine loads once).
 
-    Raises InputError for a size that is not a multiple of the patch size.
+    The baseline combination is added when the input can run it (``kind`` is the input's
+    kind: "model", "onnx" or "engine"). Raises InputError for a size that is not a
+    multiple of the patch size.
     """
     patch = config.image.patch_size
     sizes = tuple(settings.sizes) if settings.sizes is not None else (config.image.image_size,)
@@ -346,7 +366,7 @@ def plan_cases(settings: BenchSettings, config) -> List[Case]:
             raise InputError(f"size {size} is not a multiple of the model's patch size {patch}")
     combos = [(b, p) for b in settings.backends for p in settings.precisions]
     precisions = list(settings.precisions)
-    if settings.baseline is not None:
+    if settings.baseline is not None and _backend_reachable(settings.baseline[0], kind, settings):
         if settings.baseline not in combos:
             combos.insert(0, settings.baseline)
         if settings.baseline[1] not in precisions:
@@ -410,10 +430,13 @@ def bench_prompts(count: int) -> List[str]:
 class _Engines:
     """Loads one engine at a time (the previous one is released), remembering failures."""
 
-    def __init__(self, source: ModelSource, workdir: Path, onnx_precisions: Sequence[str]) -> None:
+    def __init__(self, source: ModelSource, workdir: Path, onnx_precisions: Sequence[str],
+                 onnx_dir: Optional[ModelSource] = None, engine_dir: Optional[ModelSource] = None) -> None:
         self.source = source
         self.workdir = workdir
         self.onnx_precisions = tuple(onnx_precisions)
+        self.onnx_source = onnx_dir
+        self.engine_source = engine_dir
         self._key: Optional[Tuple[str, str, str]] = None
         self._engine = None
         self._failures: Dict[Tuple[str, str, str], BaseException] = {}
@@ -451,11 +474,16 @@ class _Engines:
                                   f"{'ONNX' if kind == 'onnx' else 'engine'} directory")
             return clippy_rt.load(self.source.path, backend="torch", device=device, precision=precision)
         if backend == "onnxruntime":
+            if self.onnx_source is not None:
+                return clippy_rt.load(self.onnx_source.path, backend="onnxruntime", device=device,
+                                      precision=precision)
             if kind == "engine":
                 raise Unavailable("the onnxruntime backend needs an ONNX or model directory, "
                                   "not a TensorRT engine directory")
             path = self._onnx_path() if kind == "model" else self.source.path
             return clippy_rt.load(path, backend="onnxruntime", device=device, precision=precision)
+        if self.engine_source is not None:
+            return clippy_rt.load(self.engine_source.path, backend="tensorrt", device=device, precision=precision)
         if kind != "engine":
             raise Unavailable("the tensorrt backend needs an engine directory (ENGINE_DIR, made by "
                               "`clippy-rt build`); engines are not built during a benchmark")
@@ -489,8 +517,13 @@ class _Engines:
         out = self.workdir / "onnx"
         # One parity check at the model's own size keeps the export short; `clippy-rt export`
         # is the place for the full check.
-        export(self.source.path, out, fp16="fp16" in self.onnx_precisions,
-               check_sizes=[self.source.config.image.image_size], check_batches=(1,))
+        try:
+            export(self.source.path, out, fp16="fp16" in self.onnx_precisions,
+                   check_sizes=[self.source.config.image.image_size], check_batches=(1,))
+        except ImportError as exc:
+            raise Unavailable(f"the ONNX export needs a package that is not installed: {exc}") from exc
+        except Exception as exc:  # reported as this backend's failure; torch still runs
+            raise PreparationFailed(f"the ONNX export of {self.source.path} failed: {_reason_of(exc)}") from exc
         return out
 
 
@@ -756,7 +789,7 @@ def _status_of(exc: BaseException) -> str:
 def _reason_of(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
-    if isinstance(exc, (Unavailable, ClippyError)):
+    if isinstance(exc, (Unavailable, PreparationFailed, ClippyError)):
         return first or type(exc).__name__
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "out of CUDA memory"
@@ -769,9 +802,17 @@ class Runner:
     def __init__(self, settings: BenchSettings, source: ModelSource, workdir: Path) -> None:
         self.settings = settings
         self.source = source
-        self.cases = plan_cases(settings, source.config)
-        onnx_precisions = [p for p in settings.precisions] if "onnxruntime" in settings.backends else []
-        self._engines = _Engines(source, workdir, onnx_precisions)
+        self.cases = plan_cases(settings, source.config, source.kind)
+        onnx_precisions = list(settings.precisions) if "onnxruntime" in settings.backends else []
+        extra = {}
+        for name, kind in (("onnx_dir", "onnx"), ("engine_dir", "engine")):
+            path = getattr(settings, name)
+            if path is not None:
+                extra[name] = resolve_source(path, None, workdir)
+                if extra[name].kind != kind:
+                    raise ModelDirError(f"--{name.replace('_', '-')} {path} is a {extra[name].kind} directory, "
+                                        f"not an {'ONNX' if kind == 'onnx' else 'engine'} directory")
+        self._engines = _Engines(source, workdir, onnx_precisions, **extra)
 
     def run_case(self, case: Case) -> CaseResult:
         """Measure one case; never raises for a case that cannot run (KeyboardInterrupt aside)."""

@@ -160,7 +160,15 @@ def measure(fn: Callable, policy: TimingPolicy, *, device=None, clock: Clock = t
     synchronisation of that device and adds CUDA-event timing; anything else times on
     the host only. ``clock`` is injectable so the loop can be tested exactly.
     """
-    cuda = is_cuda(device)
+    if is_cuda(device):
+        # Events and streams belong to the current device: make it the measured one.
+        with torch.cuda.device(torch.device(device)):
+            return _measure(fn, policy, device, clock, setup, cuda=True)
+    return _measure(fn, policy, device, clock, setup, cuda=False)
+
+
+def _measure(fn: Callable, policy: TimingPolicy, device, clock: Clock, setup: Optional[Callable[[], None]],
+             *, cuda: bool) -> Measurement:
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
 
     warmup_iters = 0

@@ -6,7 +6,8 @@ values and the run covers their product:
 
   clippy-rt bench --arch tiny
   clippy-rt bench MODEL --backend torch,onnxruntime --batch 1,8 --size 224,448
-  clippy-rt bench ENGINE_DIR --backend tensorrt --device cuda --precision fp16 --json out.json
+  clippy-rt bench MODEL --engine-dir ENGINE_DIR --backend torch,tensorrt --device cuda --precision fp32,fp16
+  clippy-rt bench ONNX_DIR --backend onnxruntime --json out.json
 
 Stages: preprocess (PIL on the CPU vs the preprocess kernel), image (the image tower),
 text (K prompts, cold = cache cleared every iteration, and cached), seg-head (reference
@@ -17,7 +18,8 @@ events give GPU time; host wall time is reported apart). Percentiles are nearest
 
 Ratios compare each row with its baseline: the same stage, device, batch, size and K on
 --baseline (default torch:fp32) with the reference post-processing (PIL preprocessing,
-cold text, reference seg head). A configuration that cannot run here (no CUDA, no
+cold text, reference seg head); the baseline runs even when not asked for, if the input
+can run it (torch needs a MODEL directory). A configuration that cannot run here (no CUDA, no
 TensorRT, no ONNX exporter, too little memory, an engine profile too small) is listed as
 skipped with its reason and the rest goes on; --device cuda on a machine without CUDA
 therefore skips every CUDA configuration. Exit status: 0 when something ran and nothing
@@ -41,6 +43,10 @@ def add_arguments(parser) -> None:
                         help="model, ONNX or TensorRT engine directory, or 'demo'")
     parser.add_argument("--arch", default=None, choices=["clippy-b16", "tiny"],
                         help="benchmark random weights of this architecture instead of a directory")
+    parser.add_argument("--onnx-dir", default=None, metavar="ONNX_DIR",
+                        help="ONNX directory for the onnxruntime backend (default: export MODEL once per run)")
+    parser.add_argument("--engine-dir", default=None, metavar="ENGINE_DIR",
+                        help="TensorRT engine directory for the tensorrt backend, beside a MODEL")
     parser.add_argument("--backend", type=str_list, default=["torch"],
                         help="backends, from torch, onnxruntime, tensorrt (default: torch)")
     parser.add_argument("--precision", type=str_list, default=["fp32"],
@@ -104,6 +110,7 @@ def settings_from_args(args):
                          .replace("min_iters", "--min-iters").replace("max_iters", "--max-iters")) from None
     return BenchSettings(
         model=str(args.model) if args.model is not None else None, arch=args.arch,
+        onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
         backends=tuple(args.backend), precisions=tuple(args.precision), devices=tuple(args.device),
         batches=tuple(args.batch), sizes=tuple(args.size) if args.size else None, prompts=tuple(args.prompts),
         stages=tuple(args.stage), frame_size=tuple(frame), policy=policy, cuda_graph=args.cuda_graph,

@@ -4,6 +4,9 @@ Triton kernels (interpreter on CPU, compiled on CUDA) against the reference."""
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -141,6 +144,32 @@ def test_dispatch_on_cpu_uses_reference():
     for backend in ("auto", "torch"):
         got = seg_head(patch, text, (19, 23), window=LETTERBOX, return_scores=True, backend=backend)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+NO_TRITON_SCRIPT = """
+import sys
+sys.modules["triton"] = None  # `import triton` now raises ImportError
+import torch
+import clippy_rt.kernels as kernels
+from clippy_rt.errors import BackendUnavailableError
+patch, text = torch.randn(1, 3, 3, 8), torch.randn(4, 8)
+labels, _ = kernels.seg_head(patch, text, (5, 5))
+assert labels.shape == (1, 5, 5)
+kernels.patch_pool(torch.randn(1, 5, 8))
+try:
+    kernels.seg_head(patch, text, (5, 5), backend="triton")
+except BackendUnavailableError as exc:
+    assert "pip install triton" in str(exc), exc
+else:
+    raise SystemExit("backend='triton' without triton did not raise")
+"""
+
+
+def test_works_without_triton():
+    """The package imports and falls back without Triton; forcing it says how to install it."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", NO_TRITON_SCRIPT], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Zero-shot segmentation accuracy of a model: mIoU, per-class IoU, pixel accuracy.
+
+Datasets: "synthetic[:N[:SEED]]" (generated scenes; default 500 held-out scenes; the
+background class is the max over one prompt per background kind, each shape "a {shape}")
+or "voc:PATH" (a PASCAL VOC folder: JPEGImages/, SegmentationClass/,
+ImageSets/Segmentation/SPLIT.txt; 21 classes prompted "a photo of a/an {class}", label
+255 ignored). With a backend or precision other than torch fp32, the same images are
+also segmented by torch fp32 and the label agreement between the two is reported; the
+torch model comes from --reference, or from MODEL itself when it is a model directory,
+or from the source recorded in an ONNX directory's manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from .common import add_model_arguments, print_json, progress, random_warning, size_arg
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--dataset", default="synthetic",
+                        help="synthetic[:N[:SEED]] or voc:PATH (default: synthetic = 500 held-out scenes)")
+    parser.add_argument("--split", default="val", help="VOC split file name (default: val)")
+    parser.add_argument("--size", type=size_arg, default=None,
+                        help="model input size, S or HxW, multiples of the patch size (default: the model's)")
+    parser.add_argument("--resize", default="squash", choices=["squash", "crop", "letterbox"],
+                        help="how images are fitted to the input size (default: squash)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    parser.add_argument("--reference", default=None,
+                        help="torch model directory for the agreement figure (default: see above)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar on stderr (default: on)")
+
+
+def _reference_dir(args) -> str:
+    """The torch model directory to compare against (see the module doc)."""
+    from clippy_rt.api import _resolve_path
+    from clippy_rt.errors import InputError
+
+    if args.reference is not None:
+        return args.reference
+    path = _resolve_path(args.model)
+    if (path / "weights.safetensors").is_file():
+        return str(path)
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        try:
+            source = json.loads(manifest.read_text()).get("source", {}).get("model_dir")
+        except (json.JSONDecodeError, AttributeError):
+            source = None
+        if source and (Path(source) / "weights.safetensors").is_file():
+            return str(source)
+    raise InputError(f"cannot find the torch model behind {args.model} for the agreement figure; "
+                     "pass --reference MODEL_DIR")
+
+
+def run(args) -> int:
+    import sys
+
+    import clippy_rt
+    from clippy_rt.errors import InputError
+    from clippy_rt.evaluate import evaluate, open_dataset
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    eval_set = open_dataset(args.dataset, split=args.split)
+    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    warning = random_warning(engine)
+    if warning:
+        print(warning, file=sys.stderr)
+    reference = None
+    if args.backend != "torch" or args.precision != "fp32":
+        reference = clippy_rt.load(_reference_dir(args), backend="torch", device=args.device,
+                                   precision="fp32")
+    result = evaluate(engine, eval_set, reference=reference, size=args.size, resize=args.resize,
+                      batch_size=args.batch_size,
+                      progress=lambda batches: progress(batches, "eval", enabled=args.progress))
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(f"dataset          {result.dataset}")
+    print(f"images           {result.num_images}")
+    print(f"backend          {result.backend} ({result.precision})")
+    print(f"mIoU             {_percent(result.miou)}")
+    print(f"pixel accuracy   {_percent(result.pixel_accuracy)}")
+    if result.agreement is not None:
+        print(f"agreement with torch fp32   {_percent(result.agreement)}")
+    print("per-class IoU:")
+    width = max(len(name) for name in result.class_names)
+    for name, value in zip(result.class_names, result.iou):
+        print(f"  {name:<{width}}  {_percent(value)}")
+    return 0
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:6.2f}%"

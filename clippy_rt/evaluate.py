@@ -1,0 +1,233 @@
+"""Zero-shot segmentation evaluation: mIoU, per-class IoU, pixel accuracy, backend agreement.
+
+An evaluation set is a sequence of ``(image, target)`` pairs plus the class prompts. Each
+image is segmented by ``Engine.segment`` (labels at the image's own size, a class's logit
+the max over its prompts) and compared with its target in one confusion matrix ``M``
+(rows = target, columns = prediction):
+
+    IoU_c = M[c, c] / (row_c + col_c - M[c, c]),  mIoU = mean over classes seen,
+    pixel accuracy = trace(M) / sum(M)
+
+Target pixels equal to the set's ``ignore_index`` (VOC's 255) count nowhere. When a
+second engine (``reference``, normally torch float32) is given, the same images are
+segmented by it too and
+
+    agreement = #{pixels where both label maps are equal} / #{pixels counted}
+
+over the same counted (non-ignored) pixels.
+
+Two sets are built in: ``synthetic[:N[:SEED]]`` (generated scenes, see
+``clippy_rt.datasets.synthetic``) and ``voc:PATH`` (a PASCAL VOC layout folder).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import InputError
+from .metrics import ConfusionMatrix
+
+__all__ = [
+    "EvalResult",
+    "EvalSet",
+    "evaluate",
+    "open_dataset",
+    "synthetic_set",
+    "voc_set",
+]
+
+DEFAULT_BATCH = 16
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """What to evaluate on.
+
+    Attributes:
+        name: a label for reports ("synthetic:500:1000000000", "voc:/data/VOC2012 (val)").
+        samples: a sequence whose items are ``(image, target)``: an image anything
+            ``Engine.segment`` takes (PIL image, uint8 [H, W, 3] array, path) and the
+            integer target labels [H, W] of the same size.
+        prompts: ``{class name: [prompt, ...]}`` in label order (label i = i-th class).
+        ignore_index: target value that is not counted, or None.
+    """
+
+    name: str
+    samples: Sequence[Tuple[Any, np.ndarray]]
+    prompts: Dict[str, List[str]]
+    ignore_index: Optional[int] = None
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return tuple(self.prompts)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The figures of one evaluation; ``iou`` is per class (NaN: class absent from target
+    and prediction); ``agreement`` is None when no reference engine was run."""
+
+    dataset: str
+    num_images: int
+    class_names: Tuple[str, ...]
+    miou: float
+    iou: Tuple[float, ...]
+    pixel_accuracy: float
+    pixels: int
+    backend: str = "torch"
+    precision: str = "fp32"
+    size: Optional[Any] = None
+    agreement: Optional[float] = None
+    confusion: Tuple[Tuple[int, ...], ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready: NaN becomes None."""
+        def clean(value: Optional[float]) -> Optional[float]:
+            return None if value is None or math.isnan(value) else float(value)
+
+        return {
+            "dataset": self.dataset,
+            "num_images": self.num_images,
+            "backend": self.backend,
+            "precision": self.precision,
+            "size": list(self.size) if isinstance(self.size, tuple) else self.size,
+            "miou": clean(self.miou),
+            "pixel_accuracy": clean(self.pixel_accuracy),
+            "iou": {name: clean(value) for name, value in zip(self.class_names, self.iou)},
+            "agreement_with_torch_fp32": clean(self.agreement),
+            "pixels": self.pixels,
+            "confusion": [list(row) for row in self.confusion],
+        }
+
+
+class _SyntheticSamples(Sequence):
+    """Generated scenes as ``(image uint8 [S, S, 3], labels uint8 [S, S])`` pairs."""
+
+    def __init__(self, n: int, seed: int, size: int) -> None:
+        from .datasets.synthetic import SyntheticScenes
+
+        self._scenes = SyntheticScenes(n, seed=seed, size=size)
+
+    def __len__(self) -> int:
+        return len(self._scenes)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        scene = self._scenes[index]
+        return scene.image, scene.labels
+
+
+class _VOCSamples(Sequence):
+    def __init__(self, dataset) -> None:
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        image, labels, _ = self._dataset[index]
+        return image, labels
+
+
+def synthetic_set(n: int = 500, seed: Optional[int] = None, *, image_size: int = 64,
+                  shape_templates: Sequence[str] = ("{article} {shape}",)) -> EvalSet:
+    """``n`` generated scenes from ``seed`` (default: the first held-out seed) at
+    ``image_size`` pixels, with ``eval_prompts(shape_templates)`` (background = one prompt
+    per background kind)."""
+    from .datasets.synthetic import EVAL_SEED_BASE, eval_prompts
+
+    seed = EVAL_SEED_BASE if seed is None else seed
+    samples = _SyntheticSamples(n, seed, image_size)
+    return EvalSet(name=f"synthetic:{n}:{seed}", samples=samples,
+                   prompts=eval_prompts(shape_templates), ignore_index=None)
+
+
+def voc_set(root, split: str = "val", template: str = "a photo of {article} {}") -> EvalSet:
+    """A VOC-layout folder's ``split``: 21 classes, one prompt each, label 255 ignored."""
+    from .datasets.voc import VOC_IGNORE_INDEX, VOCSegmentation, voc_prompts
+
+    dataset = VOCSegmentation(root, split)
+    return EvalSet(name=f"voc:{root} ({split})", samples=_VOCSamples(dataset),
+                   prompts=voc_prompts(template), ignore_index=VOC_IGNORE_INDEX)
+
+
+def open_dataset(spec: str, *, split: str = "val") -> EvalSet:
+    """``synthetic``, ``synthetic:N``, ``synthetic:N:SEED`` or ``voc:PATH`` -> an EvalSet.
+
+    Raises:
+        InputError: another prefix, a malformed spec, or a VOC folder that is incomplete.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"dataset spec must be a str, got {type(spec).__name__}")
+    if spec.startswith("voc:"):
+        root = spec[len("voc:"):]
+        if not root:
+            raise InputError("voc:PATH needs a folder path after 'voc:'")
+        return voc_set(root, split)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from .datasets.synthetic import parse_spec
+
+        n, seed = parse_spec(spec)
+        return synthetic_set(n, seed)
+    raise InputError(f"unknown dataset {spec!r}: expected 'synthetic[:N[:SEED]]' or 'voc:PATH'")
+
+
+def _batches(count: int, batch_size: int) -> List[range]:
+    return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: str = "squash",
+             batch_size: int = DEFAULT_BATCH,
+             progress: Optional[Callable[[Sequence[range]], Iterator[range]]] = None) -> EvalResult:
+    """Segment every image of ``eval_set`` with ``engine`` and score it (see the module doc).
+
+    ``reference``: an optional second Engine run on the same images for the agreement
+    figure. ``size``/``resize``: the model input size (default: the model's) and fitting
+    mode, as for ``Engine.segment``. ``progress``: wraps the list of batches (e.g.
+    ``clippy_rt.cli.common.progress``). Returns an EvalResult.
+
+    Raises:
+        InputError: an empty set, a bad batch size, or a target whose shape differs from
+            its image or holds a value outside the classes (other than ``ignore_index``).
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    count = len(eval_set.samples)
+    if count == 0:
+        raise InputError(f"the evaluation set {eval_set.name} is empty")
+    classes = len(eval_set.prompts)
+    matrix = ConfusionMatrix(classes, ignore_index=eval_set.ignore_index)
+    agree, counted = 0, 0
+    batches = _batches(count, batch_size)
+    for batch in (progress(batches) if progress is not None else batches):
+        pairs = [eval_set.samples[i] for i in batch]
+        images = [image for image, _ in pairs]
+        predictions = engine.segment(images, eval_set.prompts, size=size, resize=resize)
+        references = (reference.segment(images, eval_set.prompts, size=size, resize=resize)
+                      if reference is not None else [None] * len(pairs))
+        for (_, target), prediction, ref in zip(pairs, predictions, references):
+            target = np.asarray(target)
+            labels = prediction.labels.numpy()
+            if target.shape != labels.shape:
+                raise InputError(f"a target of {eval_set.name} has shape {target.shape}, but its "
+                                 f"image segments to {labels.shape}")
+            matrix.update(labels, target)
+            if ref is not None:
+                keep = (np.ones(target.shape, dtype=bool) if eval_set.ignore_index is None
+                        else target != eval_set.ignore_index)
+                agree += int((labels == ref.labels.numpy())[keep].sum())
+                counted += int(keep.sum())
+    agreement = None
+    if reference is not None:
+        agreement = agree / counted if counted else math.nan
+    return EvalResult(
+        dataset=eval_set.name, num_images=count, class_names=eval_set.class_names,
+        miou=matrix.miou(), iou=tuple(float(v) for v in matrix.iou()),
+        pixel_accuracy=matrix.pixel_accuracy(), pixels=matrix.total,
+        backend=getattr(engine, "backend", "torch"), precision=getattr(engine, "precision", "fp32"),
+        size=size, agreement=agreement,
+        confusion=tuple(tuple(int(v) for v in row) for row in matrix.matrix))

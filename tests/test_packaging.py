@@ -1,0 +1,32 @@
+"""A built wheel carries the package-dir mapped subpackages and the package data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_kernels_export_and_data(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("clippy_rt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in ("clippy_rt/kernels/seg_head.py", "clippy_rt/kernels/patch_pool.py",
+                     "clippy_rt/export/onnx.py", "clippy_rt/cli/main.py", "clippy_rt/data/corpus.txt",
+                     "clippy_rt/datasets/synthetic.py", "clippy_rt/bench/stats.py"):
+        assert expected in names, expected
+    assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
+
+
+def test_import_without_optional_dependencies():
+    code = ("import sys\n"
+            "for name in ('triton', 'onnxruntime', 'onnx', 'tensorrt', 'timm', 'transformers'):\n"
+            "    sys.modules[name] = None\n"
+            "import clippy_rt, clippy_rt.kernels, clippy_rt.export\n"
+            "from clippy_rt.cli.main import build_parser\n"
+            "build_parser()\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
