@@ -302,7 +302,7 @@ def plot_all(runs: Sequence[BenchRun], plot_dir: Path, kind: str) -> List[Path]:
         batch = min(r.case.batch for r in ends)
         size = min(r.case.size for r in ends)
         chosen = [r for r in ends if r.case.batch == batch and r.case.size == size]
-        fig, ax = plt.subplots(figsize=(7, 0.6 * len(chosen) + 1.8))
+        fig, ax = plt.subplots(figsize=(8, 0.6 * len(chosen) + 1.8))
         labels = [f"{r.case.variant} {r.case.backend} {r.case.precision}" for r in chosen]
         left = [0.0] * len(chosen)
         for phase in PHASES + ("other",):
@@ -317,7 +317,8 @@ def plot_all(runs: Sequence[BenchRun], plot_dir: Path, kind: str) -> List[Path]:
             left = [a + b for a, b in zip(left, widths)]
         ax.set_xlabel("ms (median of each phase; 'other' = median total - sum of phases)")
         ax.set_title(f"End-to-end segment breakdown, B = {batch}, input {size} ({kind.upper()})")
-        ax.legend(fontsize=8, loc="lower right")
+        # Outside the axes: inside, it would cover the longest bar.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(True, axis="x", alpha=0.3)
         written.append(_save(fig, plot_dir / f"{kind}_end_to_end_breakdown.png"))
     return written
@@ -414,6 +415,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             notes.append("TensorRT not measured: give --engine-dir (made by `clippy-rt build`)")
         if kind == "cpu":
             notes.append("TensorRT, Triton and the native CUDA kernels need a CUDA device: not in the CPU matrix")
+        if args.threads is not None:
+            notes.append(f"torch CPU threads set to {args.threads} with --threads")
         parts = cpu_matrix(backends, args.quick) if kind == "cpu" else gpu_matrix(backends, args.quick)
         runs: List[Tuple[Part, BenchRun]] = []
         for index, part in enumerate(parts, 1):

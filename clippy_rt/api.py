@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from .engine import Engine, TorchEngine, resolve_device, resolve_precision
 from .errors import BackendUnavailableError, InputError, ModelDirError
@@ -11,18 +11,20 @@ from .errors import BackendUnavailableError, InputError, ModelDirError
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
-def load(path: Union[str, Path], backend: str = "torch", device: str = "cpu",
-         precision: str = "fp32") -> Engine:
+def load(path: Union[str, Path], backend: str = "torch", device: Optional[str] = None,
+         precision: Optional[str] = None) -> Engine:
     """Load a model directory (torch), an ONNX directory (onnxruntime) or an engine
     directory (tensorrt) and return an ``Engine``.
 
-    ``path`` may also be ``"demo"``: the small model shipped with the package.
+    ``device`` defaults to "cpu" ("cuda" for tensorrt); ``precision`` to "fp32" (for
+    tensorrt, the precision the engine was built with). ``path`` may also be ``"demo"``:
+    the small model shipped with the package.
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = _resolve_path(path)
     if backend == "torch":
-        return _load_torch(path, device, precision)
+        return _load_torch(path, device or "cpu", precision or "fp32")
     if backend == "onnxruntime":
         try:
             from .backends.onnxruntime import load_onnxruntime
@@ -30,9 +32,9 @@ def load(path: Union[str, Path], backend: str = "torch", device: str = "cpu",
             raise BackendUnavailableError(
                 f"backend 'onnxruntime' needs the onnxruntime package ({exc}); "
                 "install it with: pip install 'clippy-rt[onnx]'") from exc
-        return load_onnxruntime(path, device=device, precision=precision)
+        return load_onnxruntime(path, device=device or "cpu", precision=precision or "fp32")
     from .backends.tensorrt import load_tensorrt
-    return load_tensorrt(path, device=device, precision=precision)
+    return load_tensorrt(path, device=device or "cuda", precision=precision)
 
 
 def _resolve_path(path: Union[str, Path]) -> Path:

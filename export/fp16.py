@@ -1,25 +1,31 @@
 """Float16 variants of the exported graphs, with the parts that lose accuracy kept in float32.
 
-The conversion is ONNX Runtime's ``convert_float_to_float16`` (shipped inside the
-onnxruntime package): initializers and activations become float16, Cast nodes are
-inserted around the nodes kept in float32, and the graph inputs and outputs stay float32
-(``keep_io_types``), so callers of a float16 graph see the same tensors as for float32.
+``convert_nodes_to_fp16`` runs a chosen set of nodes in float16: their float tensors and
+the weights only they read become float16, and a Cast is placed on every edge between the
+two precisions, so a float32 region stays float32 end to end. Graph inputs and outputs
+stay float32, so callers of a float16 graph see the same tensors as for float32.
+(ONNX Runtime's own ``convert_float_to_float16`` was tried first: it types every tensor
+float16 and casts around the nodes it keeps, so values between two float32 nodes still
+pass through float16, which is exactly what must not happen to T5's residual stream.)
 
-What runs in float16, per tower (measurements in benchmarks/RESULTS.md, "float16"):
+What runs in float16, per tower. Measured with ``onnx.reference.ReferenceEvaluator``,
+which computes float16 ops in float16 (ONNX Runtime's CPU provider runs most float16
+nodes in float32 behind inserted casts and cannot show float16 overflow):
 
-- image tower: everything except the final L2 normalisations (``ReduceL2``). The ViT's
-  residual stream stays far inside float16's range; LayerNormalization and Softmax
-  accumulate in float32 inside ONNX Runtime's and TensorRT's kernels, and keeping them
-  float32 measured no accuracy gain (max abs error 1.3e-4 against 1.4e-4 on a random
-  ViT-B/16 at 224).
+- image tower: everything except the final L2 normalisations (``ReduceL2``) and the
+  position-embedding ``Resize`` (which takes float32 scales). On the tiny model the
+  all-float16 graph and this one agree with torch to 7e-4 (patch features) and 3e-4
+  (embedding), 100 % of patch labels; keeping LayerNormalization and Softmax in float32
+  as well did not improve it (8.9e-4 / 2.4e-4). The normalisation is kept in float32
+  because it costs one reduction per output, not because it was measured necessary.
 - text tower (T5): only the large matrix products, the attention projections q, k, v, o
   and the feed-forward input projection(s) wi. The residual stream, the RMS norms, the
   attention logits with their relative-position and padding bias, the feed-forward output
-  projection wo, pooling and normalisation stay float32. T5's residual stream grows past
-  float16's 65504 (the reason Hugging Face clamps it), and the RMS norm squares it: with
-  the feed-forward weights scaled so that the residual reaches 1.4e3, converting every
-  node but these gives non-finite or 0.4-off embeddings, this policy stays within 1e-3
-  (tests/export/test_fp16.py).
+  projection wo, pooling and normalisation stay float32. T5's residual stream grows large
+  (Hugging Face clamps it in float16), and the RMS norm squares it: with the feed-forward
+  output weights scaled so that the residual reaches 1.4e3, the all-float16 graph returns
+  non-finite embeddings while this one stays within 1.2e-4 of torch (2.7e-4 unscaled);
+  tests/export/test_fp16.py checks both.
 """
 
 from __future__ import annotations

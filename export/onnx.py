@@ -131,8 +131,9 @@ def drop_noop_casts(model):
     """Remove ``Cast`` nodes whose input already has the target type; returns the count.
 
     The tracer emits one per ``.float()`` on a float32 tensor (the T5 norm calls it twice);
-    ONNX Runtime 1.2x-1.3x's cast elimination then drops such a node but leaves a consumer
-    pointing at its output, and the session fails to load.
+    ONNX Runtime 1.32's cast elimination then drops such a node but leaves a consumer
+    pointing at its output, and the session fails to load ("Node input ... is not a graph
+    input, initializer, or output of a previous node").
     """
     from onnx import shape_inference
 

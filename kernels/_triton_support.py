@@ -13,6 +13,7 @@ request and says what to change when it does not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Callable, Dict, Iterable, Optional, Tuple
@@ -128,6 +129,12 @@ def jit(fn: Callable):
             kernel = JITFunction(fn)
         _kernel_cache[key] = kernel
     return kernel
+
+
+def device_guard(tensor: torch.Tensor):
+    """Make the tensor's CUDA device current for a launch (Triton launches on the current
+    device); a no-op context for CPU tensors."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def next_power_of_2(n: int) -> int:

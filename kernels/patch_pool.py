@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import jit, next_power_of_2, resolve_backend
+from ._triton_support import device_guard, jit, next_power_of_2, resolve_backend
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -164,18 +164,22 @@ def patch_pool(tokens: torch.Tensor, *, include_cls: bool = True, num_prefix_tok
     # About 8k float32 values per program: a few registers per thread at 4 warps.
     block_t = max(1, min(next_power_of_2(num_tokens), 8192 // block_d))
     num_blocks = -(-num_tokens // block_t)
+    if batch > 65535:
+        raise InputError(f"the Triton patch_pool takes at most 65535 images per call (a CUDA grid limit), "
+                         f"got {batch}")
     block_max = torch.empty((batch, num_blocks, dim), dtype=torch.float32, device=tokens.device)
-    jit(_normalise_and_block_max_kernel)[(num_blocks, batch)](
-        patch, *patch.stride(),
-        block_max, *block_max.stride(),
-        tokens, *tokens.stride(),
-        num_tokens, num_prefix, dim, NORM_EPS,
-        BLOCK_T=block_t, BLOCK_D=block_d, INCLUDE_CLS=bool(include_cls),
-    )
-    jit(_pool_finish_kernel)[(batch,)](
-        pooled, *pooled.stride(),
-        block_max, *block_max.stride(),
-        num_blocks, dim, NORM_EPS,
-        BLOCK_D=block_d,
-    )
+    with device_guard(tokens):
+        jit(_normalise_and_block_max_kernel)[(num_blocks, batch)](
+            patch, *patch.stride(),
+            block_max, *block_max.stride(),
+            tokens, *tokens.stride(),
+            num_tokens, num_prefix, dim, NORM_EPS,
+            BLOCK_T=block_t, BLOCK_D=block_d, INCLUDE_CLS=bool(include_cls),
+        )
+        jit(_pool_finish_kernel)[(batch,)](
+            pooled, *pooled.stride(),
+            block_max, *block_max.stride(),
+            num_blocks, dim, NORM_EPS,
+            BLOCK_D=block_d,
+        )
     return patch, pooled

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import jit, resolve_backend
+from ._triton_support import device_guard, jit, resolve_backend
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -222,13 +222,17 @@ def preprocess(frames: torch.Tensor, out_size: Sequence[int], mean: Sequence[flo
     scales = [1.0 / (255.0 * s) for s in std]
     biases = [-m / s for m, s in zip(mean, std)]
     block_p = 128
+    if batch.shape[0] > 65535:
+        raise InputError(f"the Triton preprocess takes at most 65535 frames per call (a CUDA grid limit), "
+                         f"got {batch.shape[0]}")
     grid = (-(-height * width // block_p), batch.shape[0])
-    jit(_resize_normalise_kernel)[grid](
-        out, *out.stride(),
-        batch, *batch.stride(),
-        index_y, weight_y, index_x, weight_x,
-        height, width, index_y.shape[1], index_x.shape[1],
-        *scales, *biases,
-        BLOCK_P=block_p, BGR=bool(bgr),
-    )
+    with device_guard(frames):
+        jit(_resize_normalise_kernel)[grid](
+            out, *out.stride(),
+            batch, *batch.stride(),
+            index_y, weight_y, index_x, weight_x,
+            height, width, index_y.shape[1], index_x.shape[1],
+            *scales, *biases,
+            BLOCK_P=block_p, BGR=bool(bgr),
+        )
     return out

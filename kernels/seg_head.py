@@ -22,19 +22,22 @@ of the model input frame in normalised coordinates (the h x w grid covers
     s       = y0 * h + scale_y * (y + 0.5) - 0.5,   s <- max(s, 0)
     i0      = min(floor(s), h - 1),  i1 = min(i0 + 1, h - 1),  l1 = min(s - i0, 1),  l0 = 1 - l1
 
-and likewise for columns; the value is l0_y * (l0_x a00 + l1_x a01) + l1_y * (l0_x a10 + l1_x a11).
-``window=None`` is (0, 0, 1, 1), for which this is exactly F.interpolate(size=(H, W)).
+and likewise for columns; the value is
+l0_y * (l0_x a00 + l1_x a01) + l1_y * (l0_x a10 + l1_x a11).
+``window=None`` is (0, 0, 1, 1), for which this is F.interpolate(size=(H, W)) (the
+torch reference calls F.interpolate itself there).
 
-Triton design (two kernels; measured reasoning in benchmarks/RESULTS.md when a GPU run exists):
-stage 1 is a small matmul [B*h*w, D] x [D, K] with ``tl.dot`` (float32 accumulation,
-K padded to the tile, D looped) written as float32 [B, h*w, K] (K contiguous, so the
-four neighbour rows of a pixel are four contiguous K-vectors). Stage 2 gives each
+Triton design, two kernels. Stage 1 is a small matmul [B*h*w, D] x [D, K] with
+``tl.dot`` (float32 accumulation, K padded to the tile, D looped) written as float32
+[B, h*w, K] (K contiguous, so the four neighbour rows of a pixel are four contiguous K-vectors). Stage 2 gives each
 program a tile of output pixels of one image; it gathers the four neighbour rows,
 interpolates BLOCK_K values at a time, and keeps a running max, argmax and (for
 softmax scores) a running sum of exp(temperature * (logit - max)). Only labels and
 scores are written: [B, K, H, W] never exists. Fusing stage 1 into stage 2 would
-recompute each patch logit for every output pixel that touches it (16-64 times at
-the usual scales, each a D = 768 dot product), so two launches are cheaper.
+recompute each patch logit for every output pixel that touches it (hundreds of times
+at a 16x upsampling, each a D = 768 dot product), while the [B, h*w, K] float32
+intermediate is small (2 MB at batch 32, 448 x 448, K = 21) and stays in L2, so two
+launches are cheaper. benchmarks/gpu_check.py times both stages together.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import jit, next_power_of_2, resolve_backend
+from ._triton_support import device_guard, jit, next_power_of_2, resolve_backend
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -413,7 +416,12 @@ def seg_head(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: 
                             return_scores=return_scores, temperature=temperature)
     (height, width), window, temperature = _check_inputs(patch_features, text_embeds, out_size,
                                                          window, temperature)
-    return _seg_head_triton(patch_features, text_embeds, (height, width), window, return_scores, temperature)
+    if patch_features.shape[0] > 65535:
+        raise InputError(f"the Triton seg head takes at most 65535 images per call (a CUDA grid limit), "
+                         f"got {patch_features.shape[0]}")
+    with device_guard(patch_features):
+        return _seg_head_triton(patch_features, text_embeds, (height, width), window, return_scores,
+                                temperature)
 
 
 def _seg_head_triton(patch_features, text_embeds, out_size, window, return_scores, temperature):

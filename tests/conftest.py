@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Triton fixes interpreter or compiled mode at its first import (which torch._dynamo,
+# pulled in by the timm reference, may trigger): without a GPU, the Triton kernels
+# can only run in the interpreter, so choose that before anything imports Triton.
+if "TRITON_INTERPRET" not in os.environ:
+    import importlib.util
+
+    _cuda = importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
+    os.environ["TRITON_INTERPRET"] = "0" if _cuda else "1"
+
 import pytest
 import torch
 

@@ -24,8 +24,9 @@ ones) with ``eval_prompts`` and logs zero-shot mIoU as training goes.
 Every evaluation writes the current weights as a complete model directory
 (``OUT/model``), so a usable model exists whenever the run stops.
 
-    python tools/train_clippy.py --out runs/max --pooling max --steps 1200
-    python tools/train_clippy.py --out runs/cls --pooling cls --steps 600
+    python tools/train_clippy.py --out runs/max --pooling max --max-minutes 45
+    python tools/train_clippy.py --out runs/cls --pooling cls --max-minutes 25
+    python tools/train_clippy.py ship runs/max/model --to clippy_rt/data/demo
 
 This script is not part of the runtime package and is never imported by it.
 """
@@ -303,12 +304,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="run folder (log, model dirs)")
     parser.add_argument("--pooling", choices=("max", "cls"), default="max")
-    parser.add_argument("--steps", type=int, default=1200, help="at most this many optimizer steps")
+    parser.add_argument("--steps", type=int, default=3000, help="at most this many optimizer steps")
     parser.add_argument("--max-minutes", type=float, default=45.0,
                         help="at most this many minutes of training (evaluation included)")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--width", type=int, default=128)
@@ -316,10 +317,10 @@ def parse_args(argv=None):
     parser.add_argument("--text-depth", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=400)
-    parser.add_argument("--pool", type=int, default=40000, help="training scenes (seeds 0..N-1)")
+    parser.add_argument("--pool", type=int, default=20000, help="training scenes (seeds 0..N-1)")
     parser.add_argument("--colour-prob", type=float, default=0.5,
                         help="probability that a caption names colours (else shapes only)")
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -418,5 +419,60 @@ def main(argv=None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------
+# Shipping: held-out figures through the engine, then the package's model directory
+# --------------------------------------------------------------------------------------
+
+# The 50 scenes the package's test re-scores (evaluation-side seeds, unused above).
+TEST_SEED = EVAL_SEED_BASE + 7_000_000
+TEST_IMAGES = 50
+REPORT_IMAGES = 500
+
+
+def ship(argv=None) -> int:
+    """Score a run's model directory through the engine and copy it into the package.
+
+    Writes ``results.json`` (mIoU, per-class IoU and pixel accuracy on the 500 reported
+    held-out scenes and on the 50 test scenes, plus the run's log summary) next to the
+    weights in ``--to``.
+    """
+    import clippy_rt
+    from clippy_rt.evaluate import evaluate, synthetic_set
+    from clippy_rt.model_dir import load_model
+
+    parser = argparse.ArgumentParser(prog="train_clippy.py ship", description=ship.__doc__)
+    parser.add_argument("model", type=Path, help="a run's model directory (RUN/model or RUN/best)")
+    parser.add_argument("--to", type=Path, required=True, help="destination model directory")
+    parser.add_argument("--log", type=Path, default=None, help="the run's log.jsonl (default: next to MODEL)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    engine = clippy_rt.load(args.model)
+    figures = {}
+    for key, n, seed in (("eval_500", REPORT_IMAGES, EVAL_SEED_BASE), ("test_set", TEST_IMAGES, TEST_SEED)):
+        result = evaluate(engine, synthetic_set(n, seed), batch_size=50)
+        figures[key] = {"n": n, "seed": seed, "miou": result.miou, "pixel_accuracy": result.pixel_accuracy,
+                        "iou": dict(zip(result.class_names, result.iou))}
+        print(key, json.dumps(figures[key]), flush=True)
+    log_path = args.log or args.model.parent / "log.jsonl"
+    if log_path.is_file():
+        entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        evals = [e for e in entries if e.get("event") == "eval"]
+        figures["training"] = {
+            "validation_curve": [{"step": e["step"], "minutes": e["minutes"], "miou": round(e["miou"], 4),
+                                  "loss": e["loss"]} for e in evals],
+            "steps": max((e.get("step", 0) for e in entries), default=0),
+            "minutes": max((e.get("minutes", 0) for e in entries), default=0),
+        }
+    model, info = load_model(args.model)
+    results_path = args.model.parent / "results.json"
+    results_path.write_text(json.dumps(figures, indent=2) + "\n")
+    save_model_dir(args.to, info.config, model.state_dict(), info.tokenizer, overwrite=True,
+                   extra_files=[results_path])
+    print(f"shipped {args.model} to {args.to}")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "ship":
+        sys.exit(ship(sys.argv[2:]))
     sys.exit(main())

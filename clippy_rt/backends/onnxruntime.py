@@ -8,8 +8,11 @@ it, so a wrong shape or dtype is an ``InputError`` naming the tensor, not an ORT
 Session options, and why:
 
 - graph optimisation ``ORT_ENABLE_ALL``: constant folding, LayerNorm/GELU/MatMul+Add
-  fusions and the CPU layout transforms; measured against ``ENABLE_EXTENDED`` and the
-  ``onnxruntime.transformers`` offline fusions in benchmarks/RESULTS.md.
+  fusions and the CPU layout transforms. Measured on a ViT-B/16 at 224, batch 1
+  (benchmarks/bench_onnx.py --extended --fusions): ``ENABLE_EXTENDED`` was no faster, and
+  ``onnxruntime.transformers``' offline fusions found BiasGelu and SkipLayerNorm but no
+  Attention in the packed-qkv graph and were slower (497 ms against 435 ms median), so
+  they are not used.
 - ``intra_op_num_threads`` = physical cores: ORT's GEMMs do not gain from hyper-threads,
   and a thread per logical CPU makes the spinning pool fight its sibling.
 - ``inter_op_num_threads`` = 1 with sequential execution: the towers are a chain of large

@@ -4,9 +4,10 @@ One iteration of a measured function is timed twice:
 
 - host wall time: a ``clock()`` reading before the call and one after the call *and* a
   device synchronisation, so it is the latency a caller waiting for the result sees;
-- on CUDA, device time: CUDA events recorded on the current stream before and after the
-  call, which measure the GPU's work only (no Python or launch overhead once the queue
-  is full).
+- on CUDA, device time: CUDA events recorded on torch's current stream before and after
+  the call, which measure the GPU's work on that stream (no Python or launch overhead once
+  the queue is full). Work a backend queues on a stream of its own is covered only when
+  the backend waits for that stream before returning (the span then ends at the return).
 
 The measured function takes one argument, a ``marks`` recorder. ``marks("h2d")`` closes
 a phase named ``h2d`` that began at the previous mark (or at the start of the iteration);

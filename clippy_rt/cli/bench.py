@@ -30,6 +30,7 @@ still printed and written).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -102,12 +103,15 @@ def settings_from_args(args):
     from clippy_rt.errors import InputError
 
     frame = args.frame_size if isinstance(args.frame_size, tuple) else (args.frame_size, args.frame_size)
-    try:
-        policy = TimingPolicy(warmup_s=args.warmup_ms / 1000.0, duration_s=args.duration_s,
-                              min_iters=args.min_iters, max_iters=args.max_iters)
-    except ValueError as exc:
-        raise InputError(str(exc).replace("warmup_s", "--warmup-ms").replace("duration_s", "--duration-s")
-                         .replace("min_iters", "--min-iters").replace("max_iters", "--max-iters")) from None
+    for option, value in (("--warmup-ms", args.warmup_ms), ("--duration-s", args.duration_s)):
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"{option} must be a finite number >= 0, got {value:g}")
+    if args.min_iters < 1:
+        raise InputError(f"--min-iters must be at least 1, got {args.min_iters}")
+    if args.max_iters is not None and args.max_iters < args.min_iters:
+        raise InputError(f"--max-iters ({args.max_iters}) must be at least --min-iters ({args.min_iters})")
+    policy = TimingPolicy(warmup_s=args.warmup_ms / 1000.0, duration_s=args.duration_s,
+                          min_iters=args.min_iters, max_iters=args.max_iters)
     return BenchSettings(
         model=str(args.model) if args.model is not None else None, arch=args.arch,
         onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,

@@ -49,9 +49,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = No
     parser.add_argument("model", help=model_help or "model directory (or ONNX / engine directory, or 'demo')")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
                         help="inference backend (default: torch)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                        help="compute precision (default: fp32)")
+    parser.add_argument("--device", default=None,
+                        help="cpu or cuda[:N] (default: cpu; cuda for tensorrt)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                        help="compute precision (default: fp32; for tensorrt, the engine's)")
 
 
 def progress(items: Sequence[T], label: str, *, stream=None, enabled: bool = True) -> Iterator[T]:

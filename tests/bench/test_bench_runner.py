@@ -190,3 +190,17 @@ def test_baseline_is_added_only_where_the_input_can_run_it(tiny_model_dir, tmp_p
     from_onnx_dir = plan_cases(settings, config, "onnx")
     assert {c.backend for c in from_onnx_dir} == {"onnxruntime"}
     assert {c.backend for c in plan_cases(settings, config, "model")} == {"torch", "onnxruntime"}
+
+
+@pytest.mark.gpu
+def test_cuda_stages_report_transfers_and_device_time(tiny_model_dir, fast_settings):
+    run = run_benchmark(fast_settings(tiny_model_dir, devices=("cuda",), stages=("image", "seg-head", "text"),
+                                      cuda_graph=True))
+    by_variant = {(r.case.stage, r.case.variant): r for r in run.results}
+    for key in (("image", "forward"), ("image", "cuda-graph"), ("seg-head", "torch"), ("seg-head", "triton"),
+                ("text", "cold")):
+        result = by_variant[key]
+        assert result.status == "ok", (key, result.reason)
+        assert result.device_latency is not None and result.peak_device_bytes is not None
+    for variant in ("forward", "cuda-graph"):
+        assert set(by_variant[("image", variant)].phases) == {"h2d", "compute", "d2h"}

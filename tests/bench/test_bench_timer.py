@@ -130,3 +130,24 @@ def test_peak_rss_covers_an_allocation_after_a_reset():
     del block
     assert scope in ("measurement", "process")
     assert after >= before + 48 * 2**20
+
+
+@pytest.mark.gpu
+def test_cuda_events_time_the_device_work():
+    import torch
+
+    matrix = torch.randn(1024, 1024, device="cuda")
+
+    def fn(marks):
+        product = matrix @ matrix
+        marks("matmul")
+        product.sum()
+        marks("reduce")
+
+    result = measure(fn, TimingPolicy(warmup_s=0.05, duration_s=0.0, min_iters=5), device="cuda")
+    assert result.phase_clock == "cuda-events"
+    assert len(result.device_ms) == len(result.host_ms) == 5
+    for device, host in zip(result.device_ms, result.host_ms):
+        # Events are recorded inside the host-timed region, which ends after a synchronisation.
+        assert 0 < device <= host + 0.05
+    assert set(result.phases_ms) == {"matmul", "reduce"}

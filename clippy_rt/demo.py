@@ -1,0 +1,158 @@
+"""The small CLIPpy shipped with the package, and a demo that segments example scenes with it.
+
+The shipped model (``clippy_rt/data/demo/``) was trained by ``tools/train_clippy.py`` on
+generated scenes (``clippy_rt.datasets.synthetic``) from image-level captions only,
+with a max-pooled image tower: it segments 64 x 64 scenes of circles, squares,
+triangles, stars, crosses and rings over grass, gradients, noise, stripes or sky.
+``clippy_rt.load("demo")`` loads it; ``results.json`` next to its weights records its
+held-out figures.
+
+    python -m clippy_rt.demo --out demo-out [--images a.png b.png ...]
+
+writes, per image, ``<stem>.labels.png`` (pixel value = class index, in the order of
+``clippy_rt.datasets.synthetic.class_names()``), ``<stem>.overlay.png`` and
+``<stem>.figure.png`` (input | labels | overlay, enlarged), and ``demo.png``: every
+image's figure stacked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import ClippyError, InputError, ModelDirError
+
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+RESULTS_FILE = "results.json"
+# The repository's example scenes (held-out seeds); absent from a wheel install.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+# The scenes are 64 px: the figure enlarges them (nearest neighbour) to be readable.
+FIGURE_SCALE = 4
+
+__all__ = ["demo_model_dir", "demo_results", "example_images", "figure", "main", "run_demo"]
+
+
+def demo_model_dir() -> Path:
+    """The shipped model directory (config.json, weights.safetensors, spiece.model).
+
+    Raises:
+        ModelDirError: the package was installed without its model files.
+    """
+    missing = [name for name in ("config.json", "weights.safetensors", "spiece.model")
+               if not (DEMO_DIR / name).is_file()]
+    if missing:
+        raise ModelDirError(
+            f"the demo model is missing from this installation ({DEMO_DIR} lacks "
+            f"{', '.join(missing)}); reinstall clippy-rt with its package data, or train one with "
+            "tools/train_clippy.py and pass its directory instead of 'demo'")
+    return DEMO_DIR
+
+
+def demo_results() -> Dict[str, object]:
+    """The held-out figures recorded with the shipped model (``results.json``)."""
+    path = demo_model_dir() / RESULTS_FILE
+    if not path.is_file():
+        raise ModelDirError(f"{path} is missing: the demo model's figures were not shipped")
+    return json.loads(path.read_text())
+
+
+def example_images() -> List[Path]:
+    """The example scene PNGs kept in the repository, sorted by name."""
+    images = sorted(EXAMPLES_DIR.glob("scene-*.png")) if EXAMPLES_DIR.is_dir() else []
+    if not images:
+        raise InputError(f"no example images in {EXAMPLES_DIR} (a source checkout has them); "
+                         "pass image files with --images")
+    return images
+
+
+def figure(image: Image.Image, labels: np.ndarray, class_names: Sequence[str],
+           scale: int = FIGURE_SCALE) -> Image.Image:
+    """Input | labels | overlay side by side, each enlarged ``scale`` times (nearest).
+
+    ``labels`` [H, W] are class indices into ``class_names``; the overlay keeps the
+    legend of ``clippy_rt.visualize.overlay``. Returns an RGB image.
+    """
+    from .visualize import label_image, overlay
+
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise InputError(f"scale must be a positive integer, got {scale!r}")
+    size = (image.width * scale, image.height * scale)
+    big_image = image.convert("RGB").resize(size, Image.Resampling.NEAREST)
+    big_labels = np.kron(np.asarray(labels), np.ones((scale, scale), dtype=np.asarray(labels).dtype))
+    labels_panel = label_image(big_labels, len(class_names)).convert("RGB")
+    overlay_panel = overlay(big_image, big_labels, class_names, alpha=0.5)
+    gap = 4
+    width = big_image.width + labels_panel.width + overlay_panel.width + 2 * gap
+    height = max(big_image.height, overlay_panel.height)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(big_image, (0, 0))
+    canvas.paste(labels_panel, (big_image.width + gap, 0))
+    canvas.paste(overlay_panel, (big_image.width + labels_panel.width + 2 * gap, 0))
+    return canvas
+
+
+def run_demo(out: Path, images: Optional[Sequence[Path]] = None, model: str = "demo") -> List[Path]:
+    """Segment ``images`` (default: the repository's examples) and write the outputs into
+    ``out`` (see the module doc). Returns the written paths, ``demo.png`` last."""
+    import clippy_rt
+    from .datasets.synthetic import class_names, eval_prompts
+    from .images import load_image
+    from .visualize import atomic_write, save_label_png, save_overlay
+
+    paths = [Path(p) for p in images] if images else example_images()
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise InputError("two images share a file name stem; their outputs would overwrite each other")
+    pictures = [load_image(p) for p in paths]
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    engine = clippy_rt.load(model)
+    names = class_names()
+    segmentations = engine.segment(pictures, eval_prompts())
+    written: List[Path] = []
+    rows = []
+    for stem, picture, seg in zip(stems, pictures, segmentations):
+        labels = seg.labels.numpy()
+        written.append(save_label_png(labels, out / f"{stem}.labels.png", len(names)))
+        written.append(save_overlay(picture, labels, names, out / f"{stem}.overlay.png"))
+        row = figure(picture, labels, names)
+        written.append(atomic_write(out / f"{stem}.figure.png", lambda h, r=row: r.save(h, format="PNG")))
+        rows.append(row)
+    gap = 6
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + gap * (len(rows) - 1)),
+                      (255, 255, 255))
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height + gap
+    written.append(atomic_write(out / "demo.png", lambda h: sheet.save(h, format="PNG")))
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clippy_rt.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--images", type=Path, nargs="+", default=None,
+                        help="images to segment (default: the repository's examples/scene-*.png)")
+    parser.add_argument("--model", default="demo", help="model directory (default: the shipped model)")
+    args = parser.parse_args(argv)
+    try:
+        written = run_demo(args.out, args.images, args.model)
+    except (ClippyError, OSError, ValueError, TypeError) as exc:
+        print(f"clippy_rt.demo: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} files to {args.out} (overview: {written[-1]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
