@@ -17,12 +17,6 @@ if "TRITON_INTERPRET" not in os.environ:
 import pytest
 import torch
 
-# One dtype -> tolerance table for the whole suite.
-TOLERANCES = {
-    torch.float32: dict(atol=1e-4, rtol=1e-4),
-    torch.float16: dict(atol=2e-2, rtol=2e-2),
-    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
-}
 
 
 def pytest_collection_modifyitems(config, items):

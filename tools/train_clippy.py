@@ -71,7 +71,7 @@ IMAGE_SIZE = 64
 
 _COUNT_WORDS = ("zero", "one", "two", "three", "four")
 
-# {objects}: the object phrases joined into a list; {bg}: a background phrase.
+# {objects}: the object phrases joined into a list; {bg}: the background phrase(s).
 _TEMPLATES = (
     "{objects} on {bg}",
     "a photo of {objects} on {bg}",
@@ -84,6 +84,8 @@ _TEMPLATES = (
     "on {bg}: {objects}",
     "a drawing of {objects} with {bg} behind",
 )
+_OBJECT_TEMPLATES = ("{objects}", "a photo of {objects}", "an image of {objects}", "a picture showing {objects}")
+_BACKGROUND_TEMPLATES = ("{bg}", "a photo of {bg}", "an image of {bg}")
 
 
 def _article(word: str) -> str:
@@ -94,8 +96,13 @@ def _plural(noun: str) -> str:
     return noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
 
 
-def compose_caption(objects, background: str, rng: np.random.Generator, with_colour: bool) -> str:
-    """One caption naming every object (with or without its colour) and the background kind."""
+def _listing(phrases: list) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def render_caption(objects, backgrounds, rng: np.random.Generator, with_colour: bool) -> str:
+    """A caption naming ``objects`` ((shape, colour) pairs; colour only ``with_colour``)
+    and the ``backgrounds`` kinds; either list may be empty, not both."""
     names = [f"{colour} {shape}" if with_colour else shape for shape, colour in objects]
     counts: dict = {}
     for name in names:
@@ -106,28 +113,61 @@ def compose_caption(objects, background: str, rng: np.random.Generator, with_col
             phrases.append(f"{_article(name)} {name}")
         else:
             words = name.split(" ")
-            phrases.append(" ".join([_COUNT_WORDS[count], *words[:-1], _plural(words[-1])]))
+            phrases.append(" ".join([_COUNT_WORDS[min(count, 4)], *words[:-1], _plural(words[-1])]))
     phrases = [phrases[i] for i in rng.permutation(len(phrases))]
-    if len(phrases) == 1:
-        listed = phrases[0]
+    backgrounds = [backgrounds[i] for i in rng.permutation(len(backgrounds))]
+    bg = _listing([BACKGROUND_PHRASES[b][int(rng.integers(len(BACKGROUND_PHRASES[b])))]
+                   for b in backgrounds]) if backgrounds else ""
+    if not phrases:
+        templates = _BACKGROUND_TEMPLATES
+    elif not backgrounds:
+        templates = _OBJECT_TEMPLATES
     else:
-        listed = ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    options = BACKGROUND_PHRASES[background]
-    template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
-    return template.format(objects=listed, bg=options[int(rng.integers(len(options)))])
+        templates = _TEMPLATES
+    template = templates[int(rng.integers(len(templates)))]
+    return template.format(objects=_listing(phrases) if phrases else "", bg=bg)
 
 
-def hard_negative(objects, background: str, rng: np.random.Generator):
-    """The same scene description with one shape replaced, or (1 time in 4) another background."""
-    if rng.random() < 0.25:
-        others = [b for b in BACKGROUNDS if b != background]
-        return list(objects), others[int(rng.integers(len(others)))]
-    objects = list(objects)
-    index = int(rng.integers(len(objects)))
-    shape, colour = objects[index]
-    others = [s for s in SHAPES if s != shape]
-    objects[index] = (others[int(rng.integers(len(others)))], colour)
-    return objects, background
+def describe(objects, backgrounds, rng: np.random.Generator, mosaic: bool):
+    """What one caption names: (objects, backgrounds), a true but possibly partial account.
+
+    Half the captions name everything (a mosaic: up to three of its objects, every
+    background); 3 in 10 name one object (half of them with the background); 1 in 5
+    name one object or the background alone, the form of the evaluation prompts.
+    """
+    draw = rng.random()
+    if draw < 0.5:
+        if mosaic and len(objects) > 3:
+            keep = rng.choice(len(objects), size=3, replace=False)
+            return [objects[i] for i in sorted(keep)], list(backgrounds)
+        return list(objects), list(backgrounds)
+    one = [objects[int(rng.integers(len(objects)))]]
+    if draw < 0.8:
+        return one, (list(backgrounds) if rng.random() < 0.5 else [])
+    if rng.random() < 0.5:
+        return one, []
+    return [], [backgrounds[int(rng.integers(len(backgrounds)))]]
+
+
+def hard_negative(named_objects, named_backgrounds, objects, backgrounds, rng: np.random.Generator):
+    """The named content with one shape, or one background kind, replaced by one absent
+    from the image (so the negative caption is false)."""
+    present_shapes = {shape for shape, _ in objects}
+    absent_shapes = [s for s in SHAPES if s not in present_shapes]
+    absent_backgrounds = [b for b in BACKGROUNDS if b not in backgrounds]
+    swap_background = not named_objects or not absent_shapes or (named_backgrounds and rng.random() < 0.25)
+    if swap_background and named_backgrounds and absent_backgrounds:
+        named_backgrounds = list(named_backgrounds)
+        index = int(rng.integers(len(named_backgrounds)))
+        named_backgrounds[index] = absent_backgrounds[int(rng.integers(len(absent_backgrounds)))]
+        return list(named_objects), named_backgrounds
+    named_objects = list(named_objects)
+    if not named_objects:
+        return [(SHAPES[int(rng.integers(len(SHAPES)))], "red")], list(named_backgrounds)
+    index = int(rng.integers(len(named_objects)))
+    pool = absent_shapes or [s for s in SHAPES if s != named_objects[index][0]]
+    named_objects[index] = (pool[int(rng.integers(len(pool)))], named_objects[index][1])
+    return named_objects, list(named_backgrounds)
 
 
 def caption_corpus(n: int, seed: int) -> list:
@@ -137,7 +177,8 @@ def caption_corpus(n: int, seed: int) -> list:
     for index in range(n):
         scene = generate_scene(TRAIN_SEED_BASE + index, 16)
         lines.append(scene.caption)
-        lines.append(compose_caption(scene.objects, scene.background, rng, with_colour=bool(index % 2)))
+        named = describe(scene.objects, [scene.background], rng, mosaic=False)
+        lines.append(render_caption(*named, rng, with_colour=bool(index % 2)))
     for prompts in eval_prompts(("{article} {shape}", "a {shape}", "{shape}")).values():
         lines.extend(prompts)
     return lines
@@ -148,17 +189,20 @@ def caption_corpus(n: int, seed: int) -> list:
 # --------------------------------------------------------------------------------------
 
 
-def scene_pool(n: int, cache: Path):
-    """Images uint8 [n, 64, 64, 3], objects and backgrounds of training seeds 0..n-1 (cached)."""
+def scene_pool(n: int, size: int, first_seed: int, cache: Path):
+    """Images uint8 [n, size, size, 3], objects and backgrounds of training seeds
+    ``first_seed .. first_seed + n - 1`` (cached in ``cache``)."""
+    if first_seed + n > EVAL_SEED_BASE:
+        raise ValueError("training scenes must come from seeds below EVAL_SEED_BASE")
     if cache.is_file():
         data = np.load(cache, allow_pickle=False)
         if len(data["images"]) >= n:
             meta = json.loads(str(data["meta"]))
             return data["images"][:n], [tuple(map(tuple, o)) for o in meta["objects"][:n]], meta["backgrounds"][:n]
-    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
     objects, backgrounds = [], []
     for index in range(n):
-        scene = generate_scene(TRAIN_SEED_BASE + index, IMAGE_SIZE)
+        scene = generate_scene(first_seed + index, size)
         images[index] = scene.image
         objects.append(scene.objects)
         backgrounds.append(scene.background)
@@ -166,6 +210,20 @@ def scene_pool(n: int, cache: Path):
     meta = json.dumps({"objects": [list(map(list, o)) for o in objects], "backgrounds": backgrounds})
     np.savez(cache, images=images, meta=np.array(meta))
     return images, objects, backgrounds
+
+
+# Mosaic tiles: half-size scenes from their own seed range.
+TILE_SEED = TRAIN_SEED_BASE + 10_000_000
+
+
+def mosaic(tiles: np.ndarray) -> np.ndarray:
+    """Four half-size scenes uint8 [4, S/2, S/2, 3] -> one image [S, S, 3], 2 x 2.
+
+    Its caption names the union of the four scenes' objects and backgrounds: no
+    location is given, yet a max-pooled embedding can only hold four backgrounds
+    and their objects if different patches carry them, which favours local features.
+    """
+    return np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
 
 
 def normalise(images: np.ndarray, config: ImageTowerConfig) -> torch.Tensor:
@@ -315,11 +373,13 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--text-depth", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=40)
     parser.add_argument("--vocab", type=int, default=400)
     parser.add_argument("--pool", type=int, default=20000, help="training scenes (seeds 0..N-1)")
     parser.add_argument("--colour-prob", type=float, default=0.5,
                         help="probability that a caption names colours (else shapes only)")
+    parser.add_argument("--mosaic", type=float, default=0.3,
+                        help="fraction of images that are 2 x 2 mosaics of half-size scenes")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -352,7 +412,11 @@ def main(argv=None) -> int:
                             model_type="bpe")
     tokenizer = Tokenizer.from_file(spiece, max_length=args.max_length)
     config = make_config(args, tokenizer.vocab_size)
-    images, objects, backgrounds = scene_pool(args.pool, args.cache / f"pool-{args.pool}.npz")
+    images, objects, backgrounds = scene_pool(args.pool, IMAGE_SIZE, TRAIN_SEED_BASE,
+                                              args.cache / f"pool-{args.pool}.npz")
+    if args.mosaic > 0:
+        tiles, tile_objects, tile_backgrounds = scene_pool(
+            args.pool, IMAGE_SIZE // 2, TILE_SEED, args.cache / f"tiles-{args.pool}.npz")
     validation = Validation(args.eval_images, VALIDATION_SEED, config)
     record({"event": "start", "args": {k: str(v) for k, v in vars(args).items()},
             "vocab": tokenizer.vocab_size, "setup_s": round(time.perf_counter() - begin, 1),
@@ -389,13 +453,26 @@ def main(argv=None) -> int:
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, progress, args.lr, args.warmup)
-        index = rng.integers(len(images), size=args.batch)
-        pixels = normalise(dihedral(images[index], rng), config.image)
+        batch = np.empty((args.batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         captions, negatives = [], []
-        for i in index:
+        for row in range(args.batch):
+            if rng.random() < args.mosaic:
+                picked = rng.integers(len(tiles), size=4)
+                batch[row] = mosaic(tiles[picked])
+                scene_objects = [o for i in picked for o in tile_objects[i]]
+                scene_backgrounds = sorted({tile_backgrounds[i] for i in picked})
+                is_mosaic = True
+            else:
+                picked = int(rng.integers(len(images)))
+                batch[row] = images[picked]
+                scene_objects, scene_backgrounds = list(objects[picked]), [backgrounds[picked]]
+                is_mosaic = False
             colour = rng.random() < args.colour_prob
-            captions.append(compose_caption(objects[i], backgrounds[i], rng, colour))
-            negatives.append(compose_caption(*hard_negative(objects[i], backgrounds[i], rng), rng, colour))
+            named = describe(scene_objects, scene_backgrounds, rng, is_mosaic)
+            captions.append(render_caption(*named, rng, colour))
+            negative = hard_negative(*named, scene_objects, scene_backgrounds, rng)
+            negatives.append(render_caption(*negative, rng, colour))
+        pixels = normalise(dihedral(batch, rng), config.image)
         ids, mask = tokenizer.encode(captions + negatives)
         _, image = image_embedding(model, pixels)
         text = model.text(ids, mask)

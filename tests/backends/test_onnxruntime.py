@@ -21,7 +21,7 @@ from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError 
 from clippy_rt.export import io_spec  # noqa: E402
 from clippy_rt.export.onnx import export_onnx  # noqa: E402
 
-from conftest import TOLERANCES  # noqa: E402
+from tolerances import TOLERANCES  # noqa: E402
 
 # The tiny model: patch 8, trained grid 4x4 (32 px), embedding width 32, max_length 32.
 SHAPES = [(1, 32, 32), (3, 32, 32), (1, 48, 64), (3, 48, 64)]

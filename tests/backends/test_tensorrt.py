@@ -142,7 +142,7 @@ def engine_dirs(tiny_model_dir, tmp_path_factory):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_matches_torch(engine_dirs, tiny_model_dir, precision):
-    from conftest import TOLERANCES
+    from tolerances import TOLERANCES
 
     engine = clippy_rt.load(engine_dirs[precision], backend="tensorrt", device="cuda")
     reference = clippy_rt.load(tiny_model_dir, backend="torch")

@@ -22,7 +22,7 @@ from clippy_rt.export.fp16 import convert_to_fp16, topological_sort  # noqa: E40
 from clippy_rt.export.onnx import export_towers  # noqa: E402
 from clippy_rt.model_dir import load_model  # noqa: E402
 
-from conftest import TOLERANCES  # noqa: E402
+from tolerances import TOLERANCES  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a dog on a long road by the sea", "tree"]
 

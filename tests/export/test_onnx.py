@@ -21,7 +21,7 @@ from clippy_rt.export import io_spec  # noqa: E402
 from clippy_rt.export.onnx import MIN_OPSET, export_onnx  # noqa: E402
 from clippy_rt.model_dir import load_model  # noqa: E402
 
-from conftest import TOLERANCES  # noqa: E402
+from tolerances import TOLERANCES  # noqa: E402
 
 CHECK_SIZES = "32,48"  # the tiny model's trained size (4x4 grid) and a larger one
 
