@@ -195,18 +195,27 @@ class Engine:
         self._sync()
         timings["image"] = _ms(start)
 
-        results = []
         start = time.perf_counter()
+        # Images that share an output size and window (frames of one camera) go through
+        # the seg head in one call.
+        groups: Dict[tuple, List[int]] = {}
         for index in range(pixels.shape[0]):
             if prepared:
-                out_size, window, crop = prepared[index].out_size, prepared[index].window, prepared[index].crop_box
+                key = (tuple(prepared[index].out_size), prepared[index].window)
             else:
-                out_size, window, crop = tuple(pixels.shape[-2:]), None, None
-            labels, scores = seg_head(features.patch[index:index + 1].to(text.device), text, out_size,
-                                      window=window, return_scores=True, backend=seg_backend)
-            labels = prompts_to_classes(labels[0], prompt_set).cpu()
-            results.append(Segmentation(labels=labels, scores=scores[0].float().cpu(),
-                                        prompts=prompt_set.classes, crop_box=crop))
+                key = (tuple(pixels.shape[-2:]), None)
+            groups.setdefault(key, []).append(index)
+        results: List[Optional[Segmentation]] = [None] * pixels.shape[0]
+        for (out_size, window), indices in groups.items():
+            patch = features.patch[indices].to(text.device)
+            labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True,
+                                      backend=seg_backend)
+            labels = prompts_to_classes(labels, prompt_set).cpu()
+            scores = scores.float().cpu()
+            for row, index in enumerate(indices):
+                results[index] = Segmentation(
+                    labels=labels[row], scores=scores[row], prompts=prompt_set.classes,
+                    crop_box=prepared[index].crop_box if prepared else None)
         timings["postprocess"] = _ms(start)
         for result in results:
             result.timings_ms = dict(timings)

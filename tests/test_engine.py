@@ -181,3 +181,16 @@ def test_fp16_torch_backend_agrees(tiny_model_dir):
     pixels = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(half.encode_image(pixels).pooled, full.encode_image(pixels).pooled,
                                atol=5e-2, rtol=0)
+
+
+def test_batched_segment_equals_one_by_one(engine):
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8))
+              for shape in ((40, 40, 3), (30, 50, 3), (40, 40, 3))]
+    prompts = ["red", "green", "blue", "noise"]
+    together = engine.segment(images, prompts, resize="letterbox")
+    for image, result in zip(images, together):
+        alone = engine.segment(image, prompts, resize="letterbox")
+        assert result.labels.shape == (image.size[1], image.size[0])
+        assert torch.equal(result.labels, alone.labels)
+        torch.testing.assert_close(result.scores, alone.scores)

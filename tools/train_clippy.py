@@ -129,24 +129,17 @@ def render_caption(objects, backgrounds, rng: np.random.Generator, with_colour: 
 
 
 def describe(objects, backgrounds, rng: np.random.Generator, mosaic: bool):
-    """What one caption names: (objects, backgrounds), a true but possibly partial account.
+    """What one caption names: (objects, backgrounds, with_colour).
 
-    Half the captions name everything (a mosaic: up to three of its objects, every
-    background); 3 in 10 name one object (half of them with the background); 1 in 5
-    name one object or the background alone, the form of the evaluation prompts.
+    Every caption names every object and every background kind: a caption naming one
+    concept of a scene ("a circle") matches most images of a batch, so under InfoNCE it
+    teaches little but "an image with few objects" (tried: the image-level similarity
+    to single-shape prompts fell below chance). Half the captions name colours, half
+    shapes only; a mosaic's (up to 16 objects) names shapes only, grouped with counts,
+    to stay within the text length.
     """
-    draw = rng.random()
-    if draw < 0.5:
-        if mosaic and len(objects) > 3:
-            keep = rng.choice(len(objects), size=3, replace=False)
-            return [objects[i] for i in sorted(keep)], list(backgrounds)
-        return list(objects), list(backgrounds)
-    one = [objects[int(rng.integers(len(objects)))]]
-    if draw < 0.8:
-        return one, (list(backgrounds) if rng.random() < 0.5 else [])
-    if rng.random() < 0.5:
-        return one, []
-    return [], [backgrounds[int(rng.integers(len(backgrounds)))]]
+    with_colour = (not mosaic) and rng.random() < 0.5
+    return list(objects), list(backgrounds), with_colour
 
 
 def hard_negative(named_objects, named_backgrounds, objects, backgrounds, rng: np.random.Generator):
@@ -177,8 +170,8 @@ def caption_corpus(n: int, seed: int) -> list:
     for index in range(n):
         scene = generate_scene(TRAIN_SEED_BASE + index, 16)
         lines.append(scene.caption)
-        named = describe(scene.objects, [scene.background], rng, mosaic=False)
-        lines.append(render_caption(*named, rng, with_colour=bool(index % 2)))
+        lines.append(render_caption(scene.objects, [scene.background], rng, with_colour=bool(index % 2)))
+        lines.append(render_caption(scene.objects, [], rng, with_colour=bool(index % 2)))
     for prompts in eval_prompts(("{article} {shape}", "a {shape}", "{shape}")).values():
         lines.extend(prompts)
     return lines
@@ -253,7 +246,7 @@ def make_config(args, vocab_size: int) -> ClippyConfig:
     image = ImageTowerConfig(
         patch_size=args.patch, width=args.width, depth=args.depth, heads=args.width // 32,
         mlp_dim=4 * args.width, pos_grid=IMAGE_SIZE // args.patch, pooling=args.pooling,
-        pool_include_cls=False, image_size=IMAGE_SIZE)
+        pool_include_cls=args.include_cls, image_size=IMAGE_SIZE)
     text = TextTowerConfig(
         vocab_size=vocab_size, d_model=args.width, d_kv=32, d_ff=4 * args.width,
         heads=args.width // 32, depth=args.text_depth, relative_buckets=16,
@@ -264,16 +257,39 @@ def make_config(args, vocab_size: int) -> ClippyConfig:
                         source="tools/train_clippy.py: trained on generated scenes (clippy_rt.datasets.synthetic)")
 
 
+def t5_init(model: ClippyModel) -> None:
+    """Re-initialise the text tower's projections as T5 does.
+
+    T5 attention does not divide logits by sqrt(d_kv): the query weights carry that
+    factor (std (d_model * d_kv) ** -0.5). The runtime's generic init (std
+    in_features ** -0.5 everywhere) is right for loading checkpoints but starts training
+    with logits of std ~sqrt(d_kv), i.e. saturated attention.
+    """
+    cfg = model.cfg.text
+    with torch.no_grad():
+        for block in model.text.blocks:
+            block.attn.q.weight.normal_(std=(cfg.d_model * cfg.d_kv) ** -0.5)
+            for layer in (block.attn.k, block.attn.v):
+                layer.weight.normal_(std=cfg.d_model ** -0.5)
+            block.attn.o.weight.normal_(std=(cfg.heads * cfg.d_kv) ** -0.5)
+            ffn = block.ffn
+            for layer in ((ffn.wi_0, ffn.wi_1) if ffn.gated else (ffn.wi,)):
+                layer.weight.normal_(std=cfg.d_model ** -0.5)
+            ffn.wo.weight.normal_(std=cfg.d_ff ** -0.5)
+
+
 def image_embedding(model: ClippyModel, pixels: torch.Tensor):
     """(patch features [B, N, D], pooled [B, D]), both L2-normalised, computed inline.
 
-    The same math as ``VisionTower.forward``: max over the patch tokens (the class
-    token is left out: ``pool_include_cls=False``) or the class token.
+    The same math as ``VisionTower.forward``: the max over the tokens (with the class
+    token when ``pool_include_cls``), or the class token.
     """
     tokens = model.visual.forward_features(pixels)
     patches = tokens[:, 1:]
     if model.cfg.image.pooling == "cls":
         pooled = tokens[:, 0]
+    elif model.cfg.image.pool_include_cls:
+        pooled = tokens.max(dim=1).values
     else:
         pooled = patches.max(dim=1).values
     return F.normalize(patches, dim=-1), F.normalize(pooled, dim=-1)
@@ -362,22 +378,23 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="run folder (log, model dirs)")
     parser.add_argument("--pooling", choices=("max", "cls"), default="max")
+    parser.add_argument("--include-cls", action=argparse.BooleanOptionalAction, default=True,
+                        help="max pooling: let the class token take part in the max (as the "
+                             "reference training does)")
     parser.add_argument("--steps", type=int, default=3000, help="at most this many optimizer steps")
     parser.add_argument("--max-minutes", type=float, default=45.0,
                         help="at most this many minutes of training (evaluation included)")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--text-depth", type=int, default=2)
+    parser.add_argument("--text-depth", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=40)
     parser.add_argument("--vocab", type=int, default=400)
     parser.add_argument("--pool", type=int, default=20000, help="training scenes (seeds 0..N-1)")
-    parser.add_argument("--colour-prob", type=float, default=0.5,
-                        help="probability that a caption names colours (else shapes only)")
     parser.add_argument("--mosaic", type=float, default=0.3,
                         help="fraction of images that are 2 x 2 mosaics of half-size scenes")
     parser.add_argument("--eval-every", type=int, default=50)
@@ -423,6 +440,7 @@ def main(argv=None) -> int:
             "config": config.to_dict()})
 
     model = ClippyModel(config)
+    t5_init(model)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -467,10 +485,10 @@ def main(argv=None) -> int:
                 batch[row] = images[picked]
                 scene_objects, scene_backgrounds = list(objects[picked]), [backgrounds[picked]]
                 is_mosaic = False
-            colour = rng.random() < args.colour_prob
-            named = describe(scene_objects, scene_backgrounds, rng, is_mosaic)
-            captions.append(render_caption(*named, rng, colour))
-            negative = hard_negative(*named, scene_objects, scene_backgrounds, rng)
+            named_objects, named_backgrounds, colour = describe(scene_objects, scene_backgrounds, rng,
+                                                                is_mosaic)
+            captions.append(render_caption(named_objects, named_backgrounds, rng, colour))
+            negative = hard_negative(named_objects, named_backgrounds, scene_objects, scene_backgrounds, rng)
             negatives.append(render_caption(*negative, rng, colour))
         pixels = normalise(dihedral(batch, rng), config.image)
         ids, mask = tokenizer.encode(captions + negatives)
