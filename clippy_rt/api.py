@@ -22,7 +22,7 @@ def load(path: Union[str, Path], backend: str = "torch", device: Optional[str] =
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    path = _resolve_path(path)
+    path = resolve_model_path(path)
     if backend == "torch":
         return _load_torch(path, device or "cpu", precision or "fp32")
     if backend == "onnxruntime":
@@ -37,7 +37,8 @@ def load(path: Union[str, Path], backend: str = "torch", device: Optional[str] =
     return load_tensorrt(path, device=device or "cuda", precision=precision)
 
 
-def _resolve_path(path: Union[str, Path]) -> Path:
+def resolve_model_path(path: Union[str, Path]) -> Path:
+    """``"demo"`` -> the shipped demo model's directory; anything else -> ``Path(path)``."""
     if str(path) == "demo":
         from .demo import demo_model_dir
         return demo_model_dir()

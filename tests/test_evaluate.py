@@ -158,3 +158,19 @@ def test_cli_eval_text_output_and_bad_dataset(tiny_model_dir, capsys):
     assert cli(["eval", str(tiny_model_dir), "--dataset", "imagenet", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown dataset" in err[0]
+
+
+def test_reference_model_for_agreement(tiny_model_dir, tmp_path):
+    from argparse import Namespace
+
+    from clippy_rt.cli.eval import _reference_dir
+
+    assert _reference_dir(Namespace(model=str(tiny_model_dir), reference=None)) == str(tiny_model_dir)
+    assert _reference_dir(Namespace(model="anything", reference="given")) == "given"
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    (onnx_dir / "manifest.json").write_text(json.dumps({"source": {"model_dir": str(tiny_model_dir)}}))
+    assert _reference_dir(Namespace(model=str(onnx_dir), reference=None)) == str(tiny_model_dir)
+    (onnx_dir / "manifest.json").write_text(json.dumps({"source": {}}))
+    with pytest.raises(InputError, match="--reference"):
+        _reference_dir(Namespace(model=str(onnx_dir), reference=None))

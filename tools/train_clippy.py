@@ -12,11 +12,13 @@ The recipe of the paper, scaled down to two CPU cores:
 
   where I is the max over the image tokens (``--pooling max``, CLIPpy) or the class
   token (``--pooling cls``, the CLIP-style ablation). The image-to-text direction also
-  sees one extra caption per image that differs from the true one by one shape or the
-  background kind (a hard negative: still a caption, never a label map).
+  ranks ``--negatives`` extra captions per image, each differing from the true one by
+  one shape or background kind absent from the image (hard negatives: still captions,
+  never label maps).
 
 Captions are composed per step from each scene's object list and background kind
-(colour + shape or shape only, varied phrasings). The scenes' label maps are never
+(shape only or colour + shape, varied phrasings); 30% of the images are 2 x 2 mosaics
+of half-size scenes captioned with the union of their contents. The label maps are never
 read during training; they are used only by the held-out evaluation, which segments
 scenes from a validation range of evaluation seeds (disjoint from the 500 reported
 ones) with ``eval_prompts`` and logs zero-shot mIoU as training goes.
@@ -24,9 +26,9 @@ ones) with ``eval_prompts`` and logs zero-shot mIoU as training goes.
 Every evaluation writes the current weights as a complete model directory
 (``OUT/model``), so a usable model exists whenever the run stops.
 
-    python tools/train_clippy.py --out runs/max --pooling max --max-minutes 45
-    python tools/train_clippy.py --out runs/cls --pooling cls --max-minutes 25
-    python tools/train_clippy.py ship runs/max/model --to clippy_rt/data/demo
+    python tools/train_clippy.py --out runs/max --pooling max --max-minutes 35 --threads 1 &
+    python tools/train_clippy.py --out runs/cls --pooling cls --max-minutes 35 --threads 1 &
+    python tools/train_clippy.py ship runs/max/best --to clippy_rt/data/demo
 
 This script is not part of the runtime package and is never imported by it.
 """
@@ -34,7 +36,6 @@ This script is not part of the runtime package and is never imported by it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -128,17 +129,19 @@ def render_caption(objects, backgrounds, rng: np.random.Generator, with_colour: 
     return template.format(objects=_listing(phrases) if phrases else "", bg=bg)
 
 
-def describe(objects, backgrounds, rng: np.random.Generator, mosaic: bool):
+def describe(objects, backgrounds, rng: np.random.Generator, mosaic: bool, colour_prob: float = 0.2):
     """What one caption names: (objects, backgrounds, with_colour).
 
     Every caption names every object and every background kind: a caption naming one
     concept of a scene ("a circle") matches most images of a batch, so under InfoNCE it
-    teaches little but "an image with few objects" (tried: the image-level similarity
-    to single-shape prompts fell below chance). Half the captions name colours, half
-    shapes only; a mosaic's (up to 16 objects) names shapes only, grouped with counts,
-    to stay within the text length.
+    teaches little beyond "an image with few objects" (tried: no better than full
+    captions). A mosaic's caption (up to 16 objects) names shapes only, grouped with
+    counts, to stay within the text length.
+
+    ``colour_prob`` is the fraction of (non-mosaic) captions that name colours; the
+    others name shapes only, so that shapes, not colours, tell captions apart.
     """
-    with_colour = (not mosaic) and rng.random() < 0.5
+    with_colour = (not mosaic) and rng.random() < colour_prob
     return list(objects), list(backgrounds), with_colour
 
 
@@ -395,6 +398,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=int, default=40)
     parser.add_argument("--vocab", type=int, default=400)
     parser.add_argument("--pool", type=int, default=20000, help="training scenes (seeds 0..N-1)")
+    parser.add_argument("--colour-prob", type=float, default=0.2,
+                        help="fraction of captions that name colours (the others name shapes only)")
+    parser.add_argument("--negatives", type=int, default=3,
+                        help="hard-negative captions per image (one shape or background swapped)")
     parser.add_argument("--mosaic", type=float, default=0.3,
                         help="fraction of images that are 2 x 2 mosaics of half-size scenes")
     parser.add_argument("--eval-every", type=int, default=50)
@@ -486,10 +493,12 @@ def main(argv=None) -> int:
                 scene_objects, scene_backgrounds = list(objects[picked]), [backgrounds[picked]]
                 is_mosaic = False
             named_objects, named_backgrounds, colour = describe(scene_objects, scene_backgrounds, rng,
-                                                                is_mosaic)
+                                                                is_mosaic, args.colour_prob)
             captions.append(render_caption(named_objects, named_backgrounds, rng, colour))
-            negative = hard_negative(named_objects, named_backgrounds, scene_objects, scene_backgrounds, rng)
-            negatives.append(render_caption(*negative, rng, colour))
+            for _ in range(args.negatives):
+                negative = hard_negative(named_objects, named_backgrounds, scene_objects,
+                                         scene_backgrounds, rng)
+                negatives.append(render_caption(*negative, rng, colour))
         pixels = normalise(dihedral(batch, rng), config.image)
         ids, mask = tokenizer.encode(captions + negatives)
         _, image = image_embedding(model, pixels)
@@ -558,6 +567,10 @@ def ship(argv=None) -> int:
             "steps": max((e.get("step", 0) for e in entries), default=0),
             "minutes": max((e.get("minutes", 0) for e in entries), default=0),
         }
+        if evals:
+            # RUN/best holds the weights of the best validation evaluation, RUN/model the last.
+            chosen = max(evals, key=lambda e: e["miou"]) if args.model.name == "best" else evals[-1]
+            figures["training"]["checkpoint_step"] = chosen["step"]
     model, info = load_model(args.model)
     results_path = args.model.parent / "results.json"
     results_path.write_text(json.dumps(figures, indent=2) + "\n")

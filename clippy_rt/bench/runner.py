@@ -299,7 +299,7 @@ class ModelSource:
 def resolve_source(model: Optional[str], arch: Optional[str], workdir: Path, seed: int = 0) -> ModelSource:
     """A model / ONNX / engine directory (or random weights of ``arch`` written under
     ``workdir``). Raises ModelDirError for a missing or unrecognised directory."""
-    from clippy_rt.api import _resolve_path
+    from clippy_rt.api import resolve_model_path
     from clippy_rt.config import ClippyConfig
 
     if arch is not None:
@@ -307,7 +307,7 @@ def resolve_source(model: Optional[str], arch: Optional[str], workdir: Path, see
 
         path = random_init(arch, workdir / f"random-{arch}", seed=seed)
         return ModelSource(Path(path), "model", ClippyConfig.load(Path(path) / "config.json"))
-    path = _resolve_path(model)
+    path = resolve_model_path(model)
     if not path.exists():
         raise ModelDirError(f"no such model, ONNX or engine directory: {path}")
     if not path.is_dir():

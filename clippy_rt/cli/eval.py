@@ -39,12 +39,14 @@ def add_arguments(parser) -> None:
 
 def _reference_dir(args) -> str:
     """The torch model directory to compare against (see the module doc)."""
-    from clippy_rt.api import _resolve_path
     from clippy_rt.errors import InputError
 
     if args.reference is not None:
         return args.reference
-    path = _resolve_path(args.model)
+    if args.model == "demo":
+        from clippy_rt.demo import demo_model_dir
+        return str(demo_model_dir())
+    path = Path(args.model)
     if (path / "weights.safetensors").is_file():
         return str(path)
     manifest = path / "manifest.json"
@@ -74,8 +76,9 @@ def run(args) -> int:
     if warning:
         print(warning, file=sys.stderr)
     reference = None
-    if args.backend != "torch" or args.precision != "fp32":
-        reference = clippy_rt.load(_reference_dir(args), backend="torch", device=args.device,
+    # The engine's own values: --device and --precision default per backend.
+    if engine.backend != "torch" or engine.precision != "fp32":
+        reference = clippy_rt.load(_reference_dir(args), backend="torch", device=str(engine.device),
                                    precision="fp32")
     result = evaluate(engine, eval_set, reference=reference, size=args.size, resize=args.resize,
                       batch_size=args.batch_size,

@@ -35,12 +35,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from clippy_rt.api import resolve_model_path
     from clippy_rt.export.onnx import PARITY_CLASSES, export_onnx, format_parity_table
 
     def log(message: str) -> None:
         print(f"export: {message}", file=sys.stderr, flush=True)
 
-    result = export_onnx(args.model, args.out, fp16=args.fp16, opset=args.opset, check_sizes=args.check_sizes,
+    result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, opset=args.opset, check_sizes=args.check_sizes,
                          check_batches=args.check_batches, seg_head=args.seg_head, overwrite=args.overwrite,
                          log=log)
     print(f"wrote {result.path} ({', '.join(result.manifest['precisions'])}; opset {result.manifest['opset']})")

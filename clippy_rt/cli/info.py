@@ -14,10 +14,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from clippy_rt.api import _resolve_path
+    from clippy_rt.api import resolve_model_path
     from clippy_rt.errors import ModelDirError
 
-    path = _resolve_path(args.path)
+    path = resolve_model_path(args.path)
     if not path.is_dir():
         raise ModelDirError(f"not a directory: {path}")
     files = {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()}
