@@ -14,6 +14,7 @@ request and says what to change when it does not.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 from typing import Callable, Dict, Iterable, Optional, Tuple
@@ -140,3 +141,15 @@ def device_guard(tensor: torch.Tensor):
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (n >= 1)."""
     return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def check_out_size(out_size) -> Tuple[int, int]:
+    """Validate an output size: (H, W), two positive integers -> (int, int)."""
+    try:
+        height, width = out_size
+    except (TypeError, ValueError):
+        raise InputError(f"out_size must be (H, W), got {out_size!r}") from None
+    for value in (height, width):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise InputError(f"out_size must be two positive integers (H, W), got {out_size!r}")
+    return int(height), int(width)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Sequence, Tuple
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import device_guard, jit, resolve_backend
+from ._triton_support import check_out_size, device_guard, jit, resolve_backend
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -110,13 +109,7 @@ def _check_inputs(frames, out_size, mean, std, out_dtype):
         raise InputError(f"frames must be [B, H, W, 3] or [H, W, 3], got shape {tuple(frames.shape)}")
     if frames.shape[-3] < 1 or frames.shape[-2] < 1:
         raise InputError(f"frames need H, W >= 1, got shape {tuple(frames.shape)}")
-    try:
-        height, width = out_size
-    except (TypeError, ValueError):
-        raise InputError(f"out_size must be (H, W), got {out_size!r}") from None
-    for value in (height, width):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise InputError(f"out_size must be two positive integers (H, W), got {out_size!r}")
+    height, width = check_out_size(out_size)
     mean = _three_floats(mean, "mean")
     std = _three_floats(std, "std")
     if min(std) <= 0:

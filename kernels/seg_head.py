@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import device_guard, jit, next_power_of_2, resolve_backend
+from ._triton_support import check_out_size, device_guard, jit, next_power_of_2, resolve_backend
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -211,19 +211,8 @@ def _check_inputs(patch_features, text_embeds, out_size, window, temperature
     if text_embeds.device != patch_features.device:
         raise InputError(f"patch_features ({patch_features.device}) and text_embeds ({text_embeds.device}) "
                          "must be on the same device")
-    size = _check_out_size(out_size)
+    size = check_out_size(out_size)
     return size, _check_window(window), _check_temperature(temperature)
-
-
-def _check_out_size(out_size) -> Tuple[int, int]:
-    try:
-        height, width = out_size
-    except (TypeError, ValueError):
-        raise InputError(f"out_size must be (H, W), got {out_size!r}") from None
-    for value in (height, width):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise InputError(f"out_size must be two positive integers (H, W), got {out_size!r}")
-    return int(height), int(width)
 
 
 def _check_window(window) -> Optional[Window]:
