@@ -308,7 +308,7 @@ def train_sentencepiece(lines: Iterable[str], out_path: PathLike, vocab_size: in
     except RuntimeError as exc:
         raise InputError(f"SentencePiece training failed: {_first_line(exc)}") from None
 
-    from .visualize import atomic_write
+    from .fileio import atomic_write
 
     out_path = Path(out_path)
     atomic_write(out_path, lambda handle: handle.write(proto))

@@ -7,16 +7,15 @@ nothing) and no partial image.
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, List, Sequence, Tuple, Union
+from typing import Any, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
+from .fileio import atomic_write
 
 PathLike = Union[str, Path]
 RGB = Tuple[int, int, int]
@@ -49,38 +48,6 @@ def palette(n: int) -> List[RGB]:
             value >>= 3
         colours.append((red, green, blue))
     return colours
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    The parent directory is created if needed. The temporary file is created with the
-    usual permissions (0666 less the umask) and removed if ``write`` raises. Returns ``path``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _label_array(labels: Any) -> np.ndarray:

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from clippy_rt.errors import InputError
-from clippy_rt.visualize import atomic_write, overlay, palette, save_label_png, save_overlay
+from clippy_rt.fileio import atomic_write
+from clippy_rt.visualize import overlay, palette, save_label_png, save_overlay
 
 
 def random_labels(height, width, n_classes, seed=0):
