@@ -70,9 +70,9 @@ def main(argv=None) -> int:
     import onnx
 
     from clippy_rt.backends.onnxruntime import OrtRunner, physical_cores
-    from clippy_rt.export.io_spec import IMAGE
+    from clippy_rt.formats.io_spec import IMAGE
     from clippy_rt.export.onnx import export_towers
-    from clippy_rt.model_dir import load_model
+    from clippy_rt.formats.model_dir import load_model
     from clippy_rt.random_init import random_init
 
     threads = args.threads or physical_cores()

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from clippy_rt.bench.report import format_markdown, to_json
-from clippy_rt.bench.runner import BenchRun, BenchSettings, CaseResult, run_benchmark
+from clippy_rt.bench import BenchRun, BenchSettings, CaseResult, run_benchmark
 from clippy_rt.bench.timer import TimingPolicy
 from clippy_rt.cli.common import progress
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Optional, Union
 
-from .engine import Engine, TorchEngine, resolve_device, resolve_precision
-from .errors import BackendUnavailableError, InputError, ModelDirError
+from .backends.base import BACKENDS
+from .engine import Engine
+from .errors import BackendUnavailableError, InputError
+from .tokenizer import load_tokenizer  # noqa: F401  (importable from here as before)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# backend -> (module, loader function, the pip extra that provides its dependency, default device)
+LOADERS = {
+    "torch": ("clippy_rt.backends.torch", "load_torch", None, "cpu"),
+    "onnxruntime": ("clippy_rt.backends.onnxruntime", "load_onnxruntime", "onnx", "cpu"),
+    "tensorrt": ("clippy_rt.backends.tensorrt", "load_tensorrt", None, "cuda"),
+}
 
 
 def load(path: Union[str, Path], backend: str = "torch", device: Optional[str] = None,
@@ -23,18 +31,16 @@ def load(path: Union[str, Path], backend: str = "torch", device: Optional[str] =
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = resolve_model_path(path)
-    if backend == "torch":
-        return _load_torch(path, device or "cpu", precision or "fp32")
-    if backend == "onnxruntime":
-        try:
-            from .backends.onnxruntime import load_onnxruntime
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"backend 'onnxruntime' needs the onnxruntime package ({exc}); "
-                "install it with: pip install 'clippy-rt[onnx]'") from exc
-        return load_onnxruntime(path, device=device or "cpu", precision=precision or "fp32")
-    from .backends.tensorrt import load_tensorrt
-    return load_tensorrt(path, device=device or "cuda", precision=precision)
+    module_name, function, extra, default_device = LOADERS[backend]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if extra is None:
+            raise
+        raise BackendUnavailableError(
+            f"backend {backend!r} needs the {backend} package ({exc}); "
+            f"install it with: pip install 'clippy-rt[{extra}]'") from exc
+    return getattr(module, function)(path, device=device or default_device, precision=precision)
 
 
 def resolve_model_path(path: Union[str, Path]) -> Path:
@@ -45,32 +51,3 @@ def resolve_model_path(path: Union[str, Path]) -> Path:
     if not isinstance(path, (str, Path)):
         raise InputError(f"path must be a str or Path, got {type(path).__name__}")
     return Path(path)
-
-
-def _load_torch(path: Path, device: str, precision: str) -> TorchEngine:
-    from .model_dir import load_model
-    from .tokenizer import Tokenizer
-
-    if (path / "manifest.json").is_file() and not (path / "weights.safetensors").is_file():
-        raise ModelDirError(f"{path} is an ONNX directory; load it with backend='onnxruntime'")
-    if (path / "engine.json").is_file() and not (path / "weights.safetensors").is_file():
-        raise ModelDirError(f"{path} is a TensorRT engine directory; load it with backend='tensorrt'")
-    resolved_device = resolve_device(device)
-    resolve_precision(precision)
-    model, info = load_model(path)
-    tokenizer = load_tokenizer(info.tokenizer, info.config)
-    return TorchEngine(model, info.config, tokenizer, resolved_device, precision, path)
-
-
-def load_tokenizer(tokenizer_path: Path, config):
-    """The tokenizer for ``config``'s text tower, checked against its vocabulary."""
-    from .errors import ConfigError
-    from .tokenizer import Tokenizer
-
-    text = config.text
-    tokenizer = Tokenizer.from_file(tokenizer_path, max_length=text.max_length, pad_id=text.pad_id,
-                                    eos_id=text.eos_id, unk_id=text.unk_id)
-    if tokenizer.vocab_size > text.vocab_size:
-        raise ConfigError(f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} pieces but the text "
-                          f"tower's embedding holds {text.vocab_size}")
-    return tokenizer

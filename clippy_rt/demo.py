@@ -103,7 +103,7 @@ def run_demo(out: Path, images: Optional[Sequence[Path]] = None, model: str = "d
     import clippy_rt
     from .datasets.synthetic import class_names, eval_prompts
     from .images import load_image
-    from .fileio import atomic_write
+    from .formats.atomic import atomic_write
     from .visualize import save_label_png, save_overlay
 
     paths = [Path(p) for p in images] if images else example_images()

@@ -1,10 +1,16 @@
-"""The ``Engine`` API shared by every backend.
+"""The ``Engine`` API shared by every backend, as public stages.
 
-A backend supplies two tensor functions, ``_image_forward(pixels) -> (patch [B, N, D],
-pooled [B, D])`` and ``_text_forward(input_ids, attention_mask) -> [K, D]``; everything
-else (pre-processing, prompt sets, the text cache, segmentation and classification
-post-processing) lives here, so the torch, ONNX Runtime and TensorRT backends return
-identical types.
+    prepare       images -> PreparedBatch (pixels float32 [B, 3, H, W] + how each was resized)
+    encode_image  PreparedBatch (or images) -> ImageFeatures (patch [B, h, w, D], pooled [B, D])
+    encode_text   prompts -> text embeddings float32 [K, D] (cached per prompt)
+    decode        ImageFeatures + text + PromptSet -> [Segmentation] (seg head + class mapping)
+    decode_classes  ImageFeatures + text + PromptSet -> top-k (class, probability) per image
+
+``segment`` and ``classify`` compose them; so does anything outside the engine (the
+benchmark, streaming). A backend supplies two runners (``clippy_rt.backends.base``):
+``image_runner`` for the image graph and ``text_runner`` for the text graph of the I/O
+spec, so the torch, ONNX Runtime and TensorRT backends validate the same way and return
+identical types. What the towers compute: docs/MODEL.md.
 """
 
 from __future__ import annotations
@@ -13,18 +19,26 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .backends.base import PRECISIONS, image_feed, split_image_outputs, text_feed, text_output
 from .config import ClippyConfig
 from .errors import BackendUnavailableError, InputError
 from .images import Prepared, as_pixel_batch, prepare_batch
 from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
 from .tokenizer import Tokenizer
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESIZE_MODES = ("squash", "crop", "letterbox")
+
+
+class PreparedBatch(NamedTuple):
+    """``pixels``: float32 [B, 3, H, W], normalised; ``prepared``: how each input was resized
+    (empty for a tensor that was already pre-processed). Unpacks as ``pixels, prepared``."""
+
+    pixels: torch.Tensor
+    prepared: List[Prepared]
 
 
 @dataclass
@@ -85,7 +99,7 @@ def resolve_precision(precision: str) -> torch.dtype:
 
 
 class Engine:
-    """Base engine. Subclasses set ``backend`` and implement the two forward functions."""
+    """Base engine. Subclasses set ``backend``, ``image_runner`` and ``text_runner``."""
 
     backend = "abstract"
 
@@ -100,12 +114,12 @@ class Engine:
         self._text_cache: Dict[str, torch.Tensor] = {}
         self._cache_lock = threading.Lock()
 
-    # -- backend hooks ---------------------------------------------------------------
+    # -- backend hooks: the two runners ---------------------------------------------------
     def _image_forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        return split_image_outputs(self.image_runner.infer_torch(image_feed(pixels)))
 
     def _text_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return text_output(self.text_runner.infer_torch(text_feed(input_ids, attention_mask)))
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -117,12 +131,11 @@ class Engine:
         return (f"{type(self).__name__}(arch={self.config.arch!r}, backend={self.backend!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r}{random})")
 
-    def prepare(self, images, size=None, resize: str = "squash", bgr: bool = False
-                ) -> Tuple[torch.Tensor, List[Prepared]]:
+    def prepare(self, images, size=None, resize: str = "squash", bgr: bool = False) -> PreparedBatch:
         """Images (PIL, uint8 HWC arrays, paths, or a float tensor already normalised)
-        -> (pixels float32 [B, 3, H, W], per-image Prepared; empty for tensors)."""
+        -> PreparedBatch (pixels float32 [B, 3, H, W], per-image Prepared; empty for tensors)."""
         if isinstance(images, torch.Tensor):
-            return as_pixel_batch(images, self.config.image.patch_size), []
+            return PreparedBatch(as_pixel_batch(images, self.config.image.patch_size), [])
         if resize not in RESIZE_MODES:
             raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         if not isinstance(images, (list, tuple)):
@@ -130,17 +143,28 @@ class Engine:
         if not images:
             raise InputError("no images given")
         cfg = self.config.image
-        return prepare_batch(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
-                             patch_size=cfg.patch_size, bgr=bgr)
+        return PreparedBatch(*prepare_batch(images, size or cfg.image_size, mode=resize, mean=cfg.mean,
+                                            std=cfg.std, patch_size=cfg.patch_size, bgr=bgr))
+
+    def image_tower(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The image tower alone on prepared pixels [B, 3, H, W] (host or device, any float
+        dtype) -> (patch features [B, h*w, D], pooled [B, D]) on the engine's device, in the
+        backend's output dtype. ``encode_image`` adds the reshape and float32."""
+        return self._image_forward(pixels)
 
     def encode_image(self, images, size=None, resize: str = "squash", bgr: bool = False) -> ImageFeatures:
-        """Returns ImageFeatures: ``patch`` float32 [B, h, w, D] and ``pooled`` [B, D], L2-normalised."""
-        pixels, prepared = self.prepare(images, size, resize, bgr)
-        patch, pooled = self._image_forward(pixels)
+        """Images, a float pixel tensor or a PreparedBatch -> ImageFeatures: ``patch`` float32
+        [B, h, w, D] and ``pooled`` [B, D], L2-normalised (``prepared`` carried over)."""
+        if isinstance(images, PreparedBatch):
+            pixels, prepared = images.pixels, images.prepared
+            pixels = as_pixel_batch(pixels, self.config.image.patch_size)
+        else:
+            pixels, prepared = self.prepare(images, size, resize, bgr)
+        patch, pooled = self.image_tower(pixels)
         patch_size = self.config.image.patch_size
         h, w = pixels.shape[-2] // patch_size, pixels.shape[-1] // patch_size
         patch = patch.float().reshape(patch.shape[0], h, w, patch.shape[-1])
-        return ImageFeatures(patch=patch, pooled=pooled.float(), prepared=prepared)
+        return ImageFeatures(patch=patch, pooled=pooled.float(), prepared=list(prepared))
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Returns L2-normalised text embeddings, float32 [K, D] on the engine's device.
@@ -170,42 +194,27 @@ class Engine:
         with self._cache_lock:
             self._text_cache.clear()
 
-    def segment(self, images, prompts: PromptsLike, size=None, template: Optional[str] = None,
-                resize: str = "squash", bgr: bool = False, seg_backend: str = "auto"):
-        """Open-vocabulary segmentation. One image -> Segmentation; a list -> a list of them.
-
-        ``prompts`` is a list of class prompts or a ``{class: [prompt, ...]}`` mapping (a
-        class's logit is the max over its prompts). Labels come back at the original
-        image size (the crop's, with ``resize="crop"``; the tensor's, for a tensor input).
-        """
+    def decode(self, features: ImageFeatures, text: torch.Tensor, prompt_set: PromptSet,
+               seg_backend: str = "auto") -> List["Segmentation"]:
+        """Segmentation of each image: the seg head (``clippy_rt.kernels.seg_head``) on the
+        patch features and the prompts' embeddings ``text`` [P, D], then each prompt mapped
+        to its class in ``prompt_set``. Labels come at each image's ``out_size`` (the pixel
+        tensor's size for pre-processed input); ``timings_ms`` is left empty."""
         from .kernels.seg_head import seg_head
 
-        single = not isinstance(images, (list, tuple)) and not (
-            isinstance(images, torch.Tensor) and images.ndim == 4)
-        prompt_set = build_prompt_set(prompts, template)
-        timings = {}
-        start = time.perf_counter()
-        pixels, prepared = self.prepare(images, size, resize, bgr)
-        timings["preprocess"] = _ms(start)
-        start = time.perf_counter()
-        text = self.encode_text(list(prompt_set.prompts))
-        timings["text"] = _ms(start)
-        start = time.perf_counter()
-        features = self.encode_image(pixels)
-        self._sync()
-        timings["image"] = _ms(start)
-
-        start = time.perf_counter()
+        patch_size = self.config.image.patch_size
+        count, h, w = features.patch.shape[:3]
+        prepared = features.prepared
         # Images that share an output size and window (frames of one camera) go through
         # the seg head in one call.
         groups: Dict[tuple, List[int]] = {}
-        for index in range(pixels.shape[0]):
+        for index in range(count):
             if prepared:
                 key = (tuple(prepared[index].out_size), prepared[index].window)
             else:
-                key = (tuple(pixels.shape[-2:]), None)
+                key = ((h * patch_size, w * patch_size), None)
             groups.setdefault(key, []).append(index)
-        results: List[Optional[Segmentation]] = [None] * pixels.shape[0]
+        results: List[Optional[Segmentation]] = [None] * count
         for (out_size, window), indices in groups.items():
             patch = features.patch[indices].to(text.device)
             labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True,
@@ -216,6 +225,45 @@ class Engine:
                 results[index] = Segmentation(
                     labels=labels[row], scores=scores[row], prompts=prompt_set.classes,
                     crop_box=prepared[index].crop_box if prepared else None)
+        return results
+
+    def decode_classes(self, features: ImageFeatures, text: torch.Tensor, prompt_set: PromptSet,
+                       top_k: int = 5) -> List[List[Tuple[str, float]]]:
+        """Per image, the ``top_k`` classes of ``prompt_set`` as (class, probability), best
+        first: probs = softmax(exp(logit_scale) * class logits of <pooled, text>)."""
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+        pooled = features.pooled.to(text.device)
+        logits = class_logits(pooled @ text.T, prompt_set) * torch.exp(torch.tensor(self.logit_scale))
+        probs = logits.softmax(dim=-1).cpu()
+        k = min(top_k, len(prompt_set.classes))
+        values, indices = probs.topk(k, dim=-1)
+        return [[(prompt_set.classes[int(i)], float(v)) for v, i in zip(vrow, irow)]
+                for vrow, irow in zip(values, indices)]
+
+    def segment(self, images, prompts: PromptsLike, size=None, template: Optional[str] = None,
+                resize: str = "squash", bgr: bool = False, seg_backend: str = "auto"):
+        """Open-vocabulary segmentation. One image -> Segmentation; a list -> a list of them.
+
+        ``prompts`` is a list of class prompts or a ``{class: [prompt, ...]}`` mapping (a
+        class's logit is the max over its prompts). Labels come back at the original
+        image size (the crop's, with ``resize="crop"``; the tensor's, for a tensor input).
+        """
+        single = _is_single(images)
+        prompt_set = build_prompt_set(prompts, template)
+        timings = {}
+        start = time.perf_counter()
+        batch = self.prepare(images, size, resize, bgr)
+        timings["preprocess"] = _ms(start)
+        start = time.perf_counter()
+        text = self.encode_text(list(prompt_set.prompts))
+        timings["text"] = _ms(start)
+        start = time.perf_counter()
+        features = self.encode_image(batch)
+        self.synchronize()
+        timings["image"] = _ms(start)
+        start = time.perf_counter()
+        results = self.decode(features, text, prompt_set, seg_backend)
         timings["postprocess"] = _ms(start)
         for result in results:
             result.timings_ms = dict(timings)
@@ -227,22 +275,20 @@ class Engine:
         first); a list -> one such list per image. probs = softmax(exp(logit_scale) * <e, T>)."""
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-        single = not isinstance(images, (list, tuple)) and not (
-            isinstance(images, torch.Tensor) and images.ndim == 4)
+        single = _is_single(images)
         prompt_set = build_prompt_set(labels, template)
         text = self.encode_text(list(prompt_set.prompts))
-        pooled = self.encode_image(images, size, resize, bgr).pooled.to(text.device)
-        logits = class_logits(pooled @ text.T, prompt_set) * torch.exp(torch.tensor(self.logit_scale))
-        probs = logits.softmax(dim=-1).cpu()
-        k = min(top_k, len(prompt_set.classes))
-        values, indices = probs.topk(k, dim=-1)
-        out = [[(prompt_set.classes[int(i)], float(v)) for v, i in zip(vrow, irow)]
-               for vrow, irow in zip(values, indices)]
+        out = self.decode_classes(self.encode_image(images, size, resize, bgr), text, prompt_set, top_k)
         return out[0] if single else out
 
-    def _sync(self) -> None:
+    def synchronize(self) -> None:
+        """Wait for the engine's device work (a no-op on the CPU); for timing."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _is_single(images) -> bool:
+    return not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
 
 
 def _ms(start: float) -> float:
@@ -251,23 +297,3 @@ def _ms(start: float) -> float:
 
 def _bad_prompt(value) -> str:
     raise InputError(f"prompts must be strings, got {type(value).__name__}")
-
-
-class TorchEngine(Engine):
-    """The reference backend: the PyTorch model, eager."""
-
-    backend = "torch"
-
-    def __init__(self, model, config: ClippyConfig, tokenizer: Tokenizer, device: torch.device,
-                 precision: str, source: Path) -> None:
-        super().__init__(config, tokenizer, float(model.logit_scale.detach()), device, precision, source)
-        self.dtype = resolve_precision(precision)
-        self.model = model.to(device=device, dtype=self.dtype).eval()
-
-    @torch.inference_mode()
-    def _image_forward(self, pixels):
-        return self.model.encode_image(pixels.to(self.device, self.dtype))
-
-    @torch.inference_mode()
-    def _text_forward(self, input_ids, attention_mask):
-        return self.model.encode_text(input_ids.to(self.device), attention_mask.to(self.device))

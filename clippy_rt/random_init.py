@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from .config import ClippyConfig, architecture
-from .model_dir import save_model_dir
+from .formats.model_dir import save_model_dir
 from .models import ClippyModel
 
 CORPUS = Path(__file__).parent / "data" / "corpus.txt"

@@ -308,8 +308,19 @@ def train_sentencepiece(lines: Iterable[str], out_path: PathLike, vocab_size: in
     except RuntimeError as exc:
         raise InputError(f"SentencePiece training failed: {_first_line(exc)}") from None
 
-    from .fileio import atomic_write
+    from .formats.atomic import atomic_write
 
     out_path = Path(out_path)
     atomic_write(out_path, lambda handle: handle.write(proto))
     return out_path
+
+
+def load_tokenizer(tokenizer_path: Path, config):
+    """The tokenizer for ``config``'s text tower, checked against its vocabulary."""
+    text = config.text
+    tokenizer = Tokenizer.from_file(tokenizer_path, max_length=text.max_length, pad_id=text.pad_id,
+                                    eos_id=text.eos_id, unk_id=text.unk_id)
+    if tokenizer.vocab_size > text.vocab_size:
+        raise ConfigError(f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} pieces but the text "
+                          f"tower's embedding holds {text.vocab_size}")
+    return tokenizer

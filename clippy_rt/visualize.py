@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
-from .fileio import atomic_write
+from .formats.atomic import atomic_write
 
 PathLike = Union[str, Path]
 RGB = Tuple[int, int, int]

@@ -32,7 +32,6 @@ there too; the parity check at export measures it.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import platform
 import shutil
@@ -45,19 +44,18 @@ import torch
 from torch import nn
 
 from clippy_rt.config import ClippyConfig
-from clippy_rt.errors import BackendUnavailableError, ConfigError, InputError, ModelDirError
+from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
+from clippy_rt.formats.atomic import atomic_directory, check_output_dir
+from clippy_rt.formats.io_spec import DTYPES, GRAPHS, IMAGE, SEG_HEAD, TEXT, TOWERS, GraphSpec, check_io
+# The reader's names stay importable from here, where the exporter writes the directory.
+from clippy_rt.formats.onnx_dir import (  # noqa: F401
+    CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, OnnxDir, check_file,
+                                        read_onnx_dir, sha256_file)
 
-from .io_spec import GRAPHS, IMAGE, SEG_HEAD, TEXT, TOWERS, GraphSpec
-
-FORMAT = "clippy-rt-onnx"
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "config.json"
 MIN_OPSET = 17
 # The highest opset the TorchScript exporter of the supported torch versions writes.
 MAX_OPSET = 20
 DEFAULT_OPSET = 17
-PRECISIONS = ("fp32", "fp16")
 
 # Class names whose prompts drive the label-agreement column of the parity table.
 PARITY_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -178,19 +176,13 @@ def check_graph(model, graph: GraphSpec, where: str):
 
 def check_graph_io(model, graph: GraphSpec, where: str) -> None:
     """The graph's inputs and outputs must be the spec's, in order, with the spec's dtypes and ranks."""
-    for kind, values, specs in (("inputs", model.graph.input, graph.inputs),
-                                ("outputs", model.graph.output, graph.outputs)):
-        names = [v.name for v in values]
-        if names != [s.name for s in specs]:
-            raise ModelDirError(f"{where}: graph {kind} are {names}, expected {[s.name for s in specs]}")
-        for value, spec in zip(values, specs):
-            tensor_type = value.type.tensor_type
-            if tensor_type.elem_type != spec.onnx_type:
-                raise ModelDirError(f"{where}: {spec.name} has ONNX element type {tensor_type.elem_type}, "
-                                    f"expected {spec.dtype}")
-            if len(tensor_type.shape.dim) != len(spec.axes):
-                raise ModelDirError(f"{where}: {spec.name} has rank {len(tensor_type.shape.dim)}, expected "
-                                    f"{len(spec.axes)}")
+    names = {onnx_type: name for name, (_, onnx_type) in DTYPES.items()}
+
+    def declared(values):
+        return [(v.name, names.get(v.type.tensor_type.elem_type, f"ONNX type {v.type.tensor_type.elem_type}"),
+                 len(v.type.tensor_type.shape.dim)) for v in values]
+
+    check_io(graph, declared(model.graph.input), declared(model.graph.output), where)
 
 
 def export_towers(model: nn.Module, opset: int = DEFAULT_OPSET,
@@ -330,25 +322,6 @@ def require_onnx():
     return onnx
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Fail before any work if ``out`` cannot be written (``atomic_directory`` checks again)."""
-    if out.exists() and not out.is_dir():
-        raise ModelDirError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ModelDirError(f"{out} exists and is not empty (pass --overwrite to replace it)")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tool_versions() -> Dict[str, str]:
     import onnx
 
@@ -394,9 +367,9 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
     """
     onnx = require_onnx()
 
-    from clippy_rt.api import load_tokenizer
     from clippy_rt.backends.onnxruntime import OrtRunner
-    from clippy_rt.model_dir import atomic_directory, load_model
+    from clippy_rt.formats.model_dir import load_model
+    from clippy_rt.tokenizer import load_tokenizer
 
     from .fp16 import convert_to_fp16
 
@@ -461,105 +434,3 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(path=out, manifest=manifest, parity=rows)
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading an ONNX directory back
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class OnnxDir:
-    """A checked ONNX directory: its manifest, config, tokenizer and graph files."""
-
-    path: Path
-    manifest: Dict[str, object]
-    config: ClippyConfig
-    tokenizer: Path
-    logit_scale: float
-
-    @property
-    def precisions(self) -> Tuple[str, ...]:
-        return tuple(self.manifest["precisions"])
-
-    def graph_path(self, name: str, precision: str = "fp32") -> Path:
-        return self.path / GRAPHS[name].filename(precision)
-
-
-
-def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
-    """Read and check an ONNX directory written by ``export_onnx``.
-
-    Checks that the manifest is valid JSON of this format, that its config equals
-    ``config.json``, that the tokenizer and every listed graph file are present with the
-    recorded size and (with ``verify_checksums``) sha256, and that the declared tensors are
-    the I/O spec's. Raises ``ModelDirError`` naming the file and the mismatch.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelDirError(f"ONNX directory not found: {path}")
-    manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        hint = (" (it is a model directory: export it first with `clippy-rt export`)"
-                if (path / "weights.safetensors").is_file() else "")
-        raise ModelDirError(f"{path} has no {MANIFEST_FILE}: not an ONNX directory{hint}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{manifest_path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelDirError(f"{manifest_path} is not a clippy-rt ONNX manifest (format "
-                            f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{manifest_path} has format_version {manifest.get('format_version')!r}; this "
-                            f"clippy-rt reads version {FORMAT_VERSION}: re-export the model")
-    for key in ("config", "precisions", "files", "graphs", "tokenizer", "logit_scale"):
-        if key not in manifest:
-            raise ModelDirError(f"{manifest_path} lacks the {key!r} entry")
-    try:
-        config = ClippyConfig.from_dict(manifest["config"])
-    except ConfigError as exc:
-        raise ModelDirError(f"{manifest_path}: invalid config: {exc}") from None
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise ModelDirError(f"{path} has no {CONFIG_FILE}")
-    if ClippyConfig.load(config_path) != config:
-        raise ModelDirError(f"{config_path} does not match the config in {MANIFEST_FILE}: the directory was "
-                            f"edited after export; re-export it")
-    tokenizer = path / str(manifest["tokenizer"])
-    if not tokenizer.is_file():
-        raise ModelDirError(f"{path} has no tokenizer file {manifest['tokenizer']!r} (listed in {MANIFEST_FILE})")
-    if not isinstance(manifest["files"], dict) or not all(isinstance(e, dict) for e in manifest["files"].values()):
-        raise ModelDirError(f"{manifest_path}: 'files' must map file names to {{bytes, sha256}} entries")
-    if not isinstance(manifest["graphs"], dict) or not isinstance(manifest["precisions"], list):
-        raise ModelDirError(f"{manifest_path}: malformed 'graphs' or 'precisions' entry")
-    for precision in manifest["precisions"]:
-        if precision not in PRECISIONS:
-            raise ModelDirError(f"{manifest_path}: unknown precision {precision!r}")
-        for graph in TOWERS:
-            if graph.filename(precision) not in manifest["files"]:
-                raise ModelDirError(f"{manifest_path} lists precision {precision} but no "
-                                    f"{graph.filename(precision)}")
-    for name, graph in GRAPHS.items():
-        declared = manifest["graphs"].get(name)
-        if declared is not None and declared != graph.describe(config):
-            raise ModelDirError(f"{manifest_path}: the {name} graph's tensors {declared} do not match this "
-                                f"clippy-rt's I/O spec {graph.describe(config)}; re-export the model")
-    for filename, entry in manifest["files"].items():
-        check_file(path / filename, entry, verify_checksums)
-    return OnnxDir(path=path, manifest=manifest, config=config, tokenizer=tokenizer,
-                   logit_scale=float(manifest["logit_scale"]))
-
-
-def check_file(file: Path, entry: Mapping[str, object], verify_checksum: bool,
-               listed_in: str = MANIFEST_FILE) -> None:
-    """``file`` must exist with the recorded size and (optionally) sha256."""
-    if not file.is_file():
-        raise ModelDirError(f"{file} is missing (listed in {listed_in})")
-    size = file.stat().st_size
-    if size != entry.get("bytes"):
-        raise ModelDirError(f"{file} has {size} bytes but {listed_in} records {entry.get('bytes')}: "
-                            f"the file is truncated or was replaced; rebuild the directory")
-    if verify_checksum and sha256_file(file) != entry.get("sha256"):
-        raise ModelDirError(f"{file} does not match its sha256 in {listed_in}: the file is corrupt or "
-                            f"was replaced; rebuild the directory")
-

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io_spec import SEG_HEAD
+from clippy_rt.formats.io_spec import SEG_HEAD
 
 
 def build_seg_head(opset: int = 17):

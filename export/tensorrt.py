@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,24 +37,15 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from clippy_rt.config import ClippyConfig
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
-
-from .io_spec import TOWERS, GraphSpec
-
-SIDECAR_FILE = "engine.json"
-SIDECAR_FORMAT = "clippy-rt-tensorrt"
-SIDECAR_VERSION = 1
-PLAN_SUFFIX = ".plan"
-INSTALL_HINT = ("TensorRT is not installed: install NVIDIA's tensorrt Python package for your CUDA "
-                "version (on Jetson it comes with JetPack)")
-
-
-def import_tensorrt():
-    """``import tensorrt``, or ``BackendUnavailableError`` saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from exc
-    return tensorrt
+from clippy_rt.formats.atomic import atomic_directory, atomic_write_bytes, check_output_dir
+# The sidecar's names stay importable from here, where the builder writes them.
+from clippy_rt.formats.engine_dir import (  # noqa: F401
+    INSTALL_HINT, PLAN_SUFFIX, SIDECAR_FILE, SIDECAR_FORMAT, SIDECAR_VERSION,
+                                          RuntimeEnvironment, check_sidecar, current_environment, import_tensorrt,
+                                          read_sidecar)
+from clippy_rt.formats.io_spec import TOWERS, GraphSpec
+from clippy_rt.formats.model_dir import CONFIG_FILE
+from clippy_rt.formats.onnx_dir import read_onnx_dir, sha256_file
 
 
 def trt_major(version: str) -> int:
@@ -150,42 +140,6 @@ def profile_shapes(graph: GraphSpec, settings: BuildSettings) -> Dict[str, Tuple
 # The sidecar and the compatibility rules
 # ----------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RuntimeEnvironment:
-    """What the sidecar is checked against: the running TensorRT and GPU."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: Tuple[int, int]
-
-
-def check_sidecar(sidecar: Mapping[str, object], env: RuntimeEnvironment, where: Path) -> None:
-    """Refuse an engine built by another TensorRT version or for another GPU model.
-
-    TensorRT plans are only valid for the exact TensorRT version that built them, and for
-    the GPU model they were tuned on (same compute capability at least). Raises
-    ``ModelDirError`` stating both sides and the rebuild command.
-    """
-    if sidecar.get("format") != SIDECAR_FORMAT or sidecar.get("format_version") != SIDECAR_VERSION:
-        raise ModelDirError(f"{where / SIDECAR_FILE} is not a clippy-rt engine sidecar of version {SIDECAR_VERSION}")
-    rebuild = sidecar.get("rebuild_command") or "clippy-rt build ONNX_DIR --out ENGINE_DIR"
-    problems = []
-    if sidecar.get("tensorrt_version") != env.tensorrt_version:
-        problems.append(f"built with TensorRT {sidecar.get('tensorrt_version')}, running TensorRT "
-                        f"{env.tensorrt_version}")
-    built_cc = tuple(sidecar.get("compute_capability") or ())
-    if built_cc != tuple(env.compute_capability):
-        problems.append(f"built for compute capability {'.'.join(map(str, built_cc))} "
-                        f"({sidecar.get('gpu_name')}), this GPU is "
-                        f"{'.'.join(map(str, env.compute_capability))} ({env.gpu_name})")
-    elif sidecar.get("gpu_name") != env.gpu_name:
-        problems.append(f"built on {sidecar.get('gpu_name')}, this GPU is {env.gpu_name} (tactics are "
-                        f"tuned per GPU model)")
-    if problems:
-        raise ModelDirError(f"the engines in {where} cannot run here: {'; '.join(problems)}. Rebuild them on "
-                            f"this machine from the ONNX directory: {rebuild}")
-
-
 def engine_sidecar(*, config: ClippyConfig, logit_scale: float, precision: str, mode: str,
                    settings: BuildSettings, env: RuntimeEnvironment, onnx_files: Mapping[str, Dict[str, object]],
                    plans: Mapping[str, Dict[str, object]], tokenizer: str, build_seconds: float,
@@ -215,17 +169,6 @@ def engine_sidecar(*, config: ClippyConfig, logit_scale: float, precision: str, 
         "build_seconds": round(build_seconds, 1),
         "rebuild_command": rebuild_command,
     }
-
-
-def current_environment(trt, device: int) -> RuntimeEnvironment:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError("TensorRT needs a CUDA GPU, and torch sees none on this machine")
-    if device >= torch.cuda.device_count():
-        raise InputError(f"CUDA device {device} does not exist ({torch.cuda.device_count()} visible)")
-    return RuntimeEnvironment(tensorrt_version=trt.__version__, gpu_name=torch.cuda.get_device_name(device),
-                              compute_capability=tuple(torch.cuda.get_device_capability(device)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,9 +262,6 @@ def build_engines(onnx_dir: Path, out: Path, settings: BuildSettings, *, overwri
     """
     import torch
 
-    from clippy_rt.model_dir import atomic_directory
-
-    from .onnx import CONFIG_FILE, check_output_dir, read_onnx_dir, sha256_file
 
     log = log or (lambda message: None)
     check_output_dir(Path(out), overwrite)
@@ -361,34 +301,6 @@ def build_engines(onnx_dir: Path, out: Path, settings: BuildSettings, *, overwri
                                  rebuild_command=rebuild_command or f"clippy-rt build {onnx_dir.path} --out {out}")
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
     if cache_path is not None and cache is not None:
-        _write_atomically(cache_path, cache)
+        atomic_write_bytes(cache_path, cache)
         log(f"timing cache saved to {cache_path}")
     return Path(out)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
-def read_sidecar(path: Path) -> Dict[str, object]:
-    """Read ``engine.json`` of an engine directory; ``ModelDirError`` if missing or invalid."""
-    path = Path(path)
-    sidecar_path = path / SIDECAR_FILE
-    if not sidecar_path.is_file():
-        hint = " (it is an ONNX directory: build engines with `clippy-rt build`)" if (path / "manifest.json").is_file() else ""
-        raise ModelDirError(f"{path} has no {SIDECAR_FILE}: not a TensorRT engine directory{hint}")
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{sidecar_path} is not valid JSON: {exc}") from None
-    if not isinstance(sidecar, dict):
-        raise ModelDirError(f"{sidecar_path} is not a JSON object")
-    for key in ("format", "format_version", "plans", "config", "tokenizer", "precision", "logit_scale",
-                "tensorrt_version", "gpu_name", "compute_capability"):
-        if key not in sidecar:
-            raise ModelDirError(f"{sidecar_path} lacks the {key!r} entry")
-    return sidecar
-

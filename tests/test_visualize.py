@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from clippy_rt.errors import InputError
-from clippy_rt.fileio import atomic_write
+from clippy_rt.formats.atomic import atomic_write
 from clippy_rt.visualize import overlay, palette, save_label_png, save_overlay
 
 

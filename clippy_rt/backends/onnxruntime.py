@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -36,7 +36,11 @@ import torch
 from clippy_rt.config import ClippyConfig
 from clippy_rt.engine import Engine, resolve_device
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
-from clippy_rt.export.io_spec import IMAGE, TEXT, GraphSpec, fixed_dims, validate_feed
+from clippy_rt.formats.io_spec import GRAPH_PRECISIONS, IMAGE, TEXT, GraphSpec, check_io, fixed_dims
+from clippy_rt.formats.onnx_dir import read_onnx_dir
+from clippy_rt.tokenizer import load_tokenizer
+
+from .base import Runner, torch_dtype
 
 try:
     import onnxruntime as ort
@@ -106,7 +110,7 @@ def providers_for(device: torch.device, tensorrt_provider: bool = False) -> list
     return providers + ["CPUExecutionProvider"]
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     """One graph in one ONNX Runtime session: ``infer(feed) -> {output name: array}``.
 
     The feed is checked against ``graph``'s spec first (``InputError`` on mismatch). A graph
@@ -117,10 +121,8 @@ class OrtRunner:
     def __init__(self, path: Path, graph: GraphSpec, config: ClippyConfig, *,
                  device: torch.device = torch.device("cpu"), threads: Optional[int] = None,
                  optimization: str = "all", tensorrt_provider: bool = False) -> None:
+        super().__init__(graph, config, device)
         self.path = Path(path)
-        self.graph = graph
-        self.config = config
-        self.device = device
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads, optimization),
                                                 providers=providers_for(device, tensorrt_provider))
@@ -131,31 +133,22 @@ class OrtRunner:
         self._check_session_io()
 
     def _check_session_io(self) -> None:
-        for kind, values, specs in (("inputs", self.session.get_inputs(), self.graph.inputs),
-                                    ("outputs", self.session.get_outputs(), self.graph.outputs)):
-            names = [v.name for v in values]
-            if names != [s.name for s in specs]:
-                raise ModelDirError(f"{self.path}: graph {kind} are {names}, but the {self.graph.name} graph "
-                                    f"must have {[s.name for s in specs]}")
-            for value, spec in zip(values, specs):
-                if value.type != f"tensor({_ort_type(spec.dtype)})":
-                    raise ModelDirError(f"{self.path}: {spec.name} is {value.type}, expected "
-                                        f"tensor({_ort_type(spec.dtype)})")
+        check_io(self.graph, [(v.name, _spec_dtype(v.type), None) for v in self.session.get_inputs()],
+                 [(v.name, _spec_dtype(v.type), None) for v in self.session.get_outputs()], self.path)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run on host arrays (or CPU tensors): validated feed -> {output name: numpy array}."""
-        validate_feed(self.graph, feed, self.config)
+        self.validate(feed)
         arrays = {name: _as_numpy(value) for name, value in feed.items()}
         outputs = self.session.run(list(self.graph.output_names), arrays)
         return dict(zip(self.graph.output_names, outputs))
 
-    def infer_torch(self, feed: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def run_torch(self, feed: Mapping[str, torch.Tensor], dims: Dict[str, int]) -> Dict[str, torch.Tensor]:
         """Run on torch tensors; returns torch tensors on ``self.device``.
 
         On CUDA the inputs and the outputs are bound in place (IO binding); on CPU the
         arrays share memory with the tensors.
         """
-        dims = validate_feed(self.graph, feed, self.config)
         if self.device.type == "cpu":
             outputs = self.session.run(list(self.graph.output_names),
                                        {name: _as_numpy(value) for name, value in feed.items()})
@@ -174,7 +167,7 @@ class OrtRunner:
         dims.update(output_dims(self.graph, dims, self.config))
         outputs = {}
         for spec in self.graph.outputs:
-            tensor = torch.empty(spec.shape(dims), dtype=_torch_dtype(spec.dtype), device=self.device)
+            tensor = torch.empty(spec.shape(dims), dtype=torch_dtype(spec.dtype), device=self.device)
             outputs[spec.name] = tensor
             binding.bind_output(spec.name, "cuda", index, spec.numpy_dtype, tuple(tensor.shape), tensor.data_ptr())
         # ORT runs on its own CUDA stream; wait for torch's work on the inputs first.
@@ -192,12 +185,12 @@ def output_dims(graph: GraphSpec, dims: Mapping[str, int], config: ClippyConfig)
     return out
 
 
-def _ort_type(dtype: str) -> str:
-    return {"float32": "float", "int64": "int64", "float16": "float16"}[dtype]
+# ONNX Runtime's type strings -> the I/O spec's dtype names.
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
 
 
-def _torch_dtype(dtype: str) -> torch.dtype:
-    return {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}[dtype]
+def _spec_dtype(ort_type: str) -> str:
+    return _ORT_TYPES.get(ort_type, ort_type)
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -220,18 +213,8 @@ class OnnxRuntimeEngine(Engine):
         self.image_runner = OrtRunner(onnx_dir.graph_path(IMAGE.name, precision), IMAGE, onnx_dir.config, **options)
         self.text_runner = OrtRunner(onnx_dir.graph_path(TEXT.name, precision), TEXT, onnx_dir.config, **options)
 
-    def _image_forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        # The graphs take float32 pixels in every precision (io_spec); the Engine API
-        # accepts any float tensor, as the torch backend does.
-        out = self.image_runner.infer_torch({IMAGE.inputs[0].name: pixels.float()})
-        return out["patch_features"], out["image_embeds"]
 
-    def _text_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.text_runner.infer_torch({"input_ids": input_ids, "attention_mask": attention_mask})
-        return out["text_embeds"]
-
-
-def load_onnxruntime(path, device: str = "cpu", precision: str = "fp32", *, threads: Optional[int] = None,
+def load_onnxruntime(path, device: str = "cpu", precision: Optional[str] = "fp32", *, threads: Optional[int] = None,
                      optimization: str = "all", tensorrt_provider: bool = False,
                      verify_checksums: bool = True) -> OnnxRuntimeEngine:
     """Load an ONNX directory written by ``clippy-rt export`` as an Engine.
@@ -241,12 +224,11 @@ def load_onnxruntime(path, device: str = "cpu", precision: str = "fp32", *, thre
     for a missing, inconsistent, truncated or corrupt directory, ``InputError`` for bad
     arguments, ``BackendUnavailableError`` for a device this onnxruntime cannot use.
     """
-    from clippy_rt.api import load_tokenizer
-    from clippy_rt.export.onnx import read_onnx_dir
-
+    precision = precision or "fp32"
     resolved = resolve_device(device)
-    if precision not in ("fp32", "fp16"):
-        raise InputError(f"the onnxruntime backend serves precision 'fp32' or 'fp16', got {precision!r}")
+    if precision not in GRAPH_PRECISIONS:
+        raise InputError(f"the onnxruntime backend serves precision {' or '.join(map(repr, GRAPH_PRECISIONS))}, "
+                         f"got {precision!r}")
     onnx_dir = read_onnx_dir(Path(path), verify_checksums=verify_checksums)
     if precision not in onnx_dir.precisions:
         raise ModelDirError(f"{path} holds {', '.join(onnx_dir.precisions)} graphs, not {precision}; "

@@ -2,7 +2,7 @@
 
 - The sidecar ``engine.json`` is checked against the running TensorRT version and GPU
   before any plan is deserialized; a mismatch is a ``ModelDirError`` with the rebuild
-  command (``clippy_rt.export.tensorrt.check_sidecar``).
+  command (``clippy_rt.formats.engine_dir.check_sidecar``).
 - Buffers are torch CUDA tensors (torch is a dependency of clippy-rt on every platform,
   Jetson included, so no pycuda / cuda-python path is needed).
 - Named-tensor API: ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``
@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 import torch
 
+from clippy_rt.config import ClippyConfig
 from clippy_rt.engine import Engine, resolve_device
-from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
-from clippy_rt.export.io_spec import IMAGE, TEXT, GraphSpec, validate_feed
-from clippy_rt.export.tensorrt import (RuntimeEnvironment, check_sidecar, current_environment, import_tensorrt,
-                                       read_sidecar)
+from clippy_rt.errors import BackendUnavailableError, ConfigError, InputError, ModelDirError
+from clippy_rt.formats.engine_dir import (SIDECAR_FILE, RuntimeEnvironment, check_sidecar, current_environment,
+                                          import_tensorrt, read_sidecar)
+from clippy_rt.formats.io_spec import IMAGE, TEXT, GraphSpec, check_io
+from clippy_rt.formats.onnx_dir import check_file
+from clippy_rt.tokenizer import load_tokenizer
+
+from .base import Runner
 
 # The clippy-rt build option that sets each dynamic axis's range.
 _AXIS_OPTIONS = {"batch": "--batch", "height": "--size", "width": "--size", "prompts": "--prompts",
@@ -46,15 +51,13 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
-class TrtRunner:
+class TrtRunner(Runner):
     """One deserialized engine: ``infer_torch(feed) -> {output name: CUDA tensor}``."""
 
     def __init__(self, trt, runtime, plan: bytes, graph: GraphSpec, config, device: torch.device,
                  where: Path) -> None:
+        super().__init__(graph, config, device)
         self.trt = trt
-        self.graph = graph
-        self.config = config
-        self.device = device
         self.where = where
         with torch.cuda.device(device):
             self.engine = runtime.deserialize_cuda_engine(plan)
@@ -64,9 +67,7 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if sorted(inputs) != sorted(graph.input_names) or sorted(outputs) != sorted(graph.output_names):
-            raise ModelDirError(f"{where}: the {graph.name} engine has inputs {inputs} and outputs {outputs}, "
-                                f"expected {list(graph.input_names)} and {list(graph.output_names)}")
+        check_io(graph, [(n, None, None) for n in inputs], [(n, None, None) for n in outputs], where, ordered=False)
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.profile = {n: tuple(tuple(int(d) for d in shape) for shape in self.engine.get_tensor_profile_shape(n, 0))
                         for n in inputs}
@@ -95,9 +96,13 @@ class TrtRunner:
                         f"[{low[index]}, {high[index]}]; rebuild with a wider `clippy-rt build "
                         f"{_AXIS_OPTIONS.get(axis, '')} MIN,OPT,MAX`")
 
-    def infer_torch(self, feed: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        validate_feed(self.graph, feed, self.config)
+    def validate(self, feed: Mapping[str, object]) -> Dict[str, int]:
+        """The I/O spec's checks, then the engine's optimisation profile."""
+        dims = super().validate(feed)
         self._check_profile(feed)
+        return dims
+
+    def run_torch(self, feed: Mapping[str, torch.Tensor], dims: Dict[str, int]) -> Dict[str, torch.Tensor]:
         context, stream = self._context()
         caller = torch.cuda.current_stream(self.device)
         stream.wait_stream(caller)
@@ -139,13 +144,6 @@ class TensorRTEngine(Engine):
             runners[graph.name] = TrtRunner(trt, self._runtime, plan_file.read_bytes(), graph, config, device, path)
         self.image_runner, self.text_runner = runners[IMAGE.name], runners[TEXT.name]
 
-    def _image_forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self.image_runner.infer_torch({IMAGE.inputs[0].name: pixels})
-        return out["patch_features"], out["image_embeds"]
-
-    def _text_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text_runner.infer_torch({"input_ids": input_ids, "attention_mask": attention_mask})["text_embeds"]
-
 
 def load_tensorrt(path, device: str = "cuda", precision: Optional[str] = None, *,
                   environment: Optional[RuntimeEnvironment] = None) -> TensorRTEngine:
@@ -156,11 +154,6 @@ def load_tensorrt(path, device: str = "cuda", precision: Optional[str] = None, *
     or a GPU, ``ModelDirError`` for a missing or inconsistent directory or an engine built
     by another TensorRT version or for another GPU (the message gives the rebuild command).
     """
-    from clippy_rt.api import load_tokenizer
-    from clippy_rt.config import ClippyConfig
-    from clippy_rt.errors import ConfigError
-    from clippy_rt.export.onnx import check_file
-
     path = Path(path)
     sidecar = read_sidecar(path)
     if precision is not None and precision != sidecar["precision"]:
@@ -174,11 +167,11 @@ def load_tensorrt(path, device: str = "cuda", precision: Optional[str] = None, *
     resolved = torch.device("cuda", index)
     check_sidecar(sidecar, environment or current_environment(trt, index), path)
     for entry in sidecar["plans"].values():
-        check_file(path / entry["file"], entry, verify_checksum=True, listed_in="engine.json")
+        check_file(path / entry["file"], entry, verify_checksum=True, listed_in=SIDECAR_FILE)
     try:
         config = ClippyConfig.from_dict(sidecar["config"])
     except ConfigError as exc:
-        raise ModelDirError(f"{path / 'engine.json'}: invalid config: {exc}") from None
+        raise ModelDirError(f"{path / SIDECAR_FILE}: invalid config: {exc}") from None
     tokenizer_path = path / str(sidecar["tokenizer"])
     if not tokenizer_path.is_file():
         raise ModelDirError(f"{path} has no tokenizer file {sidecar['tokenizer']!r}")

@@ -3,7 +3,7 @@ benchmarks/BENCH_SCHEMA.md) and CSV.
 
 Ratios: ``speedup = baseline median / median`` of host latency, where the baseline is the
 same stage, device, batch, size and prompt count run by the stage's baseline variant on
-the baseline backend and precision (runner module doc). Above 1 is faster than the
+the baseline backend and precision (``stages`` module doc). Above 1 is faster than the
 baseline.
 """
 
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .runner import BenchRun, CaseResult
+from .settings import BenchRun, CaseResult
 from .stats import LatencyStats
 
 SCHEMA_NAME = "clippy-rt-bench"

@@ -98,7 +98,7 @@ def _baseline(text: str):
 
 def settings_from_args(args):
     """BenchSettings from parsed arguments (validated there: InputError on a bad value)."""
-    from clippy_rt.bench.runner import BenchSettings
+    from clippy_rt.bench.settings import BenchSettings
     from clippy_rt.bench.timer import TimingPolicy
     from clippy_rt.errors import InputError
 
@@ -123,7 +123,7 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from clippy_rt.bench.report import format_table, write_csv, write_json
-    from clippy_rt.bench.runner import run_benchmark
+    from clippy_rt.bench.run import run_benchmark
     from clippy_rt.errors import InputError
 
     settings = settings_from_args(args)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Iterable, Iterator, List, Optional, Sequence, TypeVar
+from typing import Iterator, List, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -47,11 +47,13 @@ def size_arg(text: str):
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = None) -> None:
     parser.add_argument("model", help=model_help or "model directory (or ONNX / engine directory, or 'demo')")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
+    from clippy_rt.backends.base import BACKENDS, PRECISIONS
+
+    parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
                         help="inference backend (default: torch)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cpu; cuda for tensorrt)")
-    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+    parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
                         help="compute precision (default: fp32; for tensorrt, the engine's)")
 
 

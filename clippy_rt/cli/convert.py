@@ -31,10 +31,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from clippy_rt import convert as conv
-    from clippy_rt.api import load_tokenizer
     from clippy_rt.config import clippy_b16
     from clippy_rt.errors import InputError
-    from clippy_rt.model_dir import save_model_dir
+    from clippy_rt.formats.model_dir import save_model_dir
+    from clippy_rt.tokenizer import load_tokenizer
 
     reference = args.checkpoint is not None
     split = args.vit is not None or args.sentence_transformer is not None

@@ -46,16 +46,19 @@ def _reference_dir(args) -> str:
     if args.model == "demo":
         from clippy_rt.demo import demo_model_dir
         return str(demo_model_dir())
+    from clippy_rt.formats.kinds import MODEL, ONNX, find_artifact_kind, metadata_file
+
     path = Path(args.model)
-    if (path / "weights.safetensors").is_file():
+    kind = find_artifact_kind(path)
+    if kind == MODEL:
         return str(path)
-    manifest = path / "manifest.json"
-    if manifest.is_file():
+    if kind == ONNX:
+        manifest = metadata_file(path, ONNX)
         try:
             source = json.loads(manifest.read_text()).get("source", {}).get("model_dir")
         except (json.JSONDecodeError, AttributeError):
             source = None
-        if source and (Path(source) / "weights.safetensors").is_file():
+        if source and find_artifact_kind(source) == MODEL:
             return str(source)
     raise InputError(f"cannot find the torch model behind {args.model} for the agreement figure; "
                      "pass --reference MODEL_DIR")

@@ -16,14 +16,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from clippy_rt.api import resolve_model_path
     from clippy_rt.errors import ModelDirError
+    from clippy_rt.formats.kinds import ENGINE, MODEL, artifact_kind, metadata_file
 
     path = resolve_model_path(args.path)
     if not path.is_dir():
         raise ModelDirError(f"not a directory: {path}")
     files = {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()}
     info = {"path": str(path), "files": files}
-    if (path / "weights.safetensors").is_file():
-        from clippy_rt.model_dir import load_model
+    kind = artifact_kind(path)
+    if kind == MODEL:
+        from clippy_rt.formats.model_dir import load_model
 
         model, md = load_model(path)
         info["kind"] = "model"
@@ -35,16 +37,14 @@ def run(args) -> int:
             "total": sum(p.numel() for p in model.parameters()),
         }
         info["tokenizer"] = md.tokenizer.name
-    elif (path / "manifest.json").is_file() or (path / "engine.json").is_file():
-        sidecar = "engine.json" if (path / "engine.json").is_file() else "manifest.json"
-        info["kind"] = "tensorrt" if sidecar == "engine.json" else "onnx"
-        try:
-            info["manifest"] = json.loads((path / sidecar).read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelDirError(f"{path / sidecar} is not valid JSON: {exc}") from None
-        info["random_weights"] = bool(info["manifest"].get("config", {}).get("random_weights", False))
     else:
-        raise ModelDirError(f"{path} is not a model, ONNX or engine directory")
+        sidecar = metadata_file(path, kind)
+        info["kind"] = "tensorrt" if kind == ENGINE else kind
+        try:
+            info["manifest"] = json.loads(sidecar.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelDirError(f"{sidecar} is not valid JSON: {exc}") from None
+        info["random_weights"] = bool(info["manifest"].get("config", {}).get("random_weights", False))
     if args.json:
         print_json(info)
         return 0

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from clippy_rt.bench.runner import STAGES, BenchSettings, run_benchmark
+from clippy_rt.bench import STAGES, BenchSettings, run_benchmark
 from clippy_rt.bench.timer import TimingPolicy
 
 # Two timed iterations, no warm-up: enough to exercise every path in a fraction of a second.

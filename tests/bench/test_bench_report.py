@@ -12,7 +12,7 @@ import pytest
 
 from clippy_rt.bench.report import (CSV_FIELDS, JSON_SCHEMA, SCHEMA_VERSION, format_markdown, format_table,
                                     to_csv, to_json)
-from clippy_rt.bench.runner import BenchRun, BenchSettings, Case, CaseResult
+from clippy_rt.bench import BenchRun, BenchSettings, Case, CaseResult
 from clippy_rt.bench.stats import summarize
 
 SCHEMA_DOC = Path(__file__).resolve().parents[2] / "benchmarks" / "BENCH_SCHEMA.md"

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import clippy_rt
-from clippy_rt.bench.runner import (BASELINE_VARIANT, VARIANTS, BenchSettings, Case, Runner, _text_case,
-                                    bench_prompts, plan_cases, resolve_source, run_benchmark)
+from clippy_rt.bench.plan import bench_prompts, plan_cases, resolve_source
+from clippy_rt.bench.run import Runner, run_benchmark
+from clippy_rt.bench.settings import BASELINE_VARIANT, VARIANTS, BenchSettings, Case
+from clippy_rt.bench.stages import text_case
 from clippy_rt.errors import InputError, ModelDirError
 
 CUDA_ONLY = {("seg-head", "triton"), ("seg-head", "native")}
@@ -73,13 +75,13 @@ def test_cold_text_clears_the_cache_and_cached_text_does_not_encode(tiny_model_d
 
     engine._text_forward = counting
     case = Case("text", "cold", "torch", "fp32", "cpu", None, None, 4)
-    fn, setup = _text_case(case, engine)
+    fn, setup = text_case(case, engine)
     for _ in range(3):
         setup()
         fn(None)
     assert calls == [4, 4, 4]
     calls.clear()
-    fn, setup = _text_case(Case("text", "cached", "torch", "fp32", "cpu", None, None, 4), engine)
+    fn, setup = text_case(Case("text", "cached", "torch", "fp32", "cpu", None, None, 4), engine)
     assert setup is None
     calls.clear()
     for _ in range(3):
@@ -173,9 +175,9 @@ def test_size_must_be_a_multiple_of_the_patch(tiny_model_dir, fast_settings):
 
 
 def test_reference_procedure_too_large_for_memory_is_skipped(tiny_model_dir, tmp_path, monkeypatch, fast_settings):
-    from clippy_rt.bench import runner
+    from clippy_rt.bench import stages
 
-    monkeypatch.setattr(runner, "_available_host_memory", lambda: 1024)
+    monkeypatch.setattr(stages, "available_host_memory", lambda: 1024)
     source = resolve_source(str(tiny_model_dir), None, tmp_path)
     settings = fast_settings(tiny_model_dir, stages=("seg-head",))
     result = Runner(settings, source, tmp_path).run_case(

@@ -17,10 +17,10 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from clippy_rt.api import load_tokenizer  # noqa: E402
+from clippy_rt.tokenizer import load_tokenizer  # noqa: E402
 from clippy_rt.export.fp16 import convert_to_fp16, topological_sort  # noqa: E402
 from clippy_rt.export.onnx import export_towers  # noqa: E402
-from clippy_rt.model_dir import load_model  # noqa: E402
+from clippy_rt.formats.model_dir import load_model  # noqa: E402
 
 from tolerances import TOLERANCES  # noqa: E402
 

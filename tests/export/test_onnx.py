@@ -19,7 +19,7 @@ from clippy_rt.config import ClippyConfig  # noqa: E402
 from clippy_rt.errors import InputError, ModelDirError  # noqa: E402
 from clippy_rt.export import io_spec  # noqa: E402
 from clippy_rt.export.onnx import MIN_OPSET, export_onnx  # noqa: E402
-from clippy_rt.model_dir import load_model  # noqa: E402
+from clippy_rt.formats.model_dir import load_model  # noqa: E402
 
 from tolerances import TOLERANCES  # noqa: E402
 

@@ -1,0 +1,248 @@
+"""Running a planned matrix: one engine loaded at a time, one result per case, never
+stopping for a case that cannot run (its reason is reported)."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from clippy_rt.errors import BackendUnavailableError, ClippyError, InputError, ModelDirError
+from clippy_rt.formats.kinds import ENGINE, MODEL, ONNX
+
+from .plan import ModelSource, plan_cases, resolve_source
+from .settings import BenchRun, BenchSettings, Case, CaseResult, PreparationFailed, Unavailable
+from .stages import Timed, end_to_end_case, image_case, preprocess_case, seg_head_case, text_case
+from .stats import summarize
+from .timer import is_cuda, measure, peak_device_bytes, peak_rss_bytes, reset_peak_memory
+
+
+
+
+class _Engines:
+    """Loads one engine at a time (the previous one is released), remembering failures."""
+
+    def __init__(self, source: ModelSource, workdir: Path, onnx_precisions: Sequence[str],
+                 onnx_dir: Optional[ModelSource] = None, engine_dir: Optional[ModelSource] = None) -> None:
+        self.source = source
+        self.workdir = workdir
+        self.onnx_precisions = tuple(onnx_precisions)
+        self.onnx_source = onnx_dir
+        self.engine_source = engine_dir
+        self._key: Optional[Tuple[str, str, str]] = None
+        self._engine = None
+        self._failures: Dict[Tuple[str, str, str], BaseException] = {}
+        self._onnx_dir: Optional[Path] = None
+        self._onnx_error: Optional[BaseException] = None
+
+    def get(self, device: str, backend: str, precision: str):
+        key = (device, backend, precision)
+        if key in self._failures:
+            raise self._failures[key]
+        if key == self._key:
+            return self._engine
+        self.release()
+        try:
+            engine = self._load(device, backend, precision)
+        except Exception as exc:  # remembered and reported per case; the rest goes on
+            self._failures[key] = exc
+            raise
+        self._key, self._engine = key, engine
+        return engine
+
+    def release(self) -> None:
+        self._key, self._engine = None, None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self, device: str, backend: str, precision: str):
+        import clippy_rt
+
+        kind = self.source.kind
+        if backend == "torch":
+            if kind != MODEL:
+                raise Unavailable(f"the torch backend needs a model directory; {self.source.path} is an "
+                                  f"{'ONNX' if kind == ONNX else 'engine'} directory")
+            return clippy_rt.load(self.source.path, backend="torch", device=device, precision=precision)
+        if backend == "onnxruntime":
+            if self.onnx_source is not None:
+                return clippy_rt.load(self.onnx_source.path, backend="onnxruntime", device=device,
+                                      precision=precision)
+            if kind == ENGINE:
+                raise Unavailable("the onnxruntime backend needs an ONNX or model directory, "
+                                  "not a TensorRT engine directory")
+            path = self._onnx_path() if kind == MODEL else self.source.path
+            return clippy_rt.load(path, backend="onnxruntime", device=device, precision=precision)
+        if self.engine_source is not None:
+            return clippy_rt.load(self.engine_source.path, backend="tensorrt", device=device, precision=precision)
+        if kind != ENGINE:
+            raise Unavailable("the tensorrt backend needs an engine directory (ENGINE_DIR, made by "
+                              "`clippy-rt build`); engines are not built during a benchmark")
+        return clippy_rt.load(self.source.path, backend="tensorrt", device=device, precision=precision)
+
+    def _onnx_path(self) -> Path:
+        """Export the model directory to ONNX once per run (fp16 graphs when asked for)."""
+        if self._onnx_error is not None:
+            raise self._onnx_error
+        if self._onnx_dir is not None:
+            return self._onnx_dir
+        try:
+            self._onnx_dir = self._export()
+        except Exception as exc:
+            self._onnx_error = exc
+            raise
+        return self._onnx_dir
+
+    def _export(self) -> Path:
+        try:
+            spec = importlib.util.find_spec("clippy_rt.export.onnx")
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None:
+            raise Unavailable("ONNX export is not available in this install (no clippy_rt.export.onnx); "
+                              "give an ONNX_DIR made by `clippy-rt export` instead")
+        module = importlib.import_module("clippy_rt.export.onnx")
+        export = getattr(module, "export_onnx", None)
+        if export is None:
+            raise Unavailable("clippy_rt.export.onnx has no export_onnx(); give an ONNX_DIR instead")
+        out = self.workdir / "onnx"
+        # One parity check at the model's own size keeps the export short; `clippy-rt export`
+        # is the place for the full check.
+        try:
+            export(self.source.path, out, fp16="fp16" in self.onnx_precisions,
+                   check_sizes=[self.source.config.image.image_size], check_batches=(1,))
+        except ImportError as exc:
+            raise Unavailable(f"the ONNX export needs a package that is not installed: {exc}") from exc
+        except Exception as exc:  # reported as this backend's failure; torch still runs
+            raise PreparationFailed(f"the ONNX export of {self.source.path} failed: {_reason_of(exc)}") from exc
+        return out
+
+
+
+
+def _status_of(exc: BaseException) -> str:
+    if isinstance(exc, (Unavailable, BackendUnavailableError, ImportError, InputError)):
+        return "skipped"
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "skipped"
+    return "failed"
+
+
+def _reason_of(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, (Unavailable, PreparationFailed, ClippyError)):
+        return first or type(exc).__name__
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of CUDA memory"
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class Runner:
+    """Runs the planned cases of ``settings`` against ``source``; see the module doc."""
+
+    def __init__(self, settings: BenchSettings, source: ModelSource, workdir: Path) -> None:
+        self.settings = settings
+        self.source = source
+        self.cases = plan_cases(settings, source.config, source.kind)
+        onnx_precisions = list(settings.precisions) if "onnxruntime" in settings.backends else []
+        extra = {}
+        for name, kind in (("onnx_dir", ONNX), ("engine_dir", ENGINE)):
+            path = getattr(settings, name)
+            if path is not None:
+                extra[name] = resolve_source(path, None, workdir)
+                if extra[name].kind != kind:
+                    raise ModelDirError(f"--{name.replace('_', '-')} {path} is a {extra[name].kind} directory, "
+                                        f"not an {'ONNX' if kind == ONNX else 'engine'} directory")
+        self._engines = _Engines(source, workdir, onnx_precisions, **extra)
+
+    def run_case(self, case: Case) -> CaseResult:
+        """Measure one case; never raises for a case that cannot run (KeyboardInterrupt aside)."""
+        scope = reset_peak_memory(case.device if _cuda_usable(case.device) else None)
+        try:
+            fn, setup = self._build(case)
+            measurement = measure(fn, self.settings.policy, device=case.device, setup=setup)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # every other error becomes this case's reported outcome
+            return CaseResult(case, _status_of(exc), _reason_of(exc))
+        finally:
+            gc.collect()
+        result = CaseResult(
+            case, "ok",
+            latency=summarize(measurement.host_ms),
+            device_latency=summarize(measurement.device_ms) if measurement.device_ms else None,
+            phases={name: summarize(values) for name, values in measurement.phases_ms.items()},
+            phase_clock=measurement.phase_clock if measurement.phases_ms else None,
+            warmup_iters=measurement.warmup_iters,
+            elapsed_s=measurement.elapsed_s,
+            peak_rss_bytes=peak_rss_bytes(),
+            rss_scope=scope,
+            peak_device_bytes=peak_device_bytes(case.device),
+        )
+        return result
+
+    def _build(self, case: Case) -> Timed:
+        if is_cuda(case.device) and not torch.cuda.is_available():
+            raise Unavailable("CUDA is not available on this machine")
+        if case.stage == "preprocess":
+            return preprocess_case(case, self.source.config, self.settings)
+        if case.stage == "seg-head":
+            return seg_head_case(case, self.source.config, self.settings)
+        engine = self._engines.get(case.device, case.backend, case.precision)
+        if case.stage == "image":
+            return image_case(case, engine, self.settings)
+        if case.stage == "text":
+            return text_case(case, engine)
+        return end_to_end_case(case, engine, self.settings)
+
+    def close(self) -> None:
+        self._engines.release()
+
+
+def _cuda_usable(device: str) -> bool:
+    return is_cuda(device) and torch.cuda.is_available()
+
+
+def run_benchmark(settings: BenchSettings, *, wrap: Optional[Callable[[Sequence[Case]], Iterable[Case]]] = None,
+                  environment: Optional[Dict[str, object]] = None) -> BenchRun:
+    """Resolve the model, plan the matrix and run it. ``wrap`` wraps the case list (a
+    progress bar). Ctrl-C stops the run and returns what finished (``interrupted``).
+
+    Raises ModelDirError / InputError before anything runs for a bad path or setting.
+    """
+    from .environment import collect_environment
+
+    started = _now()
+    interrupted = False
+    results: List[CaseResult] = []
+    threads_before = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="clippy-rt-bench-") as tmp:
+        source = resolve_source(settings.model, settings.arch, Path(tmp), seed=settings.seed)
+        runner = Runner(settings, source, Path(tmp))
+        cases = runner.cases
+        try:
+            if settings.threads is not None:
+                torch.set_num_threads(settings.threads)
+            env = environment if environment is not None else collect_environment()
+            for case in (wrap(cases) if wrap is not None else cases):
+                results.append(runner.run_case(case))
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            runner.close()
+            torch.set_num_threads(threads_before)
+    return BenchRun(settings=settings, model=source.describe(settings.arch), environment=env,
+                    results=tuple(results), planned=len(cases), interrupted=interrupted,
+                    started=started, finished=_now())
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
