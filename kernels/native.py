@@ -21,7 +21,7 @@ import torch
 
 from clippy_rt.errors import BackendUnavailableError, InputError
 
-from .seg_head import _check_inputs, label_dtype
+from .seg_head_inputs import _check_inputs, label_dtype
 
 LIBRARY_NAME = "libclippy_rt_native.so"
 ABI_VERSION = 1  # CLIPPY_RT_NATIVE_ABI_VERSION in csrc/seg_head.h

@@ -148,8 +148,15 @@ def patch_pool(tokens: torch.Tensor, *, include_cls: bool = True, num_prefix_tok
     Both outputs are L2-normalised (F.normalize, eps 1e-12) and in the tokens' dtype;
     see the module docstring for the math. ``backend``: "auto" (Triton for CUDA tensors
     when it imports, torch otherwise), "triton" (CPU only under TRITON_INTERPRET=1), "torch".
+    The Triton kernels have no backward pass, so "auto" takes the (differentiable) torch
+    path whenever autograd records ``tokens``: the model trains through this function.
     """
-    chosen = resolve_backend(backend, (tokens,), "patch_pool") if isinstance(tokens, torch.Tensor) else "torch"
+    if not isinstance(tokens, torch.Tensor):
+        chosen = "torch"
+    elif backend == "auto" and tokens.requires_grad and torch.is_grad_enabled():
+        chosen = "torch"
+    else:
+        chosen = resolve_backend(backend, (tokens,), "patch_pool")
     if chosen == "torch":
         return patch_pool_ref(tokens, include_cls=include_cls, num_prefix_tokens=num_prefix_tokens)
     _check_inputs(tokens, include_cls, num_prefix_tokens)

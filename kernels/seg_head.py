@@ -42,8 +42,6 @@ launches are cheaper. benchmarks/gpu_check.py times both stages together.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -51,15 +49,15 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import check_out_size, device_guard, jit, next_power_of_2, resolve_backend
+from ._triton_support import device_guard, jit, next_power_of_2, resolve_backend
+# The input checks are shared with the CUDA C++ head (native.py), which this module dispatches to.
+from .seg_head_inputs import FLOAT_DTYPES, Window, _check_inputs, label_dtype  # noqa: F401
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Above this many elements of [B, K_chunk, H, W] float32 the torch reference walks K in chunks.
 _REF_CHUNK_ELEMENTS = 1 << 25
 
-Window = Tuple[float, float, float, float]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,69 +179,6 @@ def _upsample_argmax_kernel(
         else:
             score = best
         tl.store(scores_ptr + b * stride_sb + y * stride_sy + x * stride_sx, score, mask=mask_p)
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation
-# ----------------------------------------------------------------------------------------------
-
-def _check_inputs(patch_features, text_embeds, out_size, window, temperature
-                  ) -> Tuple[Tuple[int, int], Optional[Window], Optional[float]]:
-    if not isinstance(patch_features, torch.Tensor):
-        raise TypeError(f"patch_features must be a torch.Tensor [B, h, w, D], got {type(patch_features).__name__}")
-    if not isinstance(text_embeds, torch.Tensor):
-        raise TypeError(f"text_embeds must be a torch.Tensor [K, D], got {type(text_embeds).__name__}")
-    if patch_features.ndim != 4:
-        raise InputError(f"patch_features must be [B, h, w, D] (4 dims), got shape {tuple(patch_features.shape)}")
-    if text_embeds.ndim != 2:
-        raise InputError(f"text_embeds must be [K, D] (2 dims), got shape {tuple(text_embeds.shape)}")
-    for name, tensor in (("patch_features", patch_features), ("text_embeds", text_embeds)):
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {tensor.dtype}")
-    _, h, w, dim = patch_features.shape
-    if h < 1 or w < 1 or dim < 1:
-        raise InputError(f"patch_features needs h, w, D >= 1, got shape {tuple(patch_features.shape)}")
-    if text_embeds.shape[0] < 1:
-        raise InputError("text_embeds holds no prompt (K = 0); give at least one")
-    if text_embeds.shape[1] != dim:
-        raise InputError(f"text_embeds width {text_embeds.shape[1]} does not match the patch feature "
-                         f"width D = {dim}")
-    if text_embeds.device != patch_features.device:
-        raise InputError(f"patch_features ({patch_features.device}) and text_embeds ({text_embeds.device}) "
-                         "must be on the same device")
-    size = check_out_size(out_size)
-    return size, _check_window(window), _check_temperature(temperature)
-
-
-def _check_window(window) -> Optional[Window]:
-    if window is None:
-        return None
-    try:
-        values = tuple(float(v) for v in window)
-    except (TypeError, ValueError):
-        raise InputError(f"window must be (y0, x0, y1, x1) numbers in [0, 1], got {window!r}") from None
-    if len(values) != 4:
-        raise InputError(f"window must have 4 values (y0, x0, y1, x1), got {len(values)}: {window!r}")
-    y0, x0, y1, x1 = values
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
-        raise InputError(f"window values must lie in [0, 1], got {window!r}")
-    if not (y1 > y0 and x1 > x0):
-        raise InputError(f"window needs y1 > y0 and x1 > x0, got (y0, x0, y1, x1) = {window!r}")
-    return values
-
-
-def _check_temperature(temperature) -> Optional[float]:
-    if temperature is None:
-        return None
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise InputError(f"temperature must be a positive finite number, got {temperature!r}")
-    return float(temperature)
-
-
-def label_dtype(num_prompts: int) -> torch.dtype:
-    """uint8 when every label fits (K <= 255; 255 stays free for "ignore"), int32 otherwise."""
-    return torch.uint8 if num_prompts <= 255 else torch.int32
 
 
 def _axis_mapping(window: Optional[Window], h: int, w: int, height: int, width: int):
@@ -391,15 +326,21 @@ def seg_head(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: 
             probability over the K prompts; pass the classification logit scale, e.g.
             exp(logit_scale) = 100); otherwise scores are the winning logit (cosine similarity).
             It has no effect on the labels.
-        backend: "auto" (Triton for CUDA tensors when it imports, torch otherwise),
-            "triton" (CPU tensors only under TRITON_INTERPRET=1) or "torch".
+        backend: "auto" (for CUDA tensors Triton when it imports, else the CUDA C++
+            library when it loads; torch otherwise), "triton" (CPU tensors only under
+            TRITON_INTERPRET=1), "native" (the CUDA C++ library, ``kernels.native``) or "torch".
 
     Returns:
         (labels [B, H, W] uint8 when K <= 255 else int32, scores [B, H, W] float32 or None).
         Ties go to the lowest prompt index. All arithmetic is float32 from the given inputs.
     """
-    chosen = resolve_backend(backend, (patch_features, text_embeds), "seg_head") \
-        if isinstance(patch_features, torch.Tensor) and isinstance(text_embeds, torch.Tensor) else "torch"
+    tensors = isinstance(patch_features, torch.Tensor) and isinstance(text_embeds, torch.Tensor)
+    if backend == "native" or (backend == "auto" and tensors and _native_is_next(patch_features, text_embeds)):
+        from .native import seg_head_native
+
+        return seg_head_native(patch_features, text_embeds, out_size, window=window,
+                               return_scores=return_scores, temperature=temperature)
+    chosen = resolve_backend(backend, (patch_features, text_embeds), "seg_head") if tensors else "torch"
     if chosen == "torch":
         return seg_head_ref(patch_features, text_embeds, out_size, window=window,
                             return_scores=return_scores, temperature=temperature)
@@ -411,6 +352,17 @@ def seg_head(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: 
     with device_guard(patch_features):
         return _seg_head_triton(patch_features, text_embeds, (height, width), window, return_scores,
                                 temperature)
+
+
+def _native_is_next(patch_features: torch.Tensor, text_embeds: torch.Tensor) -> bool:
+    """For ``backend="auto"``: CUDA tensors, Triton unusable, and the CUDA C++ library loads."""
+    if not (patch_features.is_cuda and text_embeds.is_cuda):
+        return False
+    if resolve_backend("auto", (patch_features, text_embeds), "seg_head") == "triton":
+        return False
+    from .native import native_available
+
+    return native_available()
 
 
 def _seg_head_triton(patch_features, text_embeds, out_size, window, return_scores, temperature):

@@ -192,8 +192,7 @@ def available_host_memory() -> Optional[int]:
 
 
 def seg_head_case(case: Case, config, settings: BenchSettings) -> Timed:
-    # The package re-exports the function under the module's name; import the module itself.
-    seg_head_module = importlib.import_module("clippy_rt.kernels.seg_head")
+    import clippy_rt.kernels.seg_head as seg_head_module
     device = torch.device(case.device)
     dtype = PRECISIONS[case.precision]
     grid = case.size // config.image.patch_size

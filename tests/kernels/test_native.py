@@ -105,3 +105,34 @@ def test_native_matches_reference_gpu(native_library, dtype, prompts, window, te
         torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-5)
     else:
         torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-6)
+
+
+def test_seg_head_dispatches_native_and_auto_prefers_it_over_torch_on_cuda(monkeypatch):
+    # On CUDA without Triton, "auto" must reach the CUDA C++ library; "native" always does.
+    import clippy_rt.kernels.native as native_module
+    import clippy_rt.kernels.seg_head as seg_head_module
+
+    calls = []
+
+    def fake_native(patch, text, out_size, **kwargs):
+        calls.append(kwargs)
+        return "native-labels", None
+
+    monkeypatch.setattr(native_module, "seg_head_native", fake_native)
+    patch, text = torch.randn(1, 2, 2, 4), torch.randn(3, 4)
+    assert seg_head_module.seg_head(patch, text, (4, 4), backend="native")[0] == "native-labels"
+    assert calls[-1]["window"] is None and calls[-1]["return_scores"] is False
+    # CPU tensors: "auto" never tries the library.
+    labels, _ = seg_head_module.seg_head(patch, text, (4, 4))
+    assert isinstance(labels, torch.Tensor) and len(calls) == 1
+
+    class FakeCuda(torch.Tensor):
+        is_cuda = True
+
+    monkeypatch.setattr(native_module, "native_available", lambda path=None: True)
+    monkeypatch.setattr(seg_head_module, "resolve_backend", lambda *args: "torch")
+    seg_head_module.seg_head(patch.as_subclass(FakeCuda), text.as_subclass(FakeCuda), (4, 4), window=(0, 0, 1, 1))
+    assert len(calls) == 2 and calls[-1]["window"] == (0, 0, 1, 1)
+    monkeypatch.setattr(native_module, "native_available", lambda path=None: False)
+    labels, _ = seg_head_module.seg_head(patch.as_subclass(FakeCuda), text.as_subclass(FakeCuda), (4, 4))
+    assert len(calls) == 2 and labels.shape == (1, 4, 4)

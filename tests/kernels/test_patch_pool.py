@@ -112,3 +112,22 @@ def test_kernel_sweep_gpu(dtype, output_tol):
             got = patch_pool(tokens, include_cls=include_cls, backend="triton")
             expected = patch_pool_ref(tokens, include_cls=include_cls)
             torch.testing.assert_close(got, expected, **output_tol[dtype])
+
+
+def test_auto_takes_the_differentiable_path_when_autograd_records(monkeypatch):
+    # Pretend the Triton kernel would be chosen (as on a GPU): with gradients needed the
+    # dispatcher must still take the torch path, whose gradients are those of the formula.
+    import clippy_rt.kernels.patch_pool as patch_pool_module
+    from clippy_rt.models.vit import pool_tokens
+
+    monkeypatch.setattr(patch_pool_module, "resolve_backend", lambda *args: "triton")
+    tokens = make_tokens(2, 1 + 9, 16).requires_grad_()
+    patch, pooled = pool_tokens(tokens, include_cls=True, pooling="max")
+    (patch.sum() + (pooled * torch.arange(16.0)).sum()).backward()
+
+    direct = tokens.detach().clone().requires_grad_()
+    expected_patch = direct[:, 1:] / direct[:, 1:].norm(dim=-1, keepdim=True)
+    expected_pooled = direct.max(dim=1).values
+    expected_pooled = expected_pooled / expected_pooled.norm(dim=-1, keepdim=True)
+    (expected_patch.sum() + (expected_pooled * torch.arange(16.0)).sum()).backward()
+    torch.testing.assert_close(tokens.grad, direct.grad)

@@ -153,11 +153,11 @@ import torch
 import clippy_rt.kernels as kernels
 from clippy_rt.errors import BackendUnavailableError
 patch, text = torch.randn(1, 3, 3, 8), torch.randn(4, 8)
-labels, _ = kernels.seg_head(patch, text, (5, 5))
+labels, _ = kernels.seg_head.seg_head(patch, text, (5, 5))
 assert labels.shape == (1, 5, 5)
-kernels.patch_pool(torch.randn(1, 5, 8))
+kernels.patch_pool.patch_pool(torch.randn(1, 5, 8))
 try:
-    kernels.seg_head(patch, text, (5, 5), backend="triton")
+    kernels.seg_head.seg_head(patch, text, (5, 5), backend="triton")
 except BackendUnavailableError as exc:
     assert "pip install triton" in str(exc), exc
 else:
