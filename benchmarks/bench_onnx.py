@@ -20,9 +20,6 @@ median as a fraction of torch's. Variants:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -31,27 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+from clippy_rt.bench.environment import machine_summary
+from clippy_rt.bench.stats import summarize
 
 
 def machine() -> str:
     import onnxruntime
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from clippy_rt.backends.onnxruntime import physical_cores
 
-    return (f"{cpu}, {physical_cores()} physical cores available, {platform.system()} {platform.machine()}; "
-            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, python {platform.python_version()}")
+    return (f"{machine_summary()}; {physical_cores()} physical cores available to this process; "
+            f"onnxruntime {onnxruntime.__version__}")
 
 
 def main(argv=None) -> int:
@@ -138,16 +125,16 @@ def main(argv=None) -> int:
                 rows.append((size, batch, repeats, times))
 
     names = list(rows[0][3])
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"Machine: {machine()}; {threads} threads for torch and ONNX Runtime; "
-          f"1-minute load average at the end {load:.2f}.\n")
+    print(f"Machine: {machine()}; {threads} threads for torch and ONNX Runtime (load average read at "
+          f"the end).\n")
     header = "| size | batch | repeats | " + " | ".join(f"{n} median / p90 ms" for n in names) + " | " + \
         " | ".join(f"{n} / torch" for n in names if n != "torch") + " |"
     print(header)
     print("|" + "---|" * (3 + len(names) + len(names) - 1))
     for size, batch, repeats, times in rows:
-        medians = {n: statistics.median(t) for n, t in times.items()}
-        cells = [f"{medians[n]:.1f} / {percentile(times[n], 90):.1f}" for n in names]
+        stats = {n: summarize(t) for n, t in times.items()}
+        medians = {n: stats[n].median for n in names}
+        cells = [f"{stats[n].median:.1f} / {stats[n].p90:.1f}" for n in names]
         ratios = [f"{medians[n] / medians['torch']:.2f}x" for n in names if n != "torch"]
         print(f"| {size} | {batch} | {repeats} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return 0

@@ -11,9 +11,6 @@ with the machine's description to a file.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,6 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from clippy_rt.bench.environment import machine_summary
+from clippy_rt.bench.stats import summarize
+from clippy_rt.bench.timer import TimingPolicy, measure
 from clippy_rt.kernels.seg_head import seg_head, seg_head_reference_procedure
 
 PATCH = 16
@@ -52,45 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: str) -> str:
-    info = [f"platform {platform.platform()}", f"CPU {cpu_model()} ({os.cpu_count()} logical cores)",
-            f"torch {torch.__version__}", f"threads {torch.get_num_threads()}", f"python {platform.python_version()}"]
-    if device.startswith("cuda"):
-        info.append(f"GPU {torch.cuda.get_device_name(device)}")
-    return ", ".join(info)
-
-
 def time_ms(fn, repeats: int, warmup: int, device: str):
-    """Wall times in ms of ``repeats`` calls after ``warmup`` calls, synchronising CUDA."""
-    synchronise = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    """Wall times in ms of ``repeats`` calls after ``warmup`` calls (the shared timer,
+    synchronising CUDA after every call)."""
     for _ in range(warmup):
         fn()
-    synchronise()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronise()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def percentile(values, q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    policy = TimingPolicy(warmup_s=0.0, duration_s=0.0, min_iters=repeats, max_iters=repeats)
+    return measure(lambda marks: fn(), policy, device=device).host_ms
 
 
 def run(args) -> str:
@@ -111,8 +79,8 @@ def run(args) -> str:
         ref_labels, ref_logits = seg_head_reference_procedure(patch, text, out_size)
         labels, _ = seg_head(patch, text, out_size, backend="torch")
         agree = (labels.long() == ref_labels).float().mean().item()
-        rows.append((size, grid, statistics.median(reference), percentile(reference, 0.9),
-                     statistics.median(fused), percentile(fused, 0.9), agree))
+        reference, fused = summarize(reference), summarize(fused)
+        rows.append((size, grid, reference.median, reference.p90, fused.median, fused.p90, agree))
         del ref_logits
 
     lines = [f"Seg head, {args.device}: D = {WIDTH}, K = {args.prompts}, batch {args.batch}, "
@@ -137,7 +105,7 @@ def main(argv=None) -> int:
     if args.write is not None:
         with open(args.write, "a", encoding="utf-8") as handle:
             handle.write(f"\n## bench_seg_head ({time.strftime('%Y-%m-%d')})\n\n"
-                         f"Machine: {machine_info(args.device)}\n\n{table}\n")
+                         f"Machine: {machine_summary(args.device)}\n\n{table}\n")
     return 0
 
 

@@ -17,7 +17,6 @@ image's figure stacked.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import ClippyError, InputError, ModelDirError
+from .errors import InputError, ModelDirError
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 RESULTS_FILE = "results.json"
@@ -139,20 +138,10 @@ def run_demo(out: Path, images: Optional[Sequence[Path]] = None, model: str = "d
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clippy_rt.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--images", type=Path, nargs="+", default=None,
-                        help="images to segment (default: the repository's examples/scene-*.png)")
-    parser.add_argument("--model", default="demo", help="model directory (default: the shipped model)")
-    args = parser.parse_args(argv)
-    try:
-        written = run_demo(args.out, args.images, args.model)
-    except (ClippyError, OSError, ValueError, TypeError) as exc:
-        print(f"clippy_rt.demo: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {len(written)} files to {args.out} (overview: {written[-1]})")
-    return 0
+    """``python -m clippy_rt.demo ARGS`` is ``clippy-rt demo ARGS`` (``clippy_rt.cli.demo``)."""
+    from .cli.main import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

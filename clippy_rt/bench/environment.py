@@ -52,6 +52,29 @@ def collect_environment() -> Dict[str, Any]:
     }
 
 
+def machine_summary(device: Optional[str] = None) -> str:
+    """One line for a results file: platform, CPU (cores), torch and its threads, python, the
+    load average, and the GPU for a CUDA ``device``. Read by the same functions as
+    ``collect_environment``."""
+    import torch
+
+    cpu = cpu_info()
+    cores = f"{cpu['logical_threads']} logical threads"
+    if cpu["physical_cores"]:
+        cores += f", {cpu['physical_cores']} physical cores"
+    parts = [f"platform {platform.platform()}", f"CPU {cpu['model'] or 'unknown'} ({cores})",
+             f"torch {torch.__version__}", f"threads {torch.get_num_threads()}",
+             f"python {platform.python_version()}"]
+    load = _load_average()
+    if load:
+        parts.append(f"1-minute load average {load[0]:.2f}")
+    if device is not None and str(device).startswith("cuda"):
+        gpu = gpu_info()
+        if gpu is not None:
+            parts.append(f"GPU {gpu['name']} (compute capability {gpu['capability']})")
+    return ", ".join(parts)
+
+
 def cpu_info() -> Dict[str, Any]:
     """model, logical threads, physical cores (where /proc/cpuinfo tells), usable threads."""
     model = None
