@@ -46,7 +46,7 @@ def load(path: Union[str, Path], backend: str = "torch", device: Optional[str] =
 def resolve_model_path(path: Union[str, Path]) -> Path:
     """``"demo"`` -> the shipped demo model's directory; anything else -> ``Path(path)``."""
     if str(path) == "demo":
-        from .demo import demo_model_dir
+        from .formats.model_dir import demo_model_dir
         return demo_model_dir()
     if not isinstance(path, (str, Path)):
         raise InputError(f"path must be a str or Path, got {type(path).__name__}")

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError, ModelDirError
+from .formats.model_dir import DEMO_DIR, demo_model_dir  # noqa: F401  (the shipped model lives on disk)
 
-DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 RESULTS_FILE = "results.json"
 # The repository's example scenes (held-out seeds); absent from a wheel install.
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -35,22 +35,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 FIGURE_SCALE = 4
 
 __all__ = ["demo_model_dir", "demo_results", "example_images", "figure", "main", "run_demo"]
-
-
-def demo_model_dir() -> Path:
-    """The shipped model directory (config.json, weights.safetensors, spiece.model).
-
-    Raises:
-        ModelDirError: the package was installed without its model files.
-    """
-    missing = [name for name in ("config.json", "weights.safetensors", "spiece.model")
-               if not (DEMO_DIR / name).is_file()]
-    if missing:
-        raise ModelDirError(
-            f"the demo model is missing from this installation ({DEMO_DIR} lacks "
-            f"{', '.join(missing)}); reinstall clippy-rt with its package data, or train one with "
-            "tools/train_clippy.py and pass its directory instead of 'demo'")
-    return DEMO_DIR
 
 
 def demo_results() -> Dict[str, object]:

@@ -72,7 +72,9 @@ def test_demo_main_reports_errors_in_one_line(tmp_path, capsys):
 
 
 def test_missing_model_files_raise_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path)
+    from clippy_rt.formats import model_dir
+
+    monkeypatch.setattr(model_dir, "DEMO_DIR", tmp_path)
     with pytest.raises(ModelDirError, match="demo model is missing"):
         demo.demo_model_dir()
     with pytest.raises(ModelDirError):

@@ -44,7 +44,7 @@ def _reference_dir(args) -> str:
     if args.reference is not None:
         return args.reference
     if args.model == "demo":
-        from clippy_rt.demo import demo_model_dir
+        from clippy_rt.formats.model_dir import demo_model_dir
         return str(demo_model_dir())
     from clippy_rt.formats.kinds import MODEL, ONNX, find_artifact_kind, metadata_file
 

@@ -21,6 +21,8 @@ from .atomic import atomic_directory
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
+# The small model shipped with the package (``clippy_rt.load("demo")``; see clippy_rt.demo).
+DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
 @dataclass(frozen=True)
@@ -124,3 +126,18 @@ def save_model_dir(out: Path, config: ClippyConfig, state: Mapping[str, torch.Te
             shutil.copyfile(extra, tmp / Path(extra).name)
     return Path(out)
 
+
+def demo_model_dir() -> Path:
+    """The shipped model directory (config.json, weights.safetensors, spiece.model).
+
+    Raises:
+        ModelDirError: the package was installed without its model files.
+    """
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE, "spiece.model")
+               if not (DEMO_DIR / name).is_file()]
+    if missing:
+        raise ModelDirError(
+            f"the demo model is missing from this installation ({DEMO_DIR} lacks "
+            f"{', '.join(missing)}); reinstall clippy-rt with its package data, or train one with "
+            "tools/train_clippy.py and pass its directory instead of 'demo'")
+    return DEMO_DIR
