@@ -1,4 +1,4 @@
-"""Seg head on CPU: MODEL.md's reference procedure against seg_head's fused torch path.
+"""Seg head on CPU: docs/MODEL.md's reference procedure against seg_head's fused torch path.
 
 Random clippy-b16-sized inputs (D = 768; a 14 x 14 patch grid for a 224 output, 28 x 28
 for 448: one patch per 16 pixels), timed side by side in one run after a warm-up.

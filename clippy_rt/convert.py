@@ -4,7 +4,7 @@ Each converter is a pure ``dict -> dict`` function driven by a swap table; the
 architecture is inferred from tensor shapes where shapes determine it, and the caller
 may override anything shapes cannot tell (ViT heads, T5's relative max distance).
 
-Layouts (MODEL.md):
+Layouts (docs/MODEL.md):
 1. the reference training checkpoint: ``{"state_dict": {...}}`` with ``visual.trunk.*``
    (timm ViT), ``text.0.auto_model.*`` (Hugging Face ``T5EncoderModel``),
    ``text.2.linear.weight`` (the Dense layer) and ``logit_scale``; keys may carry

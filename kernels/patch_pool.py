@@ -6,7 +6,7 @@ For tokens x [B, T, D] (T = num_prefix_tokens + N; the class token is token 0):
     pooled[b]            = m[b] / max(||m[b]||, 1e-12),  m[b, d] = max_t x[b, t, d]   [B, D]
 
 with P = num_prefix_tokens and the max over the patch tokens plus, when
-``include_cls``, the class token (MODEL.md: the published checkpoint was trained with
+``include_cls``, the class token (docs/MODEL.md: the published checkpoint was trained with
 it). Other prefix tokens (registers) never take part. Normalisation is F.normalize's;
 arithmetic is float32 and both outputs come back in the input dtype.
 

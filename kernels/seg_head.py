@@ -1,6 +1,6 @@
 """Segmentation head: patch-text similarity, bilinear upsampling and argmax, fused.
 
-For image b, prompt k and output pixel (y, x) (MODEL.md, "Segmentation"):
+For image b, prompt k and output pixel (y, x) (docs/MODEL.md, "Segmentation"):
 
     patch_logits[b, i, j, k] = < P[b, i, j, :], T[k, :] >                  (stage 1)
     logits[b, k, y, x]       = bilinear(patch_logits[b, :, :, k])(y, x)     (stage 2)
@@ -280,7 +280,7 @@ def seg_head_ref(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_si
 
 def seg_head_reference_procedure(patch_features: torch.Tensor, text_embeds: torch.Tensor,
                                  out_size: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """MODEL.md's reference procedure: upsample all D channels, then dot with T, then argmax.
+    """docs/MODEL.md's reference procedure: upsample all D channels, then dot with T, then argmax.
 
     Returns (labels [B, H, W] int64, logits [B, K, H, W] float32). Memory grows with
     B*D*H*W (about 616 MB of float32 for one 448 x 448 image at D = 768): for tests and

@@ -18,7 +18,7 @@ def engine(tiny_model_dir):
 
 
 def _reference_procedure(patch, text, out_size):
-    """MODEL.md: upsample all D channels, then the dot product, then argmax."""
+    """docs/MODEL.md: upsample all D channels, then the dot product, then argmax."""
     features = patch.permute(0, 3, 1, 2)
     upsampled = F.interpolate(features, size=out_size, mode="bilinear", align_corners=False)
     logits = torch.einsum("bdhw,kd->bkhw", upsampled, text)
@@ -124,7 +124,7 @@ def test_classify_probabilities(engine):
     assert top[0][1] >= top[1][1]
     everything = engine.classify(image, ["cat", "dog", "car"], top_k=10)
     assert abs(sum(p for _, p in everything) - 1.0) < 1e-5
-    # the probabilities follow MODEL.md's formula
+    # the probabilities follow docs/MODEL.md's formula
     pooled = engine.encode_image(image, resize="crop").pooled
     text = engine.encode_text(["cat", "dog", "car"])
     probs = (np.exp(engine.logit_scale) * (pooled @ text.T)).softmax(-1)[0]
