@@ -76,11 +76,15 @@ def _raise_interrupt(signum, frame):
 
 def run(args) -> int:
     import clippy_rt
-    from clippy_rt.robotics.bag import import_ros_packages, process_bag
+    from clippy_rt.errors import InputError
+    from clippy_rt.robotics.bag import inspect_bag, process_bag
     from clippy_rt.robotics.processor import FrameProcessor
     from clippy_rt.text_cache import enable_disk_cache
 
-    import_ros_packages()  # a missing extra is reported before the model loads
+    # A missing extra, an unreadable bag or a wrong topic is reported before the model loads.
+    inspect_bag(args.bag, args.topic)
+    if args.out.exists() and not args.overwrite:
+        raise InputError(f"{args.out} exists (pass --overwrite to replace it)")
     engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     warning = random_warning(engine)
     if warning:

@@ -84,6 +84,18 @@ def _image_connections(reader, source: Path, topic: str):
     return connections, total
 
 
+def inspect_bag(source, topic: str) -> int:
+    """Check that ``source`` is a readable bag with image messages on ``topic``; returns
+    their count. Raises ``InputError`` (one line) otherwise."""
+    highlevel, typesys, _ = import_ros_packages()
+    source = Path(source)
+    reader = _open_reader(highlevel, typesys, source)
+    try:
+        return _image_connections(reader, source, topic)[1]
+    finally:
+        reader.close()
+
+
 def _batches(reader, connections, size: int) -> Iterator[list]:
     batch = []
     for connection, timestamp, raw in reader.messages(connections=connections):
