@@ -80,7 +80,7 @@ class TextCache:
     def attach(self, directory: Union[str, os.PathLike], identity: str, backend: str, precision: str,
                max_disk_entries: int = DEFAULT_MAX_DISK_ENTRIES) -> "DiskStore":
         """Keep embeddings in ``directory/<identity>.sqlite`` as well; returns the store."""
-        self.store = DiskStore(Path(directory) / f"{identity[:40]}.sqlite", scope=f"{backend}/{precision}",
+        self.store = DiskStore(Path(directory).expanduser() / f"{identity[:40]}.sqlite", scope=f"{backend}/{precision}",
                                max_entries=max_disk_entries)
         return self.store
 
@@ -399,7 +399,7 @@ def enable_disk_cache(engine, directory: Optional[Union[str, os.PathLike]] = Non
     """Back ``engine``'s text cache with a file under ``directory`` (default:
     ``default_cache_dir()``); returns the file's path. Used by the bag tool, the ROS 2
     node and servers, where restarting without re-encoding the vocabulary matters."""
-    directory = Path(directory) if directory is not None else default_cache_dir()
+    directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
     identity = model_identity(engine.source, engine.backend, memo_dir=directory)
     store = engine.text_cache.attach(directory, identity, engine.backend, engine.precision,
                                      max_disk_entries=max_disk_entries)
