@@ -128,6 +128,25 @@ def test_clear_during_segment_in_threads_gives_serial_results(engine):
     assert errors == [] and mismatches == []
 
 
+@pytest.mark.parametrize("stage", ["get", "put"])
+def test_a_clear_between_lookup_and_use_is_harmless(tiny_model_dir, stage):
+    # What another thread's clear_text_cache() can do at the worst moment, made deterministic.
+    engine = clippy_rt.load(tiny_model_dir)
+    expected = engine.encode_text(["a cat", "a dog"])
+    if stage == "put":
+        engine.clear_text_cache()
+    cache = engine.text_cache
+    original = getattr(cache, stage)
+
+    def then_clear(*args):
+        result = original(*args)
+        cache.clear()
+        return result
+
+    setattr(cache, stage, then_clear)
+    torch.testing.assert_close(engine.encode_text(["a cat", "a dog", "a cat"]), expected[[0, 1, 0]])
+
+
 def test_disk_cache_survives_a_restart(tiny_model_dir, tmp_path):
     first = clippy_rt.load(tiny_model_dir, text_cache_dir=tmp_path)
     prompts = _prompts(5)
