@@ -4,7 +4,6 @@ clear error where ROS 2 is not installed (rclpy is not installable from the pack
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -46,20 +45,18 @@ def test_build_loop_caches_text_on_disk_and_publishes(tiny_model_dir, tmp_path):
     assert published == [output]
 
 
-def test_main_without_ros2_says_how_to_get_it():
-    code = ("import sys\nsys.modules['rclpy'] = None\n"
-            "from clippy_rt.ros2 import main\nsys.exit(main([]))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+def test_main_without_ros2_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "rclpy", None)
+    assert ros2.main([]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "source your ROS 2 installation" in lines[0]
 
 
-def test_the_bag_tool_names_the_missing_extra():
-    code = ("import sys\nsys.modules['rosbags'] = None\nsys.modules['rosbags.highlevel'] = None\n"
-            "from clippy_rt.cli.main import main\n"
-            "sys.exit(main(['bag', 'demo', 'x.mcap', '--topic', '/t', '--prompts', 'a', '--out', 'y.mcap']))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1 and len(lines) == 1
+def test_the_bag_tool_names_the_missing_extra(monkeypatch, capsys):
+    from clippy_rt.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "rosbags.highlevel", None)
+    assert main(["bag", "demo", "x.mcap", "--topic", "/t", "--prompts", "a", "--out", "y.mcap"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
     assert lines[0].startswith("clippy-rt bag: error: ") and "pip install 'clippy-rt[ros]'" in lines[0]
