@@ -83,8 +83,9 @@ def test_mcap_round_trip(engine, tmp_path, encoding, capsys):
     source = write_mcap(tmp_path / "in.mcap", inputs)
     out = tmp_path / "out" / "labels.mcap"
     code = main(["bag", str(engine.source), str(source), "--topic", "/camera/image_raw", "--prompts", PROMPTS,
-                 "--out", str(out), "--overlay", "--no-text-cache"])
+                 "--out", str(out), "--overlay", "--text-cache-dir", str(tmp_path / "cache")])
     assert code == 0
+    assert len(list((tmp_path / "cache").glob("*.sqlite"))) == 1
     assert f"wrote 3 frames (3 classes) to {out}" in capsys.readouterr().out
     written = read_outputs(out)
     assert sorted(written) == ["/clippy_rt/classes", "/clippy_rt/labels", "/clippy_rt/overlay"]
