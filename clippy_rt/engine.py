@@ -15,7 +15,6 @@ identical types. What the towers compute: docs/MODEL.md.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from .config import ClippyConfig
 from .errors import BackendUnavailableError, InputError
 from .images import Prepared, as_pixel_batch, prepare_batch
 from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
+from .text_cache import TextCache
 from .tokenizer import Tokenizer
 
 RESIZE_MODES = ("squash", "crop", "letterbox")
@@ -111,8 +111,7 @@ class Engine:
         self.device = device
         self.precision = precision
         self.source = Path(source)
-        self._text_cache: Dict[str, torch.Tensor] = {}
-        self._cache_lock = threading.Lock()
+        self.text_cache = TextCache(device=device)
 
     # -- backend hooks: the two runners ---------------------------------------------------
     def _image_forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +168,8 @@ class Engine:
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Returns L2-normalised text embeddings, float32 [K, D] on the engine's device.
 
-        Embeddings are cached per prompt text; only prompts not seen before are encoded.
+        Embeddings are cached per prompt text (``self.text_cache``, a bounded LRU); only
+        prompts not in the cache are encoded.
         """
         if isinstance(prompts, str):
             raise InputError("encode_text takes a list of prompts, got one string; wrap it in a list")
@@ -179,20 +179,19 @@ class Engine:
         for index, text in enumerate(prompts):
             if not text.strip():
                 raise InputError(f"prompt {index} is empty")
-        with self._cache_lock:
-            missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        found = self.text_cache.get(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in found]
         if missing:
             input_ids, attention_mask = self.tokenizer.encode(missing)
             embeds = self._text_forward(input_ids, attention_mask).float()
-            with self._cache_lock:
-                for text, embed in zip(missing, embeds):
-                    self._text_cache[text] = embed
-        with self._cache_lock:
-            return torch.stack([self._text_cache[p] for p in prompts])
+            found.update(self.text_cache.put(missing, embeds))
+        # Built from this call's own lookups: a concurrent clear or eviction cannot
+        # remove an embedding between the lookup and the stack.
+        return torch.stack([found[p] for p in prompts])
 
-    def clear_text_cache(self) -> None:
-        with self._cache_lock:
-            self._text_cache.clear()
+    def clear_text_cache(self, disk: bool = False) -> None:
+        """Forget the cached text embeddings (with ``disk``, the on-disk store's too)."""
+        self.text_cache.clear(disk=disk)
 
     def decode(self, features: ImageFeatures, text: torch.Tensor, prompt_set: PromptSet,
                seg_backend: str = "auto") -> List["Segmentation"]:

@@ -17,7 +17,8 @@ def test_wheel_contains_kernels_export_and_data(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("clippy_rt/kernels/seg_head.py", "clippy_rt/kernels/patch_pool.py",
                      "clippy_rt/export/onnx.py", "clippy_rt/cli/main.py", "clippy_rt/data/corpus.txt",
-                     "clippy_rt/datasets/synthetic.py", "clippy_rt/bench/stats.py"):
+                     "clippy_rt/datasets/synthetic.py", "clippy_rt/bench/stats.py",
+                     "clippy_rt/robotics/bag.py", "clippy_rt/ros2.py", "clippy_rt/text_cache.py"):
         assert expected in names, expected
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
 

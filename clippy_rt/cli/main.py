@@ -23,6 +23,7 @@ COMMANDS = {
     "bench": "bench",
     "eval": "eval",
     "demo": "demo",
+    "bag": "bag",
 }
 
 

@@ -275,3 +275,19 @@ def test_import_without_onnxruntime(onnx_dir):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "refused: backend 'onnxruntime' needs the onnxruntime package" in result.stdout
+
+
+def test_disk_text_cache_survives_a_restart_per_precision(onnx_dir, tmp_path):
+    prompts = _prompts(4)
+    first = clippy_rt.load(onnx_dir, backend="onnxruntime", text_cache_dir=tmp_path)
+    embeds = first.encode_text(prompts)
+    for precision, expect_encoded in (("fp32", False), ("fp16", True)):
+        restarted = clippy_rt.load(onnx_dir, backend="onnxruntime", precision=precision, text_cache_dir=tmp_path)
+        calls = []
+        original = restarted._text_forward
+        restarted._text_forward = lambda ids, mask: calls.append(len(ids)) or original(ids, mask)
+        got = restarted.encode_text(prompts)
+        assert bool(calls) == expect_encoded
+        if not expect_encoded:
+            torch.testing.assert_close(got, embeds, rtol=0, atol=0)
+    assert len(list(tmp_path.glob("*.sqlite"))) == 1

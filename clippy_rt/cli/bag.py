@@ -1,0 +1,106 @@
+"""Segment the images of a ROS 2 bag; write labels (and overlays) to a new MCAP file.
+
+IN is a ROS 2 MCAP file or a rosbag2 folder (sqlite3 or mcap storage). Every frame of
+--topic (sensor_msgs/msg/Image: rgb8, bgr8, rgba8, bgra8, mono8; or CompressedImage:
+jpeg, png) is segmented, and OUT gets, per frame, with the frame's header and log time:
+/clippy_rt/labels (mono8, pixel = class index), /clippy_rt/classes (std_msgs/msg/String,
+JSON list of class names) and with --overlay /clippy_rt/overlay (rgb8). OUT appears only
+when complete. Needs: pip install 'clippy-rt[ros]'.
+
+Text embeddings are cached on disk (default ~/.cache/clippy-rt/text) so a rerun does not
+encode the prompts again; --no-text-cache turns that off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .common import add_model_arguments, random_warning, size_arg
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("bag", metavar="IN", type=Path, help="ROS 2 MCAP file or rosbag2 folder")
+    parser.add_argument("--topic", required=True, help="image topic, e.g. /camera/image_raw")
+    parser.add_argument("--prompts", required=True, help='classes, e.g. "background|floor,person,chair"')
+    parser.add_argument("--template", default=None, help='prompt template, e.g. "a photo of {article} {}"')
+    parser.add_argument("--out", type=Path, required=True, help="output MCAP file")
+    parser.add_argument("--size", type=size_arg, default=None,
+                        help="model input size, S or HxW, multiples of the patch size (default: the model's)")
+    parser.add_argument("--resize", default="squash", choices=["squash", "letterbox"],
+                        help="how frames are fitted to the input size (default: squash)")
+    parser.add_argument("--batch", type=int, default=1, help="frames per engine call (default: 1)")
+    parser.add_argument("--overlay", action="store_true", help="also write /clippy_rt/overlay (rgb8)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--text-cache-dir", type=Path, default=None,
+                        help="where text embeddings are cached (default: ~/.cache/clippy-rt/text)")
+    parser.add_argument("--text-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="cache text embeddings on disk (default: on)")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+class _Progress:
+    """``bag [####....] 12/40 3.1s`` on a TTY, a line every 5 % otherwise."""
+
+    def __init__(self, enabled: bool, stream=None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+        self.last_percent = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        if self.stream.isatty():
+            filled = int(30 * done / max(1, total))
+            self.stream.write(f"\rbag [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {elapsed:.1f}s")
+            if done >= total:
+                self.stream.write("\n")
+        else:
+            percent = int(100 * done / max(1, total)) // 5 * 5
+            if percent == self.last_percent and done < total:
+                return
+            self.last_percent = percent
+            self.stream.write(f"bag: {done}/{total} frames ({elapsed:.1f}s)\n")
+        self.stream.flush()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args) -> int:
+    import clippy_rt
+    from clippy_rt.errors import InputError
+    from clippy_rt.robotics.bag import inspect_bag, process_bag
+    from clippy_rt.robotics.processor import FrameProcessor
+    from clippy_rt.text_cache import enable_disk_cache
+
+    # A missing extra, an unreadable bag or a wrong topic is reported before the model loads.
+    inspect_bag(args.bag, args.topic)
+    if args.out.exists() and not args.overwrite:
+        raise InputError(f"{args.out} exists (pass --overwrite to replace it)")
+    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    warning = random_warning(engine)
+    if warning:
+        print(warning, file=sys.stderr)
+    if args.text_cache:
+        enable_disk_cache(engine, args.text_cache_dir)
+    processor = FrameProcessor(engine, args.prompts, size=args.size, resize=args.resize, template=args.template,
+                               batch=args.batch)
+    # SIGTERM unwinds like Ctrl-C, so the partial output is removed.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = process_bag(processor, args.bag, args.topic, args.out, overlay=args.overlay,
+                             overwrite=args.overwrite, on_progress=_Progress(not args.quiet),
+                             log=lambda line: print(f"warning: {line}", file=sys.stderr))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    skipped = f", skipped {report.skipped} unreadable" if report.skipped else ""
+    print(f"wrote {report.frames} frames ({len(report.classes)} classes{skipped}) to {report.out}")
+    return 0

@@ -1,0 +1,167 @@
+"""ROS 2 image messages <-> frames and results, as plain functions.
+
+Inputs are read by attribute, so the same functions take rclpy messages, messages decoded
+from a bag by ``rosbags`` or ``mcap-ros2-support``, or any object with the fields of
+``sensor_msgs/msg/Image`` (header, height, width, encoding, is_bigendian, step, data) or
+``sensor_msgs/msg/CompressedImage`` (header, format, data). Outputs are dicts with the
+message's field names: ``mcap_ros2`` writes them as they are and the ROS 2 node copies
+them into rclpy messages.
+
+Frames are RGB uint8 arrays [H, W, 3]. Labels go out as ``mono8`` (pixel = class index;
+``mono16``, little-endian, when there are more than 256 classes), overlays as ``rgb8``,
+and each output carries the input's header (stamp and frame_id).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Dict, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+STRING_TYPE = "std_msgs/msg/String"
+RAW_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+
+
+def header_fields(header: Any) -> Dict[str, Any]:
+    """A message header (stamp, frame_id) as a dict, ready to copy into an output."""
+    try:
+        stamp = header.stamp
+        return {"stamp": {"sec": int(stamp.sec), "nanosec": int(stamp.nanosec)},
+                "frame_id": str(header.frame_id)}
+    except AttributeError as exc:
+        raise InputError(f"the message header lacks a field ({exc})") from None
+
+
+def stamp_ns(header: Any) -> int:
+    """The header's stamp in nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def is_compressed(message: Any) -> bool:
+    return hasattr(message, "format") and not hasattr(message, "encoding")
+
+
+def message_to_frame(message: Any) -> np.ndarray:
+    """An Image or CompressedImage message -> RGB uint8 [H, W, 3]."""
+    if is_compressed(message):
+        return compressed_to_frame(message)
+    return image_to_frame(message)
+
+
+def _bytes(data: Any) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8) if data.dtype == np.uint8 else data.astype(np.uint8).reshape(-1)
+    try:
+        return np.frombuffer(memoryview(data), dtype=np.uint8)
+    except TypeError:
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+
+
+def image_to_frame(message: Any) -> np.ndarray:
+    """``sensor_msgs/msg/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) -> RGB uint8 [H, W, 3].
+
+    Rows are read ``step`` bytes apart (padding at the end of each row is skipped); alpha
+    is dropped. Any other encoding, or a size that does not add up, is an ``InputError``.
+    """
+    encoding = str(message.encoding).lower()
+    if encoding not in RAW_ENCODINGS:
+        raise InputError(f"unsupported image encoding {message.encoding!r}; clippy-rt reads "
+                         f"{', '.join(RAW_ENCODINGS)} (and compressed jpeg/png)")
+    channels = RAW_ENCODINGS[encoding]
+    height, width, step = int(message.height), int(message.width), int(message.step)
+    if height <= 0 or width <= 0:
+        raise InputError(f"image message is empty: {width}x{height} pixels")
+    if step < width * channels:
+        raise InputError(f"image step {step} is smaller than width x channels = {width * channels}")
+    data = _bytes(message.data)
+    if data.size < step * height:
+        raise InputError(f"image data holds {data.size} bytes; {height} rows of step {step} "
+                         f"need {step * height}")
+    rows = data[: step * height].reshape(height, step)[:, : width * channels]
+    pixels = rows.reshape(height, width, channels)
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
+    if encoding.startswith("bgr"):
+        return np.ascontiguousarray(pixels[:, :, 2::-1])
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def compressed_to_frame(message: Any) -> np.ndarray:
+    """``sensor_msgs/msg/CompressedImage`` (jpeg or png) -> RGB uint8 [H, W, 3].
+
+    ``format`` may be the plain codec name or image_transport's "bgr8; jpeg compressed bgr8";
+    the colour order of the decoded image is the codec's own, so both give RGB.
+    """
+    from PIL import Image
+
+    from ..images import load_image
+
+    text = str(message.format).lower()
+    if "compresseddepth" in text or not any(name in text for name in COMPRESSED_FORMATS):
+        raise InputError(f"unsupported compressed image format {message.format!r}; clippy-rt reads jpeg and png")
+    payload = _bytes(message.data).tobytes()
+    if not payload:
+        raise InputError("compressed image message holds no data")
+    try:
+        with Image.open(io.BytesIO(payload)) as opened:
+            if opened.format not in ("JPEG", "PNG"):
+                raise InputError(f"compressed image says {message.format!r} but holds {opened.format}")
+            opened.load()
+            picture = load_image(opened)
+    except InputError:
+        raise
+    except Exception as exc:  # PIL's decoders raise many types on bad data
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot decode the compressed image: {first}") from None
+    return np.asarray(picture, dtype=np.uint8)
+
+
+def labels_message(labels: Any, header: Any, n_classes: int) -> Dict[str, Any]:
+    """Labels [H, W] (class indices) -> ``sensor_msgs/msg/Image`` fields, ``mono8`` (``mono16``
+    little-endian above 256 classes), with ``header``'s stamp and frame_id."""
+    array = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
+    if array.ndim != 2:
+        raise InputError(f"labels must be [H, W], got shape {tuple(array.shape)}")
+    if n_classes > 65536:
+        raise InputError(f"{n_classes} classes do not fit a mono16 image")
+    if array.size and (array.min() < 0 or array.max() >= n_classes):
+        raise InputError(f"labels must lie in [0, {n_classes}), got [{array.min()}, {array.max()}]")
+    wide = n_classes > 256
+    pixels = array.astype("<u2" if wide else np.uint8)
+    height, width = pixels.shape
+    return {"header": header_fields(header), "height": height, "width": width,
+            "encoding": "mono16" if wide else "mono8", "is_bigendian": 0,
+            "step": width * (2 if wide else 1), "data": np.ascontiguousarray(pixels).tobytes()}
+
+
+def rgb_message(rgb: np.ndarray, header: Any) -> Dict[str, Any]:
+    """RGB uint8 [H, W, 3] -> ``sensor_msgs/msg/Image`` fields (``rgb8``)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"an rgb8 image must be uint8 [H, W, 3], got {rgb.dtype} {tuple(rgb.shape)}")
+    height, width, _ = rgb.shape
+    return {"header": header_fields(header), "height": height, "width": width, "encoding": "rgb8",
+            "is_bigendian": 0, "step": width * 3, "data": np.ascontiguousarray(rgb).tobytes()}
+
+
+def overlay_message(frame: np.ndarray, labels: Any, classes: Sequence[str], header: Any,
+                    alpha: float = 0.5) -> Dict[str, Any]:
+    """The frame with each pixel tinted by its class (``clippy_rt.visualize.overlay``, no
+    legend, same size as the frame) -> ``rgb8`` Image fields."""
+    from ..visualize import overlay
+
+    picture = overlay(frame, labels, list(classes), alpha, legend=False)
+    return rgb_message(np.asarray(picture, dtype=np.uint8), header)
+
+
+def classes_message(classes: Sequence[str]) -> Dict[str, Any]:
+    """``std_msgs/msg/String`` fields: the class names as a JSON list (pixel value i is
+    ``classes[i]``)."""
+    return {"data": json.dumps(list(classes))}

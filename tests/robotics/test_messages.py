@@ -1,0 +1,123 @@
+"""ROS 2 image messages <-> frames and results."""
+
+from __future__ import annotations
+
+import io
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clippy_rt.errors import InputError
+from clippy_rt.robotics import messages
+from fake_messages import header, raw_image
+
+RGB = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+@pytest.mark.parametrize("pad", [0, 3])
+def test_colour_encodings_give_rgb_and_honour_step(encoding, pad):
+    message = raw_image(RGB, encoding, pad=pad)
+    frame = messages.message_to_frame(message)
+    assert frame.dtype == np.uint8 and frame.flags.c_contiguous
+    np.testing.assert_array_equal(frame, RGB)
+
+
+def test_mono8_is_replicated_to_three_channels():
+    frame = messages.image_to_frame(raw_image(RGB, "mono8", pad=1))
+    np.testing.assert_array_equal(frame, np.repeat(RGB[:, :, :1], 3, axis=2))
+
+
+def test_data_as_array_module_or_numpy_like_rclpy_and_rosbags():
+    import array
+    message = raw_image(RGB, "bgr8")
+    for data in (array.array("B", message.data), np.frombuffer(message.data, np.uint8), list(message.data)):
+        message.data = data
+        np.testing.assert_array_equal(messages.image_to_frame(message), RGB)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(encoding="yuv422"), "unsupported image encoding 'yuv422'"),
+    (dict(encoding="16UC1"), "unsupported image encoding"),
+    (dict(step=20), "step 20 is smaller than width x channels = 21"),
+    (dict(data=b"\x00" * 104), "holds 104 bytes"),
+    (dict(height=0), "empty"),
+])
+def test_bad_raw_images_are_refused(change, match):
+    message = raw_image(RGB, "rgb8")
+    for key, value in change.items():
+        setattr(message, key, value)
+    with pytest.raises(InputError, match=match):
+        messages.image_to_frame(message)
+
+
+def _compressed(picture: Image.Image, codec: str, format_field: str):
+    buffer = io.BytesIO()
+    picture.save(buffer, format=codec, **({"quality": 95} if codec == "JPEG" else {}))
+    return SimpleNamespace(header=header(), format=format_field, data=buffer.getvalue())
+
+
+@pytest.mark.parametrize("format_field", ["png", "bgr8; png compressed bgr8"])
+def test_png_compressed_images_decode_exactly(format_field):
+    frame = messages.message_to_frame(_compressed(Image.fromarray(RGB), "PNG", format_field))
+    np.testing.assert_array_equal(frame, RGB)
+
+
+@pytest.mark.parametrize("format_field", ["jpeg", "rgb8; jpeg compressed bgr8"])
+def test_jpeg_compressed_images_decode_to_rgb(format_field):
+    smooth = np.zeros((32, 48, 3), np.uint8)
+    smooth[..., 0] = 200                      # red: a channel swap would move it to blue
+    smooth[..., 2] = np.linspace(0, 80, 48).astype(np.uint8)
+    frame = messages.message_to_frame(_compressed(Image.fromarray(smooth), "JPEG", format_field))
+    assert frame.shape == (32, 48, 3)
+    assert np.abs(frame.astype(int) - smooth).mean() < 3
+
+
+def test_bad_compressed_images_are_refused():
+    with pytest.raises(InputError, match="unsupported compressed image format"):
+        messages.message_to_frame(SimpleNamespace(header=header(), format="16UC1; compressedDepth", data=b"x"))
+    with pytest.raises(InputError, match="cannot decode"):
+        messages.message_to_frame(SimpleNamespace(header=header(), format="jpeg", data=b"not a jpeg at all"))
+    with pytest.raises(InputError, match="no data"):
+        messages.message_to_frame(SimpleNamespace(header=header(), format="png", data=b""))
+
+
+def test_labels_message_is_mono8_with_the_input_header():
+    labels = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    out = messages.labels_message(labels, header(7, 9, "cam_left"), n_classes=3)
+    assert out["header"] == {"stamp": {"sec": 7, "nanosec": 9}, "frame_id": "cam_left"}
+    assert (out["height"], out["width"], out["encoding"], out["step"], out["is_bigendian"]) == (2, 3, "mono8", 3, 0)
+    assert out["data"] == bytes([0, 1, 2, 2, 1, 0])
+
+
+def test_labels_above_256_classes_are_mono16_little_endian():
+    labels = np.array([[0, 299], [256, 1]])
+    out = messages.labels_message(labels, header(), n_classes=300)
+    assert (out["encoding"], out["step"]) == ("mono16", 4)
+    assert out["data"] == bytes([0, 0, 43, 1, 0, 1, 1, 0])
+
+
+def test_labels_out_of_range_are_refused():
+    with pytest.raises(InputError, match=r"\[0, 3\)"):
+        messages.labels_message(np.array([[0, 3]]), header(), n_classes=3)
+
+
+def test_overlay_message_blends_each_pixel_with_its_class_colour():
+    from clippy_rt.visualize import palette
+
+    labels = np.array([[0, 1, 1, 0, 1, 0, 0]] * 5)
+    out = messages.overlay_message(RGB, labels, ["floor", "person"], header(3, 4))
+    assert (out["encoding"], out["height"], out["width"], out["step"]) == ("rgb8", 5, 7, 21)
+    got = np.frombuffer(out["data"], np.uint8).reshape(5, 7, 3).astype(float)
+    colours = np.array(palette(2), float)
+    expected = np.rint(0.5 * RGB + 0.5 * colours[labels])
+    np.testing.assert_allclose(got, expected, atol=1)
+    assert out["header"]["stamp"] == {"sec": 3, "nanosec": 4}
+
+
+def test_classes_message_is_a_json_list():
+    assert json.loads(messages.classes_message(("floor", "a person"))["data"]) == ["floor", "a person"]
