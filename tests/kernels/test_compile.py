@@ -48,16 +48,17 @@ def patch_logits(dtype, cast):
     return seg_head._patch_logits_kernel, sig, constants
 
 
-def upsample(labels, scores, softmax):
+def bands(labels, scores, softmax, band_y, tile_x, block_k):
     sig = {"labels_ptr": labels, **strides("stride_ob", "stride_oy", "stride_ox", unit="stride_ox"),
            "scores_ptr": "*fp32", **strides("stride_sb", "stride_sy", "stride_sx", unit="stride_sx"),
            "logits_ptr": "*fp32", **strides("stride_lb", "stride_lp", "stride_lk", unit="stride_lk"),
-           "h": I, "w": I, "K": I, "H": I, "W": I,
-           "offset_y": F, "scale_y": F, "offset_x": F, "scale_x": F, "temperature": F,
-           "BLOCK_P": C, "BLOCK_K": C, "WRITE_SCORES": C, "SOFTMAX": C}
-    constants = {"stride_ox": 1, "stride_sx": 1, "stride_lk": 1, "BLOCK_P": 64, "BLOCK_K": 32,
-                 "WRITE_SCORES": scores, "SOFTMAX": softmax}
-    return seg_head._upsample_argmax_kernel, sig, constants
+           "band_start_ptr": "*i32", "band_rows_ptr": "*i32",
+           "row_index_ptr": "*i32", "row_weight_ptr": "*fp32", "col_index_ptr": "*i32", "col_weight_ptr": "*fp32",
+           "h": I, "w": I, "K": I, "W": I, "temperature": F,
+           "BAND_Y": C, "TILE_X": C, "BLOCK_K": C, "WRITE_SCORES": C, "SOFTMAX": C}
+    constants = {"stride_ox": 1, "stride_sx": 1, "stride_lk": 1, "BAND_Y": band_y, "TILE_X": tile_x,
+                 "BLOCK_K": block_k, "WRITE_SCORES": scores, "SOFTMAX": softmax}
+    return seg_head._band_argmax_kernel, sig, constants
 
 
 def pool(dtype):
@@ -89,7 +90,7 @@ def resize(dtype, bgr):
 
 CASES = [
     (90, patch_logits("*fp16", False)), (80, patch_logits("*bf16", False)), (87, patch_logits("*fp32", True)),
-    (90, upsample("*u8", True, True)), (87, upsample("*i32", False, False)),
+    (90, bands("*u8", True, True, 16, 64, 8)), (87, bands("*i32", False, False, 1, 256, 1)),
     (90, pool("*fp16")), (90, pool_finish("*fp16")), (87, resize("*fp16", True)),
 ]
 for capability, (fn, signature, constants) in CASES:
