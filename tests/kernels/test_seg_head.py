@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,31 @@ def make_inputs(batch, h, w, dim, prompts, dtype=torch.float32, device="cpu", se
 def full_logits(patch, text, out_size, window=None):
     """[B, K, H, W] float32 logits from the reference's own building blocks."""
     return upsample_logits_ref(patch_logits_ref(patch, text), out_size, window)
+
+
+@pytest.fixture
+def interpreter_bf16_dot(monkeypatch):
+    """Triton's interpreter stores bfloat16 as uint16 (numpy has no bfloat16) and its tl.dot
+    multiplies those bit patterns; a GPU multiplies the values exactly and accumulates in
+    float32. Patch the interpreter's dot to do the same, so the bfloat16 tl.dot branch can
+    run on CPU. No-op where Triton is compiled or not installed."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def as_float32(handle):
+        if handle.dtype.scalar != tl.bfloat16:
+            return handle
+        data = interpreter._convert_float(handle.data, tl.bfloat16, tl.float32, None).view(np.float32)
+        return interpreter.TensorHandle(data, tl.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, as_float32(a), as_float32(b), d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
 
 
 def assert_same_decisions(labels, scores, ref_labels, ref_scores, gap):
@@ -222,6 +248,11 @@ KERNEL_CASES = [
     (1, 5, 9, 32, 1000, (11, 7), torch.float32, None),
     (2, 7, 7, 32, 21, (23, 31), torch.float32, LETTERBOX),
     (1, 14, 14, 32, 300, (19, 21), torch.bfloat16, (0.2, 0.3, 0.7, 0.65)),
+    # 16x upsampling: bands of 16 rows, the first source row's 24 rows split in two.
+    (1, 4, 3, 32, 21, (64, 48), torch.float32, None),
+    # Non-integer scale factors (23.7 and 13.2 rows per source row), 7 rows per band.
+    (2, 3, 5, 16, 37, (71, 66), torch.float16, None),
+    (1, 5, 4, 16, 150, (61, 47), torch.float32, (0.05, 0.1, 0.95, 0.8)),
 ]
 
 
@@ -290,6 +321,101 @@ def test_kernel_non_contiguous_inputs(kernel_device):
     torch.testing.assert_close((labels, scores), expected, rtol=0, atol=SCORE_ATOL)
 
 
+# Every stage-2 config the launcher offers for the GPU benchmark shapes (448 / 1024 outputs
+# at K = 21 / 150, and a downsampling case with K = 1000).
+BAND_CONFIGS = []
+for _shape in [(16, 21, 448), (16, 150, 1024), (1, 1000, 7)]:
+    BAND_CONFIGS += [c for c in seg_head_module._band_configs(*_shape) if c not in BAND_CONFIGS]
+
+
+@pytest.mark.parametrize("config", BAND_CONFIGS, ids=lambda c: "x{TILE_X}-k{BLOCK_K}-w{num_warps}".format(**c))
+def test_kernel_every_band_config(kernel_device, monkeypatch, config):
+    """Every stage-2 launch config (tile widths, K blocks) gives the reference's results,
+    with softmax scores, a letterbox window and K = 37 (not a multiple of any K block)."""
+    monkeypatch.setattr(seg_head_module, "_band_configs", lambda *args: [config])
+    patch, text = make_inputs(2, 5, 4, 16, 37, device=kernel_device)
+    labels, scores = seg_head_module._seg_head_triton(patch, text, (23, 29), LETTERBOX, True, 30.0)
+    ref_labels, ref_scores = seg_head_ref(patch.cpu(), text.cpu(), (23, 29), window=LETTERBOX,
+                                          return_scores=True, temperature=30.0)
+    gap = top2_gap(full_logits(patch.cpu(), text.cpu(), (23, 29), LETTERBOX))
+    torch.testing.assert_close(labels.cpu()[gap > LABEL_GAP], ref_labels[gap > LABEL_GAP], rtol=0, atol=0)
+    torch.testing.assert_close(scores.cpu(), ref_scores, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, logits_config", [(torch.float32, 0), (torch.float32, 1), (torch.float16, 0),
+                                                  (torch.float16, 1), (torch.float16, 2), (torch.bfloat16, 1)])
+def test_kernel_every_logits_config(kernel_device, interpreter_bf16_dot, dtype, logits_config):
+    """Every stage-1 launch config of the float32 and the half-precision tl.dot branch."""
+    patch, text = make_inputs(2, 7, 5, 80, 21, dtype, kernel_device)  # D = 80: a partial D block
+    logits = torch.empty((2, 35, 21), device=kernel_device)
+    half = seg_head_module._launch_patch_logits(logits, patch, text, half_dot=dtype != torch.float32,
+                                                config_index=logits_config)
+    assert half == (dtype != torch.float32)
+    expected = patch_logits_ref(patch.cpu(), text.cpu()).permute(0, 2, 3, 1).reshape(2, 35, 21)
+    # Products of float16 / bfloat16 values are exact in float32: only the summation order differs.
+    torch.testing.assert_close(logits.cpu(), expected, rtol=0, atol=SCORE_ATOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_half_dot_branch_runs_on_cpu(kernel_device, interpreter_bf16_dot, monkeypatch, dtype):
+    """half_dot=True runs stage 1's tl.dot on the half-precision operands, the branch a GPU
+    takes; a spy on the launches proves CAST_F32 was off and the operands kept their dtype."""
+    launched = []
+    original_jit = seg_head_module.jit
+
+    def spying_jit(fn):
+        kernel = original_jit(fn)
+
+        class Spy:
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    if fn is seg_head_module._patch_logits_kernel:
+                        launched.append((kwargs["CAST_F32"], args[4].dtype, args[9].dtype))
+                    return kernel[grid](*args, **kwargs)
+                return run
+        return Spy()
+
+    monkeypatch.setattr(seg_head_module, "jit", spying_jit)
+    patch, text = make_inputs(2, 6, 7, 48, 21, dtype, kernel_device)
+    labels, scores = seg_head_module._seg_head_triton(patch, text, (37, 29), None, True, None, half_dot=True)
+    assert launched == [(False, dtype, dtype)]
+    ref_labels, ref_scores = seg_head_ref(patch.cpu(), text.cpu(), (37, 29), return_scores=True)
+    assert_same_decisions(labels.cpu(), scores.cpu(), ref_labels, ref_scores,
+                          top2_gap(full_logits(patch.cpu(), text.cpu(), (37, 29))))
+
+
+def test_kernel_offsets_past_2_31_interpreter(tmp_path):
+    """Image 2 of every buffer starts past element 2^31 (sparse memory-mapped files, so
+    only the touched pages exist): 32-bit image offsets would wrap. Both stages must give
+    image 2 the results of the same image computed alone."""
+    if os.environ.get("TRITON_INTERPRET") != "1" or torch.cuda.is_available():
+        pytest.skip("interpreter case (the GPU has test_kernel_offsets_past_2_31)")
+    from tests.kernels.conftest import _triton_interpreting
+    if _triton_interpreting() is False:
+        pytest.skip("triton was imported in compiled mode; the interpreter child run covers this")
+    stride = 2 ** 30 + 64  # elements per image: image 2 starts at 2^31 + 128
+
+    def sparse(name, dtype, shape):
+        storage = torch.from_file(str(tmp_path / name), shared=True, size=3 * stride, dtype=dtype)
+        inner = torch.empty(shape[1:]).stride()
+        return storage.as_strided((3, *shape[1:]), (stride, *inner))
+
+    patch, text = make_inputs(3, 4, 5, 16, 21, seed=3)
+    patch_big = sparse("patch.bin", torch.float32, patch.shape)
+    patch_big.copy_(patch)
+    logits = sparse("logits.bin", torch.float32, (3, 20, 21))
+    seg_head_module._launch_patch_logits(logits, patch_big, text)
+    expected_logits = patch_logits_ref(patch, text).permute(0, 2, 3, 1).reshape(3, 20, 21)
+    torch.testing.assert_close(logits[2], expected_logits[2], rtol=0, atol=SCORE_ATOL)
+
+    labels = sparse("labels.bin", torch.uint8, (3, 37, 41))
+    scores = sparse("scores.bin", torch.float32, (3, 37, 41))
+    seg_head_module._launch_band_argmax(labels, scores, logits, (4, 5), LETTERBOX, None)
+    alone_labels, alone_scores = seg_head_ref(patch[2:], text, (37, 41), window=LETTERBOX, return_scores=True)
+    gap = top2_gap(full_logits(patch[2:], text, (37, 41), LETTERBOX))
+    assert_same_decisions(labels[2:], scores[2:], alone_labels, alone_scores, gap)
+
+
 def test_kernel_empty_batch(kernel_device):
     patch, text = make_inputs(1, 3, 3, 16, 4, device=kernel_device)
     labels, scores = seg_head(patch[:0], text, (5, 5), return_scores=True, backend="triton")
@@ -322,10 +448,10 @@ def test_kernel_sweep_gpu(prompts, dtype, window):
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_kernel_offsets_past_2_31():
-    """9 x 16384 x 16384 labels: the last image starts past element 2^31, so 32-bit
-    offsets would wrap. Its labels must equal those of the same image run alone."""
+    """9 x 16384 x 16400 labels: the last image starts at element 8 * 16384 * 16400 > 2^31,
+    so 32-bit offsets would wrap. Its labels must equal those of the same image run alone."""
     patch, text = make_inputs(9, 4, 4, 64, 5, torch.float16, "cuda")
-    labels, _ = seg_head(patch, text, (16384, 16384), backend="triton")
-    assert labels[8].numel() * 8 > 2 ** 31
-    alone, _ = seg_head(patch[8:], text, (16384, 16384), backend="triton")
+    labels, _ = seg_head(patch, text, (16384, 16400), backend="triton")
+    assert labels[8].storage_offset() == 8 * 16384 * 16400 > 2 ** 31
+    alone, _ = seg_head(patch[8:], text, (16384, 16400), backend="triton")
     assert torch.equal(labels[8], alone[0])
