@@ -84,8 +84,9 @@ def resize(dtype, bgr):
            "index_y_ptr": "*i32", "weight_y_ptr": "*fp32", "index_x_ptr": "*i32", "weight_x_ptr": "*fp32",
            "H": I, "W": I, "taps_y": I, "taps_x": I,
            "scale_0": F, "scale_1": F, "scale_2": F, "bias_0": F, "bias_1": F, "bias_2": F,
-           "BLOCK_P": C, "BGR": C}
-    return preprocess._resize_normalise_kernel, sig, {"stride_ox": 1, "stride_fc": 1, "BLOCK_P": 128, "BGR": bgr}
+           "TILE_Y": C, "TILE_X": C, "BGR": C}
+    return preprocess._resize_normalise_kernel, sig, {"stride_ox": 1, "stride_fc": 1, "TILE_Y": 8, "TILE_X": 64,
+                                                      "BGR": bgr}
 
 
 CASES = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from PIL import Image
 
 from clippy_rt.errors import BackendUnavailableError, InputError
 from clippy_rt.kernels.preprocess import preprocess, preprocess_ref, resample_taps
+
+preprocess_module = importlib.import_module("clippy_rt.kernels.preprocess")
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -113,6 +117,21 @@ def test_kernel_matches_reference(kernel_device, output_tol, batch, in_size, out
     assert got.dtype == dtype and got.shape == expected.shape and got.device == frames.device
     # Values reach about 2 in magnitude: the float32 entry's rtol covers the summation order.
     torch.testing.assert_close(got.cpu(), expected, **output_tol[dtype])
+
+
+@pytest.mark.parametrize("config_index", range(len(preprocess_module.RESIZE_CONFIGS)))
+def test_kernel_every_launch_config(kernel_device, output_tol, config_index):
+    """Every tile shape, on an output that no tile shape divides, shrinking one axis
+    (antialiased, 5 taps) and enlarging the other (2 taps), BGR."""
+    frames = make_frames(2, 37, 9, device=kernel_device)
+    out = torch.empty((2, 3, 13, 70), device=kernel_device)
+    taps = (*resample_taps(37, 13, True), *resample_taps(9, 70, True))
+    taps = tuple(t.to(kernel_device) for t in taps)
+    scales = [1.0 / (255.0 * s) for s in STD]
+    biases = [-m / s for m, s in zip(MEAN, STD)]
+    preprocess_module._launch_resize(out, frames, taps, scales, biases, True, config_index=config_index)
+    expected = preprocess_ref(frames.cpu(), (13, 70), MEAN, STD, bgr=True)
+    torch.testing.assert_close(out.cpu(), expected, **output_tol[torch.float32])
 
 
 def test_kernel_strided_frames_and_single_frame(kernel_device, output_tol):
