@@ -19,6 +19,8 @@ from clippy_rt.errors import BackendUnavailableError, InputError
 from clippy_rt.kernels.native import LIBRARY_NAME, _run_library, library_candidates, load_native, seg_head_native
 from clippy_rt.kernels.seg_head import patch_logits_ref, seg_head_ref, top2_gap, upsample_logits_ref
 
+from test_seg_head import LABEL_GAP, SCORE_ATOL, SOFTMAX_RTOL  # noqa: E402  (tests/kernels is on sys.path)
+
 REPO = Path(__file__).resolve().parents[2]
 LETTERBOX = (0.125, 0.0, 0.875, 1.0)
 
@@ -157,13 +159,13 @@ def test_emulated_kernels_match_reference(emulated_library, batch, h, w, dim, pr
     ref_labels, ref_scores = seg_head_ref(patch, text, out_size, window=window, return_scores=True,
                                           temperature=temperature)
     assert labels.dtype == ref_labels.dtype
-    decided = top2_gap(upsample_logits_ref(patch_logits_ref(patch, text), out_size, window)) > 1e-5
+    decided = top2_gap(upsample_logits_ref(patch_logits_ref(patch, text), out_size, window)) > LABEL_GAP
     assert decided.float().mean().item() > 0.9
     torch.testing.assert_close(labels[decided], ref_labels[decided], rtol=0, atol=0)
     if temperature is None:
-        torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(scores, ref_scores, rtol=0, atol=SCORE_ATOL)
     else:
-        torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(scores, ref_scores, rtol=SOFTMAX_RTOL, atol=1e-7)
     labels_only, no_scores = _run_library(library, patch, text, out_size, window, False, temperature, None)
     assert no_scores is None and torch.equal(labels_only, labels)
 
@@ -201,10 +203,10 @@ def test_native_matches_reference_gpu(native_library, dtype, prompts, window, te
     ref_labels, ref_scores = seg_head_ref(patch, text, out_size, window=window, return_scores=True,
                                           temperature=temperature)
     assert labels.dtype == ref_labels.dtype
-    decided = top2_gap(upsample_logits_ref(patch_logits_ref(patch, text), out_size, window)) > 1e-5
+    decided = top2_gap(upsample_logits_ref(patch_logits_ref(patch, text), out_size, window)) > LABEL_GAP
     assert decided.float().mean().item() > 0.9
     torch.testing.assert_close(labels[decided], ref_labels[decided], rtol=0, atol=0)
     if temperature is None:
-        torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(scores, ref_scores, rtol=0, atol=SCORE_ATOL)
     else:
-        torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(scores, ref_scores, rtol=SOFTMAX_RTOL, atol=1e-7)

@@ -18,10 +18,16 @@ from clippy_rt.kernels.seg_head import (patch_logits_ref, seg_head, seg_head_ref
                                         seg_head_reference_procedure, top2_gap, upsample_logits_ref)
 
 # Seg-head arithmetic is float32 whatever the input dtype, so kernel and reference differ
-# only by float32 summation order: scores agree to SCORE_ATOL, and labels agree wherever
-# the reference's top-2 gap exceeds LABEL_GAP.
-SCORE_ATOL = 1e-5
-LABEL_GAP = 1e-5
+# only by float32 summation order and FMA contraction. Measured with the interpreter over
+# KERNEL_CASES (D up to 768, K up to 1000): scores within 3.0e-7 of the reference; the CUDA
+# kernels run through host emulation: within 4.8e-7. SCORE_ATOL is about 4x the larger.
+# Labels must agree wherever the reference's top-2 gap exceeds the error two logits can
+# have between them (LABEL_GAP).
+SCORE_ATOL = 2e-6
+LABEL_GAP = 2 * SCORE_ATOL
+# Softmax scores: temperature (up to 100 here) multiplies a logit error inside exp(), so
+# relative errors reach temperature x SCORE_ATOL = 2e-4 in principle; measured 3.7e-7 on CPU.
+SOFTMAX_RTOL = 2e-4
 
 # The package exports the function `seg_head`, which shadows the submodule attribute.
 seg_head_module = importlib.import_module("clippy_rt.kernels.seg_head")
@@ -276,7 +282,7 @@ def test_kernel_softmax_scores(kernel_device, prompts, temperature):
     gap = top2_gap(full_logits(patch.cpu(), text.cpu(), (19, 13), LETTERBOX))
     decided = gap > LABEL_GAP
     torch.testing.assert_close(labels.cpu()[decided], ref_labels[decided], rtol=0, atol=0)
-    torch.testing.assert_close(scores.cpu(), ref_scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(scores.cpu(), ref_scores, rtol=SOFTMAX_RTOL, atol=1e-7)
     assert (scores > 0).all() and (scores <= 1).all()
 
 
@@ -339,7 +345,7 @@ def test_kernel_every_band_config(kernel_device, monkeypatch, config):
                                           return_scores=True, temperature=30.0)
     gap = top2_gap(full_logits(patch.cpu(), text.cpu(), (23, 29), LETTERBOX))
     torch.testing.assert_close(labels.cpu()[gap > LABEL_GAP], ref_labels[gap > LABEL_GAP], rtol=0, atol=0)
-    torch.testing.assert_close(scores.cpu(), ref_scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(scores.cpu(), ref_scores, rtol=SOFTMAX_RTOL, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype, logits_config", [(torch.float32, 0), (torch.float32, 1), (torch.float16, 0),
@@ -390,8 +396,9 @@ def test_kernel_offsets_past_2_31_interpreter(tmp_path):
     image 2 the results of the same image computed alone."""
     if os.environ.get("TRITON_INTERPRET") != "1" or torch.cuda.is_available():
         pytest.skip("interpreter case (the GPU has test_kernel_offsets_past_2_31)")
-    from tests.kernels.conftest import _triton_interpreting
-    if _triton_interpreting() is False:
+    pytest.importorskip("triton", reason="triton is not installed")
+    from clippy_rt.kernels._triton_support import triton_interpreting
+    if not triton_interpreting():
         pytest.skip("triton was imported in compiled mode; the interpreter child run covers this")
     stride = 2 ** 30 + 64  # elements per image: image 2 starts at 2^31 + 128
 
