@@ -157,10 +157,13 @@ def check_out_size(out_size) -> Tuple[int, int]:
 
 # Best launch configuration per (kernel, shape class), chosen once per process on the GPU.
 _tuned: Dict[Tuple, int] = {}
+# Launches smaller than this (elements of work, as the launcher counts them) take the
+# default config: they are bound by launch latency, and tuning them only costs compiles.
+TUNE_MIN_WORK = 1 << 22
 
 
 def launch_tuned(key: Tuple, configs, launch: Callable[[dict], None], interpreting: bool,
-                 config_index: Optional[int] = None) -> int:
+                 config_index: Optional[int] = None, work: int = TUNE_MIN_WORK) -> int:
     """Run ``launch(config)`` with the best of a small config set; returns the index used.
 
     ``configs`` are dicts of meta-parameters (constexprs and ``num_warps``); every config
@@ -168,13 +171,14 @@ def launch_tuned(key: Tuple, configs, launch: Callable[[dict], None], interpreti
     call for ``key`` on a GPU each config is launched (compiling it), timed with CUDA events
     over a few repeats, and the fastest is kept for the process; the outputs are those of
     the last launch, which are complete and correct. The interpreter, and a call during
-    CUDA-graph capture before ``key`` was tuned, use ``configs[0]`` (capture cannot time).
-    ``config_index`` forces one config (tests sweep every config this way).
+    CUDA-graph capture before ``key`` was tuned, use ``configs[0]`` (capture cannot time),
+    as do launches with less than TUNE_MIN_WORK ``work``. ``config_index`` forces one
+    config (tests sweep every config this way).
     """
     if config_index is not None:
         launch(configs[config_index])
         return config_index
-    if interpreting or len(configs) == 1:
+    if interpreting or len(configs) == 1 or (work < TUNE_MIN_WORK and key not in _tuned):
         launch(configs[0])
         return 0
     best = _tuned.get(key)

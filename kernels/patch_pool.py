@@ -207,4 +207,4 @@ def _launch_pool(patch, pooled, tokens, num_prefix, include_cls, config_index=No
     configs = _pool_configs(num_tokens, dim)
     key = ("patch_pool", tokens.dtype, next_power_of_2(dim), num_tokens > 1024, batch >= 8)
     with device_guard(tokens):
-        launch_tuned(key, configs, launch, not tokens.is_cuda, config_index)
+        launch_tuned(key, configs, launch, not tokens.is_cuda, config_index, work=tokens.numel())

@@ -259,4 +259,4 @@ def _launch_resize(out, batch, taps, scales, biases, bgr, config_index=None) -> 
 
     key = ("preprocess", out.dtype, index_y.shape[1] > 2 or index_x.shape[1] > 2, width >= 512)
     with device_guard(out):
-        launch_tuned(key, RESIZE_CONFIGS, launch, not out.is_cuda, config_index)
+        launch_tuned(key, RESIZE_CONFIGS, launch, not out.is_cuda, config_index, work=out.numel())

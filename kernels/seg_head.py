@@ -509,7 +509,7 @@ def _launch_patch_logits(logits, patch_features, text_embeds, half_dot=None, con
         )
 
     key = ("seg_head.logits", patch_features.dtype, text_embeds.dtype, rows > 4096, block_n, dim > 256)
-    launch_tuned(key, configs, launch, not patch_features.is_cuda, config_index)
+    launch_tuned(key, configs, launch, not patch_features.is_cuda, config_index, work=rows * dim * num_prompts)
     return use_half
 
 
@@ -537,7 +537,7 @@ def _launch_band_argmax(labels, scores, logits, grid_size, window, temperature, 
 
     key = ("seg_head.bands", taps.band_y, next_power_of_2(num_prompts), width >= 256, scores is not None,
            temperature is not None)
-    launch_tuned(key, configs, launch, not logits.is_cuda, config_index)
+    launch_tuned(key, configs, launch, not logits.is_cuda, config_index, work=labels.numel() * num_prompts)
 
 
 def _logits_configs(num_prompts: int, cast_f32: bool):

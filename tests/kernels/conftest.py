@@ -44,6 +44,16 @@ OUTPUT_TOLERANCES = {
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
+@pytest.fixture(autouse=True)
+def default_launch_configs(monkeypatch):
+    """Kernels launch with their default config here, so a GPU run compiles one variant per
+    shape class instead of timing every config of every test shape; the config-sweep tests
+    pick each config explicitly, and test_tuning_* covers the tuner itself."""
+    from clippy_rt.kernels import _triton_support
+
+    monkeypatch.setattr(_triton_support, "TUNE_MIN_WORK", float("inf"))
+
+
 @pytest.fixture
 def output_tol():
     """dtype -> assert_close keyword arguments for outputs stored in that dtype."""

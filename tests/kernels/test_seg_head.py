@@ -423,6 +423,37 @@ def test_kernel_offsets_past_2_31_interpreter(tmp_path):
     assert_same_decisions(labels[2:], scores[2:], alone_labels, alone_scores, gap)
 
 
+def test_tuning_choices_without_a_gpu():
+    """Interpreter, forced and small launches take their config without timing anything."""
+    from clippy_rt.kernels import _triton_support
+
+    configs = [dict(a=0), dict(a=1), dict(a=2)]
+    ran = []
+    assert _triton_support.launch_tuned(("t",), configs, ran.append, interpreting=True) == 0
+    assert _triton_support.launch_tuned(("t",), configs, ran.append, interpreting=False, config_index=2) == 2
+    assert _triton_support.launch_tuned(("t",), configs, ran.append, interpreting=False, work=10) == 0
+    assert ran == [dict(a=0), dict(a=2), dict(a=0)]
+    assert ("t",) not in _triton_support._tuned
+
+
+@pytest.mark.gpu
+def test_tuning_on_gpu_keeps_results(monkeypatch):
+    """The tuner times every config on first use, keeps the fastest, and the outputs are
+    those of a complete launch."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU; none on this machine")
+    from clippy_rt.kernels import _triton_support
+
+    monkeypatch.setattr(_triton_support, "TUNE_MIN_WORK", 0)
+    monkeypatch.setattr(_triton_support, "_tuned", {})
+    patch, text = make_inputs(2, 14, 14, 768, 150, torch.float16, "cuda")
+    labels, scores = seg_head(patch, text, (224, 224), window=LETTERBOX, return_scores=True, backend="triton")
+    assert {key[0] for key in _triton_support._tuned} == {"seg_head.logits", "seg_head.bands"}
+    ref_labels, ref_scores = seg_head_ref(patch, text, (224, 224), window=LETTERBOX, return_scores=True)
+    assert_same_decisions(labels, scores, ref_labels, ref_scores,
+                          top2_gap(full_logits(patch, text, (224, 224), LETTERBOX)))
+
+
 def test_kernel_empty_batch(kernel_device):
     patch, text = make_inputs(1, 3, 3, 16, 4, device=kernel_device)
     labels, scores = seg_head(patch[:0], text, (5, 5), return_scores=True, backend="triton")
