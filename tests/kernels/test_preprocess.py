@@ -52,6 +52,33 @@ def test_taps_reproduce_interpolate(in_size, out_size, antialias):
     torch.testing.assert_close(resampled, expected, rtol=0, atol=1e-6)
 
 
+def bilinear_numpy(image, out_h, out_w):
+    """Two-tap bilinear resampling (align_corners=False, edge clamping) in float64 numpy,
+    written from the formula: src = (dst + 0.5) * in / out - 0.5, clamped at 0."""
+    def axis(size_in, size_out):
+        src = np.maximum((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0.0)
+        first = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+        second = np.minimum(first + 1, size_in - 1)
+        frac = np.clip(src - first, 0.0, 1.0)
+        return first, second, frac
+
+    y0, y1, fy = axis(image.shape[0], out_h)
+    x0, x1, fx = axis(image.shape[1], out_w)
+    rows = image[y0] * (1 - fy)[:, None, None] + image[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+def test_ref_resamples_at_exact_coordinates():
+    """1920 -> 448 columns: the reference equals float64 bilinear resampling to 1e-6 after
+    normalisation. F.interpolate on float32 pixels computes its source coordinates in
+    float32 and is off by up to 3.6e-4 here; the Triton kernel's taps are exact."""
+    frame = make_frames(1, 5, 1920, seed=4)[0]
+    got = preprocess_ref(frame, (3, 448), MEAN, STD, antialias=False)[0].permute(1, 2, 0).double()
+    expected = (bilinear_numpy(frame.numpy().astype(np.float64), 3, 448) / 255 - np.array(MEAN)) / np.array(STD)
+    # float32 output of values up to about 2.6: one rounding is at most 1.2e-7.
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("in_size, out_size", [(97, 131), (64, 64), (480, 224), (40, 97)])
 def test_ref_close_to_pil_bilinear(in_size, out_size):
     """PIL rounds to uint8 after each pass, so it differs by under about one level."""

@@ -296,9 +296,12 @@ def test_kernel_without_scores_and_label_dtypes(kernel_device):
         torch.testing.assert_close(labels.cpu()[gap > LABEL_GAP], ref_labels[gap > LABEL_GAP], rtol=0, atol=0)
 
 
-def test_kernel_planted_ties_go_to_lowest_index(kernel_device):
+@pytest.mark.parametrize("block_k", [8, 16, 64])
+def test_kernel_planted_ties_go_to_lowest_index(kernel_device, monkeypatch, block_k):
     """Duplicated prompts give bit-identical logits; the lower index must win, within a K
-    block (5 and 9) and across K blocks (3 and 35)."""
+    block (5 and 9) and, for K blocks of 8 and 16, across K blocks (3 and 35)."""
+    monkeypatch.setattr(seg_head_module, "_band_configs",
+                        lambda *args: [dict(TILE_X=16, BLOCK_K=block_k, num_warps=4)])
     patch, text = make_inputs(1, 6, 6, 32, 40)
     text[9] = text[5]
     text[35] = text[3]
