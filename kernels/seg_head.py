@@ -51,9 +51,11 @@ BLOCK_K prompts it gathers rows i0 and i1 at its columns' two neighbours j0 and 
 l0_y * top + l1_y * bottom in registers and folds them into a running max / argmax (and
 the running sum of exp(temperature * (logit - max)) for softmax scores) per pixel. So a
 patch-logit row is fetched once per band instead of once per output pixel (BAND_Y = 16
-times fewer loads at 16x upsampling), the arithmetic per pixel and prompt is two FMAs
-plus the max / argmax, and labels are written as [BAND_Y, TILE_X] tiles, contiguous
-along x. [B, K, H, W] never exists.
+times fewer loads at 16x upsampling), the arithmetic per pixel and prompt is one FMA
+(top + l1_y * (bottom - top)) plus the max / argmax, and labels are written as
+[BAND_Y, TILE_X] tiles, contiguous along x. [B, K, H, W] never exists. The config set
+includes BLOCK_K = 1, where the max / argmax is a purely elementwise update per prompt
+(no reduction across lanes); the tuner picks per shape class.
 
 The per-axis taps (source index i0 and weight l1 of every output row and column, the
 module formula in float32, the same code as the torch reference's window path) and the
@@ -178,7 +180,6 @@ def _band_argmax_kernel(
     i0 = tl.load(row_index_ptr + row_start)  # the same for every row of the band
     i1 = tl.minimum(i0 + 1, h - 1)
     ly1 = tl.load(row_weight_ptr + y, mask=mask_r, other=0.0)
-    ly0 = 1.0 - ly1
 
     offs_x = pid_x.to(tl.int64) * TILE_X + tl.arange(0, TILE_X)
     mask_x = offs_x < W
@@ -208,7 +209,9 @@ def _band_argmax_kernel(
         a11 = tl.load(row11 + col, mask=mask, other=0.0)
         top = lx0[:, None] * a00 + lx1[:, None] * a01      # [TILE_X, BLOCK_K], source row i0
         bottom = lx0[:, None] * a10 + lx1[:, None] * a11   # source row i1
-        val = ly0[:, None, None] * top[None, :, :] + ly1[:, None, None] * bottom[None, :, :]
+        # l0 * top + l1 * bottom as one FMA per pixel and prompt (equal up to rounding).
+        step = bottom - top
+        val = top[None, :, :] + ly1[:, None, None] * step[None, :, :]
         val = tl.where(mask_k[None, None, :], val, float("-inf"))
 
         block_max = tl.max(val, axis=2)                    # [BAND_Y, TILE_X]
@@ -555,7 +558,7 @@ def _logits_configs(num_prompts: int, cast_f32: bool):
 def _band_configs(band_y: int, num_prompts: int, width: int):
     """Stage-2 launch configs (first: the default): (TILE_X, BLOCK_K, warps) with at most
     16k float32 values in a [BAND_Y, TILE_X, BLOCK_K] tile; short bands or narrow outputs
-    get wider tiles or larger K blocks instead."""
+    get wider tiles or larger K blocks instead; last, two one-prompt-per-step configs."""
     block_k_cap = next_power_of_2(num_prompts)
     tile_x_cap = max(16, next_power_of_2(width))
     widen = max(1, 16 // band_y)
@@ -564,6 +567,11 @@ def _band_configs(band_y: int, num_prompts: int, width: int):
         tile_x = min(tile_x * widen, 256, tile_x_cap)
         block_k = min(max(block_k, 8192 // (band_y * tile_x)), 64, block_k_cap)
         config = dict(TILE_X=tile_x, BLOCK_K=block_k, num_warps=warps)
+        if config not in configs:
+            configs.append(config)
+    # One prompt per step: no reduction across lanes, every update elementwise in registers.
+    for tile_x, warps in [(64, 4), (128, 8)]:
+        config = dict(TILE_X=min(tile_x * widen, 256, tile_x_cap), BLOCK_K=1, num_warps=warps)
         if config not in configs:
             configs.append(config)
     return configs

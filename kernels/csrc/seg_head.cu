@@ -11,8 +11,8 @@
 // 3. band_argmax_kernel: one block per (source row i, 32 output columns, image). For each
 //    chunk of 32 prompts the block gathers source rows i and min(i + 1, h - 1) at its
 //    columns' two neighbours and interpolates them along x once into shared memory
-//    (top / bottom, [32 prompts][32 columns]); each thread then owns one column and up to
-//    four rows of the band and blends top and bottom per row, keeping a running max /
+//    (top and bottom - top, [32 prompts][32 columns]); each thread then owns one column and
+//    up to four rows of the band and blends them per row with one FMA, keeping a running max /
 //    argmax (and the running sum of exponentials for softmax scores) in registers. A
 //    patch-logit row is fetched once per band rather than once per output pixel, and
 //    labels are written coalesced along x. [B, K, H, W] never exists.
@@ -194,7 +194,7 @@ __global__ void band_argmax_kernel(LabelT* __restrict__ labels, float* __restric
     // [prompt][column]: a thread reads its own column (no bank conflict; threads of one
     // column share a word); the fill writes consecutive prompts, 33 words apart.
     __shared__ float top[kChunkK][kTileX + 1];
-    __shared__ float bottom[kChunkK][kTileX + 1];
+    __shared__ float step[kChunkK][kTileX + 1];  // bottom - top
     __shared__ int col_j0[kTileX];
     __shared__ int col_j1[kTileX];
     __shared__ float col_l1[kTileX];
@@ -256,16 +256,17 @@ __global__ void band_argmax_kernel(LabelT* __restrict__ labels, float* __restric
                     lower_value = w0 * lower[j0] + w1 * lower[j1];
                 }
                 top[k][column] = upper_value;
-                bottom[k][column] = lower_value;
+                step[k][column] = lower_value - upper_value;
             }
             __syncthreads();
             const int chunk = min(kChunkK, num_prompts - k0);
             for (int k = 0; k < chunk; ++k) {
                 const float upper_value = top[k][tx];
-                const float lower_value = bottom[k][tx];
+                const float step_value = step[k][tx];
 #pragma unroll
                 for (int r = 0; r < kRowsPerThread; ++r) {
-                    const float value = (1.0f - l1[r]) * upper_value + l1[r] * lower_value;
+                    // l0 * top + l1 * bottom as one FMA (equal up to rounding).
+                    const float value = upper_value + l1[r] * step_value;
                     if (value > best[r]) {  // strict: ties keep the lowest k, as torch.argmax
                         if (softmax) {
                             sum_exp[r] = sum_exp[r] * expf(temperature * (best[r] - value)) + 1.0f;
