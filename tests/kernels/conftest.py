@@ -31,12 +31,14 @@ HERE = Path(__file__).resolve().parent
 
 # Outputs stored in the input dtype (patch_pool, preprocess). float32: measured with the
 # interpreter, preprocess within 6.0e-7 of its reference (values up to about 2.6) and
-# patch_pool within 2.2e-8; atol is about 3x the larger. float16 / bfloat16: kernel and
+# patch_pool within 2.2e-8; on the GPU sweep's shapes (up to 60 taps per pixel) the
+# kernel's float32 summation order, replayed with torch on CPU, is within 9.5e-7 of the
+# reference; atol is about 3x that. float16 / bfloat16: kernel and
 # reference may round a float32 value that sits near a rounding boundary to neighbouring
 # values, one ulp apart: 2^-10 (float16) and 2^-7 (bfloat16) relative; bfloat16 measured
 # 7.8e-3 (one ulp), float16 6.1e-5.
 OUTPUT_TOLERANCES = {
-    torch.float32: dict(atol=2e-6, rtol=0.0),
+    torch.float32: dict(atol=3e-6, rtol=0.0),
     torch.float16: dict(atol=1e-3, rtol=1e-3),
     torch.bfloat16: dict(atol=8e-3, rtol=8e-3),
 }
