@@ -92,6 +92,7 @@ def resize(dtype, bgr):
 CASES = [
     (90, patch_logits("*fp16", False)), (80, patch_logits("*bf16", False)), (87, patch_logits("*fp32", True)),
     (90, bands("*u8", True, True, 16, 64, 8)), (87, bands("*i32", False, False, 1, 256, 1)),
+    (90, bands("*u8", False, False, 16, 128, 1)), (80, bands("*u8", True, False, 8, 32, 16)),
     (90, pool("*fp16")), (90, pool_finish("*fp16")), (87, resize("*fp16", True)),
 ]
 for capability, (fn, signature, constants) in CASES:
@@ -106,4 +107,4 @@ def test_kernels_compile_for_nvidia_targets():
     env = dict(os.environ, TRITON_INTERPRET="0")
     result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("compiled ") == 8
+    assert result.stdout.count("compiled ") == 10
