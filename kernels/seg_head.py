@@ -614,7 +614,10 @@ def _band_starts(row_index: torch.Tensor, band_y: int):
 
 @functools.lru_cache(maxsize=64)
 def _band_tables(h, w, height, width, window, device) -> _BandTables:
-    """_BandTables, cached: an engine calls with a few (grid, output, window) combinations."""
+    """_BandTables, cached: an engine calls with a few (grid, output, window) combinations.
+
+    Building one copies small tables to the device, which a CUDA graph cannot capture: a
+    warm-up call with the same shapes before capture fills the cache."""
     return _BandTables(h, w, height, width, window, device)
 
 
