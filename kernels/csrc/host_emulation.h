@@ -3,7 +3,8 @@
 // the half types and dim3 to host code): every block runs in turn, each of its threads as a
 // std::thread, __syncthreads() is a std::barrier, __shared__ variables are statics (one
 // block at a time uses them), and a thread that returns drops out of the barrier as an
-// exited CUDA thread does. Pointers passed to the entry points are host pointers.
+// exited CUDA thread does; nvcuda::wmma is emulated per warp-wide tile. Pointers passed to
+// the entry points are host pointers.
 #ifndef CLIPPY_RT_HOST_EMULATION_H
 #define CLIPPY_RT_HOST_EMULATION_H
 
@@ -68,6 +69,74 @@ void launch(dim3 grid, dim3 block, Body body) {
 #define gridDim (::clippy_emulation::grid_dim)
 
 inline void __syncthreads() { clippy_emulation::block_barrier->arrive_and_wait(); }
+
+// nvcuda::wmma for 16 x 16 x 16 tiles. Each emulated thread holds the whole tile and
+// computes the warp's result itself; only lane 0 of the warp stores it.
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+    float x[16 * 16];  // element (r, c) of the 16 x 16 tile at x[16 r + c]
+};
+
+inline float to_float_emulated(float value) { return value; }
+inline float to_float_emulated(__half value) { return __half2float(value); }
+inline float to_float_emulated(__nv_bfloat16 value) { return __bfloat162float(value); }
+
+template <typename Use, typename T, typename Layout>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float value) {
+    std::fill(f.x, f.x + 256, value);
+}
+
+template <typename T>
+void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, const T* p, unsigned ldm) {
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c) f.x[16 * r + c] = to_float_emulated(p[r * ldm + c]);
+}
+
+template <typename T>
+void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major>& f, const T* p, unsigned ldm) {
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c) f.x[16 * r + c] = to_float_emulated(p[c * ldm + r]);
+}
+
+template <typename T>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, row_major>& a,
+              const fragment<matrix_b, 16, 16, 16, T, col_major>& b,
+              const fragment<accumulator, 16, 16, 16, float>& c) {
+    float result[256];
+    for (int r = 0; r < 16; ++r) {
+        for (int col = 0; col < 16; ++col) {
+            float sum = c.x[16 * r + col];
+            for (int k = 0; k < 16; ++k) sum += a.x[16 * r + k] * b.x[16 * k + col];
+            result[16 * r + col] = sum;
+        }
+    }
+    std::copy(result, result + 256, d.x);
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+    const unsigned lane = (::clippy_emulation::thread_index.x +
+                           ::clippy_emulation::block_dim.x * (::clippy_emulation::thread_index.y +
+                                                              ::clippy_emulation::block_dim.y *
+                                                                  ::clippy_emulation::thread_index.z)) % 32;
+    if (lane != 0) return;
+    for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c)
+            p[layout == mem_row_major ? r * ldm + c : c * ldm + r] = f.x[16 * r + c];
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
 
 #define CLIPPY_LAUNCH(kernel, grid, block, stream, ...) \
     ::clippy_emulation::launch((grid), (block), [&] { kernel(__VA_ARGS__); })

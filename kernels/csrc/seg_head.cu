@@ -2,7 +2,9 @@
 // design as the Triton kernels (clippy_rt/kernels/seg_head.py, module docstring):
 //
 // 1. patch_logits_kernel: the float32 patch logits [B, h*w, K] (K contiguous), a
-//    register-tiled matmul (64 x 64 outputs per block of 16 x 16 threads, 4 x 4 each).
+//    register-tiled matmul (64 x 64 outputs per block of 16 x 16 threads, 4 x 4 each);
+//    patch_logits_mma_kernel: the same with tensor cores (WMMA) for float16 / bfloat16
+//    operands of one dtype on sm_80 and newer.
 // 2. axis_taps_kernel / row_begin_kernel: the per-axis taps (source index i0 and weight
 //    l1 of every output row and column, F.interpolate's formula in float32 with every
 //    operation rounded as torch's CPU code rounds it) and, for every source row i, the
@@ -25,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #ifdef CLIPPY_RT_HOST_EMULATION
 #include "host_emulation.h"
@@ -32,6 +35,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #define CLIPPY_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
 static std::string clippy_launch_error() {
     const cudaError_t error = cudaGetLastError();
@@ -143,6 +147,78 @@ __global__ void patch_logits_kernel(float* __restrict__ logits, const PatchT* __
             }
         }
     }
+}
+
+// The same logits with tensor cores, for float16 or bfloat16 patch features and text of one
+// dtype on sm_80 and newer: 64 x 64 outputs per block of 4 warps, each warp 32 x 32 as
+// 2 x 2 WMMA tiles of 16 x 16 x 16 with float32 accumulators. Products of half values are
+// exact in float32, so only the summation order differs from the kernel above.
+constexpr int kMmaThreads = 128;
+
+template <typename HalfT>
+__global__ void patch_logits_mma_kernel(float* __restrict__ logits, const HalfT* __restrict__ patch,
+                                        const HalfT* __restrict__ text, int64_t rows, int dim, int num_prompts) {
+#if defined(CLIPPY_RT_HOST_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+    using namespace nvcuda;
+    constexpr int kMmaLd = kTileD + 8;  // staged row length in halves: 48 bytes, a multiple of 16
+    // WMMA loads and stores need 32-byte aligned tile pointers: every tile below starts at
+    // a multiple of 16 rows of 48 bytes, or of 16 x 272 bytes plus 64-byte column steps.
+    __shared__ __align__(32) HalfT patch_tile[kTileM][kMmaLd];  // A, row-major [m][d]
+    __shared__ __align__(32) HalfT text_tile[kTileN][kMmaLd];   // B = text^T, column-major [n][d]
+    __shared__ __align__(32) float out_tile[kTileM][kTileN + 4];
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int warp_m = (warp / 2) * 32;
+    const int warp_n = (warp % 2) * 32;
+    const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileM;
+    const int k0 = blockIdx.y * kTileN;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 2; ++j) {
+            wmma::fill_fragment(acc[i][j], 0.0f);
+        }
+    }
+    const HalfT zero = HalfT(0.0f);
+    for (int d0 = 0; d0 < dim; d0 += kTileD) {
+        for (int e = tid; e < kTileM * kTileD; e += kMmaThreads) {
+            const int m = e / kTileD;
+            const int d = e % kTileD;
+            const int64_t row = row0 + m;
+            const int k = k0 + m;
+            patch_tile[m][d] = (row < rows && d0 + d < dim) ? patch[row * dim + d0 + d] : zero;
+            text_tile[m][d] = (k < num_prompts && d0 + d < dim) ? text[static_cast<int64_t>(k) * dim + d0 + d] : zero;
+        }
+        __syncthreads();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, HalfT, wmma::row_major> a[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, HalfT, wmma::col_major> b[2];
+        for (int i = 0; i < 2; ++i) {
+            wmma::load_matrix_sync(a[i], &patch_tile[warp_m + 16 * i][0], kMmaLd);
+            wmma::load_matrix_sync(b[i], &text_tile[warp_n + 16 * i][0], kMmaLd);
+        }
+        for (int i = 0; i < 2; ++i) {
+            for (int j = 0; j < 2; ++j) {
+                wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+            }
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 2; ++j) {
+            wmma::store_matrix_sync(&out_tile[warp_m + 16 * i][warp_n + 16 * j], acc[i][j], kTileN + 4,
+                                    wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+    // Partial tiles: only rows and prompts that exist are written, K-contiguous.
+    for (int e = tid; e < kTileM * kTileN; e += kMmaThreads) {
+        const int m = e / kTileN;
+        const int n = e % kTileN;
+        const int64_t row = row0 + m;
+        if (row < rows && k0 + n < num_prompts) {
+            logits[row * num_prompts + k0 + n] = out_tile[m][n];
+        }
+    }
+#endif
 }
 
 // index[dst] = i0, weight[dst] = l1 of one axis:
@@ -296,14 +372,37 @@ __global__ void band_argmax_kernel(LabelT* __restrict__ labels, float* __restric
     }
 }
 
+// Whether the current device has the sm_80 tensor-core instructions the MMA kernel uses.
+bool tensor_cores_available() {
+#ifdef CLIPPY_RT_HOST_EMULATION
+    return true;  // the emulation runs the MMA kernel whenever a real GPU would
+#else
+    int device = 0;
+    int major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+        return false;
+    }
+    return major >= 8;
+#endif
+}
+
 template <typename PatchT, typename TextT>
 void launch_patch_logits(float* logits, const void* patch, const void* text, int64_t rows, int dim,
                          int num_prompts, cudaStream_t stream) {
-    const dim3 block(16, 16);
     const dim3 grid(static_cast<unsigned>((rows + kTileM - 1) / kTileM),
                     static_cast<unsigned>((num_prompts + kTileN - 1) / kTileN));
+    constexpr bool same_half = std::is_same<PatchT, TextT>::value && !std::is_same<PatchT, float>::value;
+    if constexpr (same_half) {
+        if (tensor_cores_available()) {
+            auto kernel = patch_logits_mma_kernel<PatchT>;
+            CLIPPY_LAUNCH(kernel, grid, dim3(kMmaThreads), stream, logits, static_cast<const PatchT*>(patch),
+                          static_cast<const TextT*>(text), rows, dim, num_prompts);
+            return;
+        }
+    }
     auto kernel = patch_logits_kernel<PatchT, TextT>;
-    CLIPPY_LAUNCH(kernel, grid, block, stream, logits, static_cast<const PatchT*>(patch),
+    CLIPPY_LAUNCH(kernel, grid, dim3(16, 16), stream, logits, static_cast<const PatchT*>(patch),
                   static_cast<const TextT*>(text), rows, dim, num_prompts);
 }
 

@@ -141,7 +141,7 @@ EMULATED_CASES = [
     (2, 3, 4, 40, 21, (48, 64), torch.float32, None, None),
     (1, 1, 2, 16, 5, (75, 9), torch.float32, None, 30.0),
     (1, 9, 7, 24, 33, (5, 4), torch.float32, None, None),
-    (1, 4, 5, 32, 70, (61, 47), torch.float16, LETTERBOX, None),
+    (2, 7, 6, 40, 70, (61, 47), torch.float16, LETTERBOX, None),
     (2, 3, 3, 16, 300, (23, 17), torch.bfloat16, (0.2, 0.3, 0.7, 0.65), 100.0),
     (1, 5, 3, 20, 1, (13, 40), torch.float32, None, None),
 ]
@@ -168,6 +168,22 @@ def test_emulated_kernels_match_reference(emulated_library, batch, h, w, dim, pr
         torch.testing.assert_close(scores, ref_scores, rtol=SOFTMAX_RTOL, atol=1e-7)
     labels_only, no_scores = _run_library(library, patch, text, out_size, window, False, temperature, None)
     assert no_scores is None and torch.equal(labels_only, labels)
+
+
+@pytest.mark.parametrize("patch_dtype, text_dtype", [(torch.float16, torch.float32), (torch.bfloat16, torch.float16)])
+def test_emulated_mixed_dtypes(emulated_library, patch_dtype, text_dtype):
+    """Mixed operand dtypes take the float32 SIMT matmul (one dtype of half operands takes
+    the tensor-core kernel, covered above); both against the reference, D = 80 (a partial
+    16-channel step) and 70 prompts (a partial 64-prompt tile)."""
+    library = load_native(emulated_library)
+    generator = torch.Generator().manual_seed(2)
+    patch = F.normalize(torch.randn(1, 9, 8, 80, generator=generator), dim=-1).to(patch_dtype)
+    text = F.normalize(torch.randn(70, 80, generator=generator), dim=-1).to(text_dtype)
+    labels, scores = _run_library(library, patch, text, (31, 29), None, True, None, None)
+    ref_labels, ref_scores = seg_head_ref(patch, text, (31, 29), return_scores=True)
+    decided = top2_gap(upsample_logits_ref(patch_logits_ref(patch, text), (31, 29))) > LABEL_GAP
+    torch.testing.assert_close(labels[decided], ref_labels[decided], rtol=0, atol=0)
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=SCORE_ATOL)
 
 
 def test_emulated_ties_go_to_lowest_index(emulated_library):
