@@ -1,4 +1,4 @@
-"""Seg head on CPU: docs/MODEL.md's reference procedure against seg_head's fused torch path.
+"""Seg head: docs/MODEL.md's reference procedure against seg_head's fused paths.
 
 Random clippy-b16-sized inputs (D = 768; a 14 x 14 patch grid for a 224 output, 28 x 28
 for 448: one patch per 16 pixels), timed side by side in one run after a warm-up.
@@ -6,6 +6,10 @@ Prints a markdown table (median and p90 in ms, speed-up) and, with --write, appe
 with the machine's description to a file.
 
     python benchmarks/bench_seg_head.py --sizes 224,448 --prompts 21 --repeats 10
+    python benchmarks/bench_seg_head.py --device cuda --backend triton --batch 8   # on a GPU
+
+``--backend``: "torch" (the reference's fused path, any device), "triton" or "native"
+(the CUDA C++ library) on CUDA. benchmarks/gpu_check.py runs the full GPU matrix.
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="device of the tensors (cpu or cuda)")
+    parser.add_argument("--backend", choices=["torch", "triton", "native"], default="torch",
+                        help="the fused implementation to time (triton and native need --device cuda)")
     parser.add_argument("--write", type=Path, default=None, help="append the table and machine info to this file")
     args = parser.parse_args(argv)
+    if args.backend != "torch" and not args.device.startswith("cuda"):
+        parser.error(f"--backend {args.backend} needs --device cuda (the CPU interpreter is not a benchmark)")
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
@@ -61,6 +69,15 @@ def time_ms(fn, repeats: int, warmup: int, device: str):
     return measure(lambda marks: fn(), policy, device=device).host_ms
 
 
+def fused_head(backend: str):
+    """(patch, text, out_size) -> (labels, scores) for the chosen implementation."""
+    if backend == "native":
+        from clippy_rt.kernels.native import seg_head_native
+
+        return seg_head_native
+    return lambda patch, text, out_size: seg_head(patch, text, out_size, backend=backend)
+
+
 def run(args) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -73,11 +90,11 @@ def run(args) -> str:
         out_size = (size, size)
         reference = time_ms(lambda: seg_head_reference_procedure(patch, text, out_size),
                             args.repeats, args.warmup, args.device)
-        fused = time_ms(lambda: seg_head(patch, text, out_size, backend="torch"), args.repeats, args.warmup,
-                        args.device)
+        head = fused_head(args.backend)
+        fused = time_ms(lambda: head(patch, text, out_size), args.repeats, args.warmup, args.device)
         # Same decisions: a benchmark of a wrong result is worthless.
         ref_labels, ref_logits = seg_head_reference_procedure(patch, text, out_size)
-        labels, _ = seg_head(patch, text, out_size, backend="torch")
+        labels, _ = head(patch, text, out_size)
         agree = (labels.long() == ref_labels).float().mean().item()
         reference, fused = summarize(reference), summarize(fused)
         rows.append((size, grid, reference.median, reference.p90, fused.median, fused.p90, agree))
@@ -86,7 +103,7 @@ def run(args) -> str:
     lines = [f"Seg head, {args.device}: D = {WIDTH}, K = {args.prompts}, batch {args.batch}, "
              f"{args.repeats} timed calls after {args.warmup} warm-up",
              "",
-             "| output | grid | reference median ms | reference p90 ms | fused (torch) median ms "
+             f"| output | grid | reference median ms | reference p90 ms | fused ({args.backend}) median ms "
              "| fused p90 ms | speed-up (median) | labels agree |",
              "|---|---|---|---|---|---|---|---|"]
     for size, grid, ref_med, ref_p90, fused_med, fused_p90, agree in rows:

@@ -1,21 +1,26 @@
-"""GPU check of the kernels: the kernel tests on the GPU, then timings against torch.
+"""GPU check of the kernels in one command: build, GPU tests, timings, RESULTS section.
 
-    python benchmarks/gpu_check.py [--write benchmarks/RESULTS.md] [--skip-tests] [--quick]
-    python benchmarks/gpu_check.py --dry-run     # the plan and byte counts, no GPU needed
+    python benchmarks/gpu_check.py --write benchmarks/RESULTS.md     # the one command
+    python benchmarks/gpu_check.py --dry-run                         # the plan, no GPU needed
 
-1. Runs ``pytest tests/kernels`` with compiled Triton kernels (TRITON_INTERPRET=0), so
-   the ``gpu`` and ``slow`` cases run on the device.
-2. Times with ``triton.testing.do_bench`` (medians) the seg head at outputs 224 / 448 /
-   1024 (patch grids 14 / 28 / 64, D = 768, float16 features), K = 21 / 150, batch
-   1 / 8 / 32: the reference procedure (upsample all D channels, dot, argmax), the best
-   plain-torch path (matmul + F.interpolate + argmax), the Triton kernels, and the CUDA
-   C++ library when it is built. Then patch_pool and preprocess against their references.
-3. Prints markdown tables with the bytes each operation must move (read its inputs
-   once, write its outputs once) and the bandwidth that implies, next to a measured
-   device-to-device copy bandwidth.
+Steps, each in a child process under its own time limit (so a hang costs one step, not
+the run) and all within --budget-s seconds (default 460: the check is sized for a GPU
+machine lent for about 8 minutes):
 
-Configurations whose reference would need more than --memory-budget-gb of scratch
-memory are reported as skipped. Exits with a message (status 0) when there is no CUDA.
+1. ``native``: builds the CUDA C++ library for this GPU's architecture only (CMake, into
+   build-gpu-check/) and runs its C++ test program.
+2. ``tests``: ``pytest tests/kernels`` with compiled Triton kernels (TRITON_INTERPRET=0),
+   so the ``gpu`` and ``slow`` cases run on the device, and the native cases use the
+   library from step 1.
+3. ``seg_head``, ``patch_pool``, ``preprocess``: timings with ``triton.testing.do_bench``
+   (medians, after warm-up) of each kernel next to plain torch, and for the seg head the
+   CUDA C++ library and MODEL.md's reference procedure where its scratch memory fits.
+
+Every timing is reported as achieved bandwidth on the bytes the operation must move
+(its inputs read once, its outputs written once) and as a share of the device-to-device
+copy bandwidth measured in the same run. With --write the tables replace the text
+between the gpu-check markers of that file. Exits 0 with a message where there is no
+CUDA device.
 """
 
 from __future__ import annotations
@@ -23,16 +28,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
-
-import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 PATCH = 16
@@ -40,6 +44,12 @@ WIDTH = 768
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+BUILD_DIR = REPO / "build-gpu-check"
+
+# Step caps in seconds; a step also never gets more than what is left of the budget minus
+# the minimum the later steps need.
+STEP_CAPS = {"native": 80, "tests": 220, "seg_head": 100, "patch_pool": 30, "preprocess": 30}
+STEP_MINIMUM = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,199 +57,323 @@ class SegCase:
     size: int
     prompts: int
     batch: int
+    reference: bool = False  # also time the reference procedure (MODEL.md)
 
     @property
     def grid(self) -> int:
         return self.size // PATCH
 
-    def must_move_bytes(self, feature_bytes: int = 2) -> int:
-        """Read the patch features and text embeddings once, write uint8 labels once."""
-        reads = self.batch * self.grid ** 2 * WIDTH * feature_bytes + self.prompts * WIDTH * feature_bytes
-        return reads + self.batch * self.size ** 2
+    def must_move_bytes(self, scores: bool = False) -> int:
+        """float16 patch features and text read once, uint8 labels (and float32 scores) written once."""
+        reads = 2 * (self.batch * self.grid ** 2 * WIDTH + self.prompts * WIDTH)
+        return reads + self.batch * self.size ** 2 * (5 if scores else 1)
 
     def reference_scratch_bytes(self) -> int:
         """float32 upsampled features [B, D, H, W] plus logits [B, K, H, W]."""
         return 4 * self.batch * self.size ** 2 * (WIDTH + self.prompts)
 
-    def torch_fused_scratch_bytes(self) -> int:
-        """float32 upsampled logits [B, K, H, W] (and argmax's int64 result)."""
+    def torch_scratch_bytes(self) -> int:
+        """float32 upsampled logits [B, K, H, W] and argmax's int64 result."""
         return 4 * self.batch * self.size ** 2 * self.prompts + 8 * self.batch * self.size ** 2
 
 
 def seg_cases(quick: bool) -> List[SegCase]:
     if quick:
-        return [SegCase(448, 21, 8)]
-    return [SegCase(size, prompts, batch) for size in (224, 448, 1024) for prompts in (21, 150)
-            for batch in (1, 8, 32)]
+        return [SegCase(448, 21, 8, reference=True)]
+    return [SegCase(448, 21, 8, reference=True), SegCase(1024, 21, 32), SegCase(1024, 150, 8),
+            SegCase(448, 150, 32)]
+
+
+POOL_CASES = [(32, 28), (8, 28), (32, 64)]          # (batch, grid): tokens 1 + grid^2, D = 768
+PREPROCESS_CASES = [(8, (720, 1280), 1024), (8, (1080, 1920), 448), (32, (480, 640), 448)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", type=Path, default=None,
-                        help="put the tables in this markdown file, between gpu-check markers")
-    parser.add_argument("--skip-tests", action="store_true", help="only time, do not run pytest")
-    parser.add_argument("--quick", action="store_true", help="one seg-head configuration (checks the script)")
+                        help="put the section in this markdown file, between gpu-check markers")
+    parser.add_argument("--budget-s", type=float, default=460.0, help="wall-clock budget of the whole check")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run pytest")
+    parser.add_argument("--skip-native", action="store_true", help="do not build or time the CUDA C++ library")
+    parser.add_argument("--quick", action="store_true", help="one configuration per kernel (checks the script)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and byte counts, run nothing")
-    parser.add_argument("--memory-budget-gb", type=float, default=24.0,
+    parser.add_argument("--memory-budget-gb", type=float, default=40.0,
                         help="skip a torch variant whose scratch memory would exceed this")
-    parser.add_argument("--test-timeout", type=int, default=180, help="seconds allowed for the pytest run")
+    parser.add_argument("--step", choices=["seg_head", "patch_pool", "preprocess"], default=None,
+                        help=argparse.SUPPRESS)  # internal: one timing step, JSON to --json
+    parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------------------------
-# Tests
+# Child steps
 # ----------------------------------------------------------------------------------------------
 
-def run_tests(timeout: int) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    command = [sys.executable, "-m", "pytest", str(REPO / "tests" / "kernels"), "-q", "-p", "no:cacheprovider"]
-    print(f"$ TRITON_INTERPRET=0 {' '.join(command)}", flush=True)
+def run_step(name: str, command: Sequence[str], timeout: float, env: Optional[Dict[str, str]] = None) -> Dict:
+    """Run one step as a child process; returns {"status", "seconds", "output"}."""
+    print(f"[gpu_check] {name}: {' '.join(command)} (limit {timeout:.0f} s)", flush=True)
+    start = time.perf_counter()
     try:
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"pytest tests/kernels: timed out after {timeout} s"
-    tail = [line for line in result.stdout.strip().splitlines() if line.strip()][-1:]
-    print(result.stdout[-4000:], result.stderr[-2000:], sep="\n", flush=True)
-    return f"pytest tests/kernels (compiled kernels): exit {result.returncode}: {' '.join(tail)}"
+        status = "ok" if result.returncode == 0 else f"exit {result.returncode}"
+        output = result.stdout + result.stderr
+    except subprocess.TimeoutExpired as exc:
+        status = f"timed out after {timeout:.0f} s"
+        output = (exc.stdout or b"").decode("utf-8", "replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    except OSError as exc:  # the program is missing (no cmake, nothing built)
+        status = f"could not start: {exc}"
+        output = ""
+    seconds = time.perf_counter() - start
+    print(output[-3000:], flush=True)
+    print(f"[gpu_check] {name}: {status} in {seconds:.0f} s", flush=True)
+    return {"status": status, "seconds": seconds, "output": output}
+
+
+def build_native(timeout: float) -> Dict:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    configure = ["cmake", "-S", str(REPO), "-B", str(BUILD_DIR), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={major}{minor}-real"]
+    deadline = time.perf_counter() + timeout
+    result = run_step("native configure", configure, timeout)
+    if result["status"] == "ok":
+        result = run_step("native build", ["cmake", "--build", str(BUILD_DIR), "-j", str(os.cpu_count() or 4)],
+                          max(1.0, deadline - time.perf_counter()))
+    if result["status"] == "ok":
+        result = run_step("native test program", [str(BUILD_DIR / "test_seg_head")],
+                          max(1.0, deadline - time.perf_counter()))
+    lines = [line for line in result["output"].splitlines() if line.strip()]
+    result["summary"] = f"CUDA C++ library for sm_{major}{minor}: {result['status']}" + (
+        f" ({lines[-1].strip()})" if lines else "")
+    return result
+
+
+def run_tests(timeout: float, library: Optional[Path]) -> Dict:
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    if library is not None:
+        env["CLIPPY_RT_NATIVE_LIB"] = str(library)
+    command = [sys.executable, "-m", "pytest", str(REPO / "tests" / "kernels"), "-q", "-p", "no:cacheprovider",
+               "-o", "addopts=", "-rfE"]
+    result = run_step("tests", command, timeout, env)
+    lines = [line for line in result["output"].splitlines() if line.strip()]
+    failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    summary = lines[-1].strip("= ") if lines else "(no output)"
+    result["summary"] = f"pytest tests/kernels, compiled kernels: {result['status']}: {summary}"
+    result["failures"] = failures[:20]
+    return result
+
+
+def timing_step(name: str, args, timeout: float) -> Dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / f"{name}.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--json", str(out),
+                   "--memory-budget-gb", str(args.memory_budget_gb)]
+        if args.quick:
+            command.append("--quick")
+        if args.skip_native:
+            command.append("--skip-native")
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        if (BUILD_DIR / "libclippy_rt_native.so").is_file() and not args.skip_native:
+            env["CLIPPY_RT_NATIVE_LIB"] = str(BUILD_DIR / "libclippy_rt_native.so")
+        result = run_step(name, command, timeout, env)
+        result["rows"] = json.loads(out.read_text()) if out.is_file() else []
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
-# Timing
+# Timing (inside a child process)
 # ----------------------------------------------------------------------------------------------
 
 def bench_ms(fn: Callable[[], object]) -> float:
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
 def copy_bandwidth_gbs() -> float:
     """Device-to-device copy of 1 GiB: (read + write) bytes / median time."""
+    import torch
+
     size = 1 << 30
     src = torch.empty(size, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     ms = bench_ms(lambda: dst.copy_(src))
     del src, dst
+    torch.cuda.empty_cache()
     return 2 * size / (ms * 1e-3) / 1e9
 
 
-def torch_fused(patch: torch.Tensor, text: torch.Tensor, size: int) -> torch.Tensor:
-    """The best plain-torch path: patch logits, F.interpolate of K channels, argmax."""
+def torch_seg_head(patch, text, size: int):
+    """Plain torch: patch logits (matmul), F.interpolate of the K maps, argmax."""
+    import torch.nn.functional as F
+
     batch, h, w, dim = patch.shape
     logits = (patch.reshape(-1, dim).float() @ text.float().t()).reshape(batch, h, w, -1).permute(0, 3, 1, 2)
     up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
     return up.argmax(dim=1)
 
 
-def time_seg_head(cases: Sequence[SegCase], budget_bytes: float, copy_gbs: float) -> List[Dict[str, str]]:
-    from clippy_rt.kernels.native import native_available, seg_head_native
-    from clippy_rt.kernels.seg_head import seg_head, seg_head_reference_procedure
+def _bandwidth(row: Dict, must_bytes: int, ms: Optional[float], copy_gbs: float, prefix: str = "") -> None:
+    if ms is None:
+        return
+    gbs = must_bytes / (ms * 1e-3) / 1e9
+    row[f"{prefix}GB/s"] = round(gbs)
+    row[f"{prefix}% of copy"] = round(100 * gbs / copy_gbs, 1)
 
-    has_native = native_available()
+
+def time_seg_head(args, copy_gbs: float) -> List[Dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from clippy_rt.kernels.seg_head import seg_head, seg_head_ref, seg_head_reference_procedure
+
+    native = None
+    if not args.skip_native:
+        from clippy_rt.kernels.native import native_available, seg_head_native
+        native = seg_head_native if native_available() else None
+    budget = args.memory_budget_gb * 1e9
     rows = []
     generator = torch.Generator().manual_seed(0)
-    for case in cases:
+    for case in seg_cases(args.quick):
         print(f"seg head {case}", flush=True)
         patch = F.normalize(torch.randn(case.batch, case.grid, case.grid, WIDTH, generator=generator), dim=-1)
         text = F.normalize(torch.randn(case.prompts, WIDTH, generator=generator), dim=-1)
         patch, text = patch.to("cuda", torch.float16), text.to("cuda", torch.float16)
         out = (case.size, case.size)
-        timings: Dict[str, Optional[float]] = {}
-        timings["triton"] = bench_ms(lambda: seg_head(patch, text, out, backend="triton"))
-        timings["triton+scores"] = bench_ms(lambda: seg_head(patch, text, out, return_scores=True, backend="triton"))
-        timings["native"] = bench_ms(lambda: seg_head_native(patch, text, out)) if has_native else None
-        timings["torch"] = (bench_ms(lambda: torch_fused(patch, text, case.size))
-                            if case.torch_fused_scratch_bytes() <= budget_bytes else None)
-        timings["reference"] = (bench_ms(lambda: seg_head_reference_procedure(patch, text, out))
-                                if case.reference_scratch_bytes() <= budget_bytes else None)
+        # A benchmark of a wrong result is worthless: labels against the reference first.
+        labels, _ = seg_head(patch, text, out, backend="triton")
+        ref_labels, _ = seg_head_ref(patch, text, out)
+        agree = (labels == ref_labels).float().mean().item()
+        del ref_labels
+        ms = {"triton": bench_ms(lambda: seg_head(patch, text, out, backend="triton")),
+              "triton+scores": bench_ms(lambda: seg_head(patch, text, out, return_scores=True, backend="triton"))}
+        ms["native"] = bench_ms(lambda: native(patch, text, out)) if native is not None else None
+        ms["torch"] = (bench_ms(lambda: torch_seg_head(patch, text, case.size))
+                       if case.torch_scratch_bytes() <= budget else None)
+        ms["reference"] = (bench_ms(lambda: seg_head_reference_procedure(patch, text, out))
+                           if case.reference and case.reference_scratch_bytes() <= budget else None)
         torch.cuda.empty_cache()
-        must = case.must_move_bytes()
-        gbs = must / (timings["triton"] * 1e-3) / 1e9
-        rows.append({
-            "output": f"{case.size}", "K": f"{case.prompts}", "batch": f"{case.batch}",
-            "reference ms": _ms(timings["reference"]), "torch fused ms": _ms(timings["torch"]),
-            "triton ms": _ms(timings["triton"]), "triton+scores ms": _ms(timings["triton+scores"]),
-            "native ms": _ms(timings["native"]),
-            "vs reference": _ratio(timings["reference"], timings["triton"]),
-            "vs torch": _ratio(timings["torch"], timings["triton"]),
-            "must move MB": f"{must / 1e6:.1f}", "triton GB/s": f"{gbs:.0f}",
-            "% of copy": f"{100 * gbs / copy_gbs:.0f}%",
-        })
+        row = {"output": case.size, "K": case.prompts, "batch": case.batch,
+               "must move MB": round(case.must_move_bytes() / 1e6, 1),
+               **{f"{name} ms": (round(value, 4) if value is not None else None) for name, value in ms.items()},
+               "labels agree with torch": f"{100 * agree:.4f} %"}
+        _bandwidth(row, case.must_move_bytes(), ms["triton"], copy_gbs, "triton ")
+        _bandwidth(row, case.must_move_bytes(), ms["native"], copy_gbs, "native ")
+        row["scores / labels"] = round(ms["triton+scores"] / ms["triton"], 2)
+        for name in ("torch", "reference"):
+            row[f"vs {name}"] = round(ms[name] / ms["triton"], 1) if ms[name] is not None else None
+        rows.append(row)
     return rows
 
 
-def time_patch_pool(quick: bool) -> List[Dict[str, str]]:
+def time_patch_pool(args, copy_gbs: float) -> List[Dict]:
+    import torch
+
     from clippy_rt.kernels.patch_pool import patch_pool, patch_pool_ref
 
     rows = []
-    for batch, grid in ([(8, 28)] if quick else [(1, 14), (8, 28), (32, 28), (32, 64)]):
+    for batch, grid in POOL_CASES[:1] if args.quick else POOL_CASES:
         tokens = torch.randn(batch, 1 + grid * grid, WIDTH, device="cuda", dtype=torch.float16)
         triton_ms = bench_ms(lambda: patch_pool(tokens, backend="triton"))
         torch_ms = bench_ms(lambda: patch_pool_ref(tokens))
         must = 2 * tokens.numel() * tokens.element_size()  # read the tokens, write the patches (+ tiny pooled)
-        rows.append({"batch": f"{batch}", "tokens": f"1+{grid}x{grid}", "torch ms": _ms(torch_ms),
-                     "triton ms": _ms(triton_ms), "speed-up": _ratio(torch_ms, triton_ms),
-                     "must move MB": f"{must / 1e6:.1f}", "triton GB/s": f"{must / (triton_ms * 1e-3) / 1e9:.0f}"})
+        row = {"batch": batch, "tokens": f"1+{grid}x{grid}", "must move MB": round(must / 1e6, 1),
+               "torch ms": round(torch_ms, 4), "triton ms": round(triton_ms, 4),
+               "vs torch": round(torch_ms / triton_ms, 1)}
+        _bandwidth(row, must, triton_ms, copy_gbs, "triton ")
+        rows.append(row)
     return rows
 
 
-def time_preprocess(quick: bool) -> List[Dict[str, str]]:
+def time_preprocess(args, copy_gbs: float) -> List[Dict]:
+    import torch
+
     from clippy_rt.kernels.preprocess import preprocess, preprocess_ref
 
     rows = []
-    cases = [(8, (1080, 1920), 448)] if quick else [(1, (480, 640), 224), (8, (1080, 1920), 448),
-                                                    (8, (720, 1280), 1024)]
-    for batch, frame, size in cases:
+    for batch, frame, size in PREPROCESS_CASES[:1] if args.quick else PREPROCESS_CASES:
         frames = torch.randint(0, 256, (batch, *frame, 3), dtype=torch.uint8, device="cuda")
-        triton_ms = bench_ms(lambda: preprocess(frames, (size, size), MEAN, STD, out_dtype=torch.float16,
-                                                backend="triton"))
-        torch_ms = bench_ms(lambda: preprocess_ref(frames, (size, size), MEAN, STD, out_dtype=torch.float16))
-        must = frames.numel() + batch * 3 * size * size * 2
-        rows.append({"batch": f"{batch}", "frame": f"{frame[0]}x{frame[1]}", "output": f"{size}",
-                     "torch ms": _ms(torch_ms), "triton ms": _ms(triton_ms), "speed-up": _ratio(torch_ms, triton_ms),
-                     "must move MB": f"{must / 1e6:.1f}", "triton GB/s": f"{must / (triton_ms * 1e-3) / 1e9:.0f}"})
+        for antialias in (True, False):
+            triton_ms = bench_ms(lambda: preprocess(frames, (size, size), MEAN, STD, antialias=antialias,
+                                                    out_dtype=torch.float16, backend="triton"))
+            torch_ms = bench_ms(lambda: preprocess_ref(frames, (size, size), MEAN, STD, antialias=antialias,
+                                                       out_dtype=torch.float16))
+            must = frames.numel() + batch * 3 * size * size * 2
+            row = {"batch": batch, "frame": f"{frame[0]}x{frame[1]}", "output": size, "antialias": antialias,
+                   "must move MB": round(must / 1e6, 1), "torch ms": round(torch_ms, 4),
+                   "triton ms": round(triton_ms, 4), "vs torch": round(torch_ms / triton_ms, 1)}
+            _bandwidth(row, must, triton_ms, copy_gbs, "triton ")
+            rows.append(row)
     return rows
 
 
-def _ms(value: Optional[float]) -> str:
-    return "skipped" if value is None else f"{value:.3f}"
+def child_main(args) -> int:
+    os.environ["TRITON_INTERPRET"] = "0"
+    copy_gbs = copy_bandwidth_gbs()
+    step = {"seg_head": time_seg_head, "patch_pool": time_patch_pool, "preprocess": time_preprocess}[args.step]
+    rows = [{"copy GB/s": round(copy_gbs)}] + step(args, copy_gbs)
+    from clippy_rt.kernels import _triton_support
+
+    rows.append({"tuned": {" / ".join(str(part) for part in key): index
+                           for key, index in _triton_support._tuned.items()}})
+    args.json.write_text(json.dumps(rows), encoding="utf-8")
+    return 0
 
 
-def _ratio(slow: Optional[float], fast: Optional[float]) -> str:
-    return "-" if slow is None or fast is None else f"{slow / fast:.1f}x"
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
 
-
-def markdown_table(rows: Sequence[Dict[str, str]]) -> str:
+def markdown_table(rows: Sequence[Dict]) -> str:
     if not rows:
         return "(no rows)"
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[key] for key in header) + " |" for row in rows]
+    for row in rows:
+        lines.append("| " + " | ".join("-" if row.get(key) is None else str(row.get(key)) for key in header) + " |")
     return "\n".join(lines)
 
 
+def timing_section(title: str, result: Dict) -> str:
+    rows = result.get("rows") or []
+    copy = next((row["copy GB/s"] for row in rows if "copy GB/s" in row), None)
+    tuned = next((row["tuned"] for row in rows if "tuned" in row), {})
+    table_rows = [row for row in rows if "copy GB/s" not in row and "tuned" not in row]
+    parts = [f"### {title}", "", f"Step: {result['status']} in {result['seconds']:.0f} s"
+             + (f"; copy bandwidth in this process {copy} GB/s" if copy else ""), "", markdown_table(table_rows)]
+    if tuned:
+        parts += ["", "Configs kept by the tuner (key: index): "
+                  + "; ".join(f"{key}: {index}" for key, index in tuned.items())]
+    return "\n".join(parts)
+
+
 def write_section(path: Path, text: str) -> None:
-    """Replace the text between the gpu-check markers of ``path`` (append them if absent)."""
+    """Replace the text between the gpu-check markers of ``path`` (append them if absent), atomically."""
+    from clippy_rt.fileio import atomic_write
+
     block = f"{BEGIN}\n{text}\n{END}"
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if BEGIN in old and END in old:
         new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
     else:
         new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + block + "\n"
-    path.write_text(new, encoding="utf-8")
+    atomic_write(path, lambda handle: handle.write(new.encode("utf-8")))
 
 
 def dry_run(args) -> str:
-    rows = []
-    for case in seg_cases(args.quick):
-        budget = args.memory_budget_gb * 1e9
-        rows.append({"output": f"{case.size}", "K": f"{case.prompts}", "batch": f"{case.batch}",
-                     "grid": f"{case.grid}x{case.grid}", "must move MB": f"{case.must_move_bytes() / 1e6:.1f}",
-                     "reference scratch GB": f"{case.reference_scratch_bytes() / 1e9:.1f}"
-                     + ("" if case.reference_scratch_bytes() <= budget else " (skipped)"),
-                     "torch scratch GB": f"{case.torch_fused_scratch_bytes() / 1e9:.2f}"
-                     + ("" if case.torch_fused_scratch_bytes() <= budget else " (skipped)")})
-    return "Planned seg-head configurations (float16 features, D = 768):\n\n" + markdown_table(rows)
+    budget = args.memory_budget_gb * 1e9
+    rows = [{"output": case.size, "K": case.prompts, "batch": case.batch, "grid": f"{case.grid}x{case.grid}",
+             "must move MB": round(case.must_move_bytes() / 1e6, 1),
+             "with scores MB": round(case.must_move_bytes(scores=True) / 1e6, 1),
+             "torch scratch GB": round(case.torch_scratch_bytes() / 1e9, 2)
+             if case.torch_scratch_bytes() <= budget else "skipped",
+             "reference scratch GB": (round(case.reference_scratch_bytes() / 1e9, 1)
+                                      if case.reference_scratch_bytes() <= budget else "skipped")
+             if case.reference else "-"} for case in seg_cases(args.quick)]
+    steps = ", ".join(f"{name} <= {cap} s" for name, cap in STEP_CAPS.items())
+    return (f"Steps (budget {args.budget_s:.0f} s): {steps}\n\n"
+            "Seg-head configurations (float16 features, D = 768):\n\n" + markdown_table(rows))
 
 
 def main(argv=None) -> int:
@@ -247,31 +381,50 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(dry_run(args))
         return 0
+    if args.step is not None:
+        return child_main(args)
+    import torch
+
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing to check (run it on a GPU machine, or use --dry-run)",
               file=sys.stderr)
         return 0
-    os.environ["TRITON_INTERPRET"] = "0"  # before triton is imported below
     try:
         import triton
     except ImportError as exc:
         print(f"gpu_check: triton is not installed ({exc}); `pip install triton`", file=sys.stderr)
         return 1
     start = time.perf_counter()
+    deadline = start + args.budget_s
+    plan = [name for name in STEP_CAPS if not (name == "native" and args.skip_native)
+            and not (name == "tests" and args.skip_tests)]
+
+    def limit(name: str) -> float:
+        later = len(plan) - plan.index(name) - 1
+        return max(5.0, min(STEP_CAPS[name], deadline - time.perf_counter() - later * STEP_MINIMUM))
+
     parts = [f"GPU check, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
              f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-             f"CUDA {torch.version.cuda}, {platform.platform()}"]
-    if not args.skip_tests:
-        parts.append(run_tests(args.test_timeout))
-    copy_gbs = copy_bandwidth_gbs()
-    parts.append(f"Device-to-device copy bandwidth (1 GiB, read + write): {copy_gbs:.0f} GB/s")
-    budget = args.memory_budget_gb * 1e9
-    parts.append("### Seg head (labels only unless noted; float16 features, D = 768; "
-                 "'must move' = features + text read once, uint8 labels written once)\n\n"
-                 + markdown_table(time_seg_head(seg_cases(args.quick), budget, copy_gbs)))
-    parts.append("### patch_pool (float16 tokens)\n\n" + markdown_table(time_patch_pool(args.quick)))
-    parts.append("### preprocess (uint8 frames -> float16 NCHW, antialiased)\n\n"
-                 + markdown_table(time_preprocess(args.quick)))
+             f"CUDA {torch.version.cuda}, python {platform.python_version()}, {platform.platform()}. "
+             "Command: `python benchmarks/gpu_check.py --write benchmarks/RESULTS.md`. Float16 inputs, "
+             "D = 768; 'must move' = inputs read once and outputs written once; '% of copy' = achieved "
+             "bandwidth on those bytes over the device-to-device copy bandwidth measured in the same step."]
+    library = None
+    if "native" in plan:
+        native = build_native(limit("native"))
+        parts.append(native["summary"])
+        if (BUILD_DIR / "libclippy_rt_native.so").is_file() and native["status"] == "ok":
+            library = BUILD_DIR / "libclippy_rt_native.so"
+    if "tests" in plan:
+        tests = run_tests(limit("tests"), library)
+        parts.append(tests["summary"] + ("\n\n" + "\n".join(f"- {line}" for line in tests["failures"])
+                                         if tests["failures"] else ""))
+    titles = {"seg_head": "Seg head (labels only unless noted; 'vs torch': plain torch matmul + F.interpolate "
+                          "of K maps + argmax; 'vs reference': MODEL.md's procedure)",
+              "patch_pool": "patch_pool (float16 tokens, D = 768)",
+              "preprocess": "preprocess (uint8 frames -> float16 NCHW)"}
+    for name in ("seg_head", "patch_pool", "preprocess"):
+        parts.append(timing_section(titles[name], timing_step(name, args, limit(name))))
     parts.append(f"Total gpu_check time: {time.perf_counter() - start:.0f} s")
     text = "\n\n".join(parts)
     print(text)

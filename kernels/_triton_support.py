@@ -153,3 +153,50 @@ def check_out_size(out_size) -> Tuple[int, int]:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise InputError(f"out_size must be two positive integers (H, W), got {out_size!r}")
     return int(height), int(width)
+
+
+# Best launch configuration per (kernel, shape class), chosen once per process on the GPU.
+_tuned: Dict[Tuple, int] = {}
+# Launches smaller than this (elements of work, as the launcher counts them) take the
+# default config: they are bound by launch latency, and tuning them only costs compiles.
+TUNE_MIN_WORK = 1 << 22
+
+
+def launch_tuned(key: Tuple, configs, launch: Callable[[dict], None], interpreting: bool,
+                 config_index: Optional[int] = None, work: int = TUNE_MIN_WORK) -> int:
+    """Run ``launch(config)`` with the best of a small config set; returns the index used.
+
+    ``configs`` are dicts of meta-parameters (constexprs and ``num_warps``); every config
+    computes the same outputs, so choosing among them changes only speed. On the first
+    call for ``key`` on a GPU each config is launched (compiling it), timed with CUDA events
+    over a few repeats, and the fastest is kept for the process; the outputs are those of
+    the last launch, which are complete and correct. The interpreter, and a call during
+    CUDA-graph capture before ``key`` was tuned, use ``configs[0]`` (capture cannot time),
+    as do launches with less than TUNE_MIN_WORK ``work``. ``config_index`` forces one
+    config (tests sweep every config this way).
+    """
+    if config_index is not None:
+        launch(configs[config_index])
+        return config_index
+    if interpreting or len(configs) == 1 or (work < TUNE_MIN_WORK and key not in _tuned):
+        launch(configs[0])
+        return 0
+    best = _tuned.get(key)
+    if best is None and torch.cuda.is_current_stream_capturing():
+        launch(configs[0])
+        return 0
+    if best is None:
+        times = []
+        for config in configs:
+            launch(config)  # compile and warm up
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(3):
+                launch(config)
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        best = min(range(len(configs)), key=times.__getitem__)
+        _tuned[key] = best
+    launch(configs[best])
+    return best

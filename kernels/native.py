@@ -24,7 +24,7 @@ from clippy_rt.errors import BackendUnavailableError, InputError
 from .seg_head_inputs import _check_inputs, label_dtype
 
 LIBRARY_NAME = "libclippy_rt_native.so"
-ABI_VERSION = 1  # CLIPPY_RT_NATIVE_ABI_VERSION in csrc/seg_head.h
+ABI_VERSION = 2  # CLIPPY_RT_NATIVE_ABI_VERSION in csrc/seg_head.h
 BUILD_HOWTO = "cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j (in the source tree)"
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -79,7 +79,7 @@ def load_native(path=None) -> ctypes.CDLL:
 def _declare(library: ctypes.CDLL) -> None:
     library.clippy_rt_native_abi_version.argtypes = []
     library.clippy_rt_native_abi_version.restype = ctypes.c_int
-    library.clippy_seg_head_workspace_bytes.argtypes = [ctypes.c_int] * 4
+    library.clippy_seg_head_workspace_bytes.argtypes = [ctypes.c_int] * 6  # B, h, w, K, H, W
     library.clippy_seg_head_workspace_bytes.restype = ctypes.c_size_t
     library.clippy_last_error.argtypes = []
     library.clippy_last_error.restype = ctypes.c_char_p
@@ -90,7 +90,7 @@ def _declare(library: ctypes.CDLL) -> None:
         ctypes.c_void_p, ctypes.c_int,                      # text_embeds, dtype
         ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,  # B, h, w, D, K
         ctypes.c_int, ctypes.c_int,                         # H, W
-        ctypes.POINTER(ctypes.c_float), ctypes.c_float,     # window, temperature
+        ctypes.POINTER(ctypes.c_double), ctypes.c_float,    # window, temperature
         ctypes.c_void_p, ctypes.c_size_t,                   # workspace, bytes
         ctypes.c_void_p,                                    # stream
     ]
@@ -126,30 +126,42 @@ def seg_head_native(patch_features: torch.Tensor, text_embeds: torch.Tensor, out
     if not patch_features.is_cuda:
         raise InputError(f"seg_head_native takes CUDA tensors, got {patch_features.device}")
     library = load_native(library_path)
+    if patch_features.shape[0] > 65535 or patch_features.shape[1] > 65535:
+        raise InputError(f"seg_head_native takes at most 65535 images and 65535 patch rows per call, got "
+                         f"shape {tuple(patch_features.shape)}")
+    with torch.cuda.device(patch_features.device):
+        stream = torch.cuda.current_stream(patch_features.device).cuda_stream
+        return _run_library(library, patch_features, text_embeds, (height, width), window, return_scores,
+                            temperature, stream)
+
+
+def _run_library(library: ctypes.CDLL, patch_features: torch.Tensor, text_embeds: torch.Tensor,
+                 out_size: Tuple[int, int], window, return_scores: bool, temperature, stream
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Allocate outputs and workspace beside the inputs and call ``clippy_seg_head`` on
+    validated arguments. The device is whatever the library computes on: CUDA tensors for
+    the CUDA build, CPU tensors for a build with -DCLIPPY_RT_HOST_EMULATION."""
+    height, width = out_size
     batch, h, w, dim = patch_features.shape
     num_prompts = text_embeds.shape[0]
-    if batch > 65535:
-        raise InputError(f"seg_head_native takes at most 65535 images per call, got {batch}")
     device = patch_features.device
     patch_features = patch_features.contiguous()
     text_embeds = text_embeds.contiguous()
     labels = torch.empty((batch, height, width), dtype=label_dtype(num_prompts), device=device)
     scores = torch.empty((batch, height, width), dtype=torch.float32, device=device) if return_scores else None
-    workspace_bytes = library.clippy_seg_head_workspace_bytes(batch, h, w, num_prompts)
+    workspace_bytes = library.clippy_seg_head_workspace_bytes(batch, h, w, num_prompts, height, width)
     workspace = torch.empty(max(workspace_bytes, 1), dtype=torch.uint8, device=device)
-    window_arg = (ctypes.c_float * 4)(*window) if window is not None else None
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
-        status = library.clippy_seg_head(
-            labels.data_ptr(), labels.element_size(),
-            scores.data_ptr() if scores is not None else None,
-            patch_features.data_ptr(), _DTYPE_CODES[patch_features.dtype],
-            text_embeds.data_ptr(), _DTYPE_CODES[text_embeds.dtype],
-            batch, h, w, dim, num_prompts, height, width,
-            window_arg, float(temperature) if temperature is not None else 0.0,
-            workspace.data_ptr(), workspace.numel(),
-            stream,
-        )
+    window_arg = (ctypes.c_double * 4)(*window) if window is not None else None
+    status = library.clippy_seg_head(
+        labels.data_ptr(), labels.element_size(),
+        scores.data_ptr() if scores is not None else None,
+        patch_features.data_ptr(), _DTYPE_CODES[patch_features.dtype],
+        text_embeds.data_ptr(), _DTYPE_CODES[text_embeds.dtype],
+        batch, h, w, dim, num_prompts, height, width,
+        window_arg, float(temperature) if temperature is not None else 0.0,
+        workspace.data_ptr(), workspace.numel(),
+        stream,
+    )
     if status != 0:
         message = library.clippy_last_error().decode("utf-8", "replace")
         name = _STATUS_NAMES.get(status, f"status {status}")

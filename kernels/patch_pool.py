@@ -10,10 +10,13 @@ with P = num_prefix_tokens and the max over the patch tokens plus, when
 it). Other prefix tokens (registers) never take part. Normalisation is F.normalize's;
 arithmetic is float32 and both outputs come back in the input dtype.
 
-Triton design: the first kernel gives each program a block of tokens of one image with
-the whole width D; it writes the normalised patch tokens and the block's max over its
-pooled tokens to a small float32 [B, n_blocks, D] buffer, so the tokens are read once.
-The second kernel (one program per image) reduces those partial maxima and normalises.
+Triton design: the first kernel gives each program a block of BLOCK_T tokens of one
+image with the whole width D (one contiguous, vectorised read of BLOCK_T * D values);
+it writes the normalised patch tokens and the block's max over its pooled tokens to a
+small float32 [B, n_blocks, D] buffer, so the tokens are read once and the patches
+written once: that is the bound (2 x B x T x D elements). The second kernel (one program
+per image) reduces those partial maxima and normalises. BLOCK_T and the warps come from a
+small config set, timed once per shape class on a GPU (_triton_support.launch_tuned).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import device_guard, jit, next_power_of_2, resolve_backend
+from ._triton_support import device_guard, jit, launch_tuned, next_power_of_2, resolve_backend
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -167,26 +170,48 @@ def patch_pool(tokens: torch.Tensor, *, include_cls: bool = True, num_prefix_tok
     if batch == 0:
         return patch, pooled
 
-    block_d = next_power_of_2(dim)
-    # About 8k float32 values per program: a few registers per thread at 4 warps.
-    block_t = max(1, min(next_power_of_2(num_tokens), 8192 // block_d))
-    num_blocks = -(-num_tokens // block_t)
     if batch > 65535:
         raise InputError(f"the Triton patch_pool takes at most 65535 images per call (a CUDA grid limit), "
                          f"got {batch}")
-    block_max = torch.empty((batch, num_blocks, dim), dtype=torch.float32, device=tokens.device)
-    with device_guard(tokens):
+    _launch_pool(patch, pooled, tokens, num_prefix, bool(include_cls))
+    return patch, pooled
+
+
+def _pool_configs(num_tokens: int, dim: int):
+    """Launch configs (first: the default): BLOCK_T tokens of the whole width per program,
+    4k to 32k float32 values per program."""
+    block_d = next_power_of_2(dim)
+    configs = []
+    for values, warps in [(8192, 4), (16384, 8), (4096, 4), (32768, 8)]:
+        config = dict(BLOCK_T=max(1, min(next_power_of_2(num_tokens), values // block_d)), BLOCK_D=block_d,
+                      num_warps=warps)
+        if config not in configs:
+            configs.append(config)
+    return configs
+
+
+def _launch_pool(patch, pooled, tokens, num_prefix, include_cls, config_index=None) -> None:
+    """Launch both kernels with a tuned config (``config_index`` forces one; tests)."""
+    batch, num_tokens, dim = tokens.shape
+
+    def launch(config):
+        num_blocks = -(-num_tokens // config["BLOCK_T"])
+        block_max = torch.empty((batch, num_blocks, dim), dtype=torch.float32, device=tokens.device)
         jit(_normalise_and_block_max_kernel)[(num_blocks, batch)](
             patch, *patch.stride(),
             block_max, *block_max.stride(),
             tokens, *tokens.stride(),
             num_tokens, num_prefix, dim, NORM_EPS,
-            BLOCK_T=block_t, BLOCK_D=block_d, INCLUDE_CLS=bool(include_cls),
+            INCLUDE_CLS=include_cls, **config,
         )
         jit(_pool_finish_kernel)[(batch,)](
             pooled, *pooled.stride(),
             block_max, *block_max.stride(),
             num_blocks, dim, NORM_EPS,
-            BLOCK_D=block_d,
+            BLOCK_D=config["BLOCK_D"], num_warps=4,
         )
-    return patch, pooled
+
+    configs = _pool_configs(num_tokens, dim)
+    key = ("patch_pool", tokens.dtype, next_power_of_2(dim), num_tokens > 1024, batch >= 8)
+    with device_guard(tokens):
+        launch_tuned(key, configs, launch, not tokens.is_cuda, config_index, work=tokens.numel())

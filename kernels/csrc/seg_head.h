@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature below changes; the Python loader checks it. */
-#define CLIPPY_RT_NATIVE_ABI_VERSION 1
+#define CLIPPY_RT_NATIVE_ABI_VERSION 2
 
 typedef enum {
     CLIPPY_DTYPE_FLOAT32 = 0,
@@ -49,13 +49,15 @@ typedef enum {
 
 CLIPPY_RT_API int clippy_rt_native_abi_version(void);
 
-/* Bytes of device workspace clippy_seg_head needs (the float32 patch logits). */
-CLIPPY_RT_API size_t clippy_seg_head_workspace_bytes(int batch, int grid_h, int grid_w, int num_prompts);
+/* Bytes of device workspace clippy_seg_head needs (the float32 patch logits and the
+ * per-axis sampling tables). */
+CLIPPY_RT_API size_t clippy_seg_head_workspace_bytes(int batch, int grid_h, int grid_w, int num_prompts,
+                                                     int out_h, int out_w);
 
 /*
  * labels_bytes: 1 (uint8, needs num_prompts <= 255) or 4 (int32).
  * scores: NULL for no scores.
- * window: host pointer to 4 floats (y0, x0, y1, x1), or NULL for (0, 0, 1, 1).
+ * window: host pointer to 4 doubles (y0, x0, y1, x1), or NULL for (0, 0, 1, 1).
  * temperature: > 0 for softmax scores, 0 for the winning logit.
  * stream: a cudaStream_t (NULL: the default stream).
  * Returns a clippy_status; on CLIPPY_STATUS_CUDA_ERROR, clippy_last_error() says which.
@@ -67,7 +69,7 @@ CLIPPY_RT_API int clippy_seg_head(
     const void* text_embeds, int text_dtype,
     int batch, int grid_h, int grid_w, int dim, int num_prompts,
     int out_h, int out_w,
-    const float* window, float temperature,
+    const double* window, float temperature,
     void* workspace, size_t workspace_bytes,
     void* stream);
 

@@ -23,7 +23,7 @@ constexpr float kLabelGap = 1e-5f;        // labels compared where the top-2 gap
 struct Case {
     int batch, grid_h, grid_w, dim, prompts, out_h, out_w, dtype;
     bool use_window;
-    float window[4];
+    double window[4];
     float temperature;
 };
 
@@ -104,8 +104,8 @@ bool run_case(const Case& c, int index) {
             logits[static_cast<size_t>(r) * c.prompts + k] = static_cast<float>(acc);
         }
     }
-    const float y0 = c.use_window ? c.window[0] : 0.0f, x0 = c.use_window ? c.window[1] : 0.0f;
-    const float y1 = c.use_window ? c.window[2] : 1.0f, x1 = c.use_window ? c.window[3] : 1.0f;
+    const double y0 = c.use_window ? c.window[0] : 0.0, x0 = c.use_window ? c.window[1] : 0.0;
+    const double y1 = c.use_window ? c.window[2] : 1.0, x1 = c.use_window ? c.window[3] : 1.0;
     const double offset_y = static_cast<double>(y0) * c.grid_h, scale_y = (static_cast<double>(y1) - y0) * c.grid_h / c.out_h;
     const double offset_x = static_cast<double>(x0) * c.grid_w, scale_x = (static_cast<double>(x1) - x0) * c.grid_w / c.out_w;
 
@@ -149,7 +149,7 @@ bool run_case(const Case& c, int index) {
     const std::vector<unsigned char> patch_bytes = encode(c.dtype, patch), text_bytes = encode(c.dtype, text);
     void *d_patch = nullptr, *d_text = nullptr, *d_labels = nullptr, *d_workspace = nullptr;
     float* d_scores = nullptr;
-    const size_t workspace = clippy_seg_head_workspace_bytes(c.batch, c.grid_h, c.grid_w, c.prompts);
+    const size_t workspace = clippy_seg_head_workspace_bytes(c.batch, c.grid_h, c.grid_w, c.prompts, c.out_h, c.out_w);
     CHECK_CUDA(cudaMalloc(&d_patch, patch_bytes.size()));
     CHECK_CUDA(cudaMalloc(&d_text, text_bytes.size()));
     CHECK_CUDA(cudaMalloc(&d_labels, pixels * labels_bytes));
@@ -209,7 +209,7 @@ bool invalid_arguments_are_rejected() {
     // uint8 labels cannot hold 300 prompts.
     const int status = clippy_seg_head(&dummy, 1, nullptr, &dummy, CLIPPY_DTYPE_FLOAT32, &dummy, CLIPPY_DTYPE_FLOAT32,
                                        1, 2, 2, 4, 300, 4, 4, nullptr, 0.0f, &dummy, 1 << 20, nullptr);
-    const float bad_window[4] = {0.5f, 0.0f, 0.5f, 1.0f};
+    const double bad_window[4] = {0.5, 0.0, 0.5, 1.0};
     const int window_status = clippy_seg_head(&dummy, 1, nullptr, &dummy, CLIPPY_DTYPE_FLOAT32, &dummy,
                                               CLIPPY_DTYPE_FLOAT32, 1, 2, 2, 4, 3, 4, 4, bad_window, 0.0f, &dummy,
                                               1 << 20, nullptr);

@@ -29,14 +29,31 @@ if "TRITON_INTERPRET" not in os.environ:
 
 HERE = Path(__file__).resolve().parent
 
-# Outputs stored in the input dtype (patch_pool, preprocess): one rounding of that dtype.
+# Outputs stored in the input dtype (patch_pool, preprocess). float32: measured with the
+# interpreter, preprocess within 6.0e-7 of its reference (values up to about 2.6) and
+# patch_pool within 2.2e-8; on the GPU sweep's shapes (up to 60 taps per pixel) the
+# kernel's float32 summation order, replayed with torch on CPU, is within 9.5e-7 of the
+# reference; atol is about 3x that. float16 / bfloat16: kernel and
+# reference may round a float32 value that sits near a rounding boundary to neighbouring
+# values, one ulp apart: 2^-10 (float16) and 2^-7 (bfloat16) relative; bfloat16 measured
+# 7.8e-3 (one ulp), float16 6.1e-5.
 OUTPUT_TOLERANCES = {
-    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float32: dict(atol=3e-6, rtol=0.0),
     torch.float16: dict(atol=1e-3, rtol=1e-3),
     torch.bfloat16: dict(atol=8e-3, rtol=8e-3),
 }
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(autouse=True)
+def default_launch_configs(monkeypatch):
+    """Kernels launch with their default config here, so a GPU run compiles one variant per
+    shape class instead of timing every config of every test shape; the config-sweep tests
+    pick each config explicitly, and test_tuning_* covers the tuner itself."""
+    from clippy_rt.kernels import _triton_support
+
+    monkeypatch.setattr(_triton_support, "TUNE_MIN_WORK", float("inf"))
 
 
 @pytest.fixture

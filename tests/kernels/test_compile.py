@@ -48,16 +48,17 @@ def patch_logits(dtype, cast):
     return seg_head._patch_logits_kernel, sig, constants
 
 
-def upsample(labels, scores, softmax):
+def bands(labels, scores, softmax, band_y, tile_x, block_k):
     sig = {"labels_ptr": labels, **strides("stride_ob", "stride_oy", "stride_ox", unit="stride_ox"),
            "scores_ptr": "*fp32", **strides("stride_sb", "stride_sy", "stride_sx", unit="stride_sx"),
            "logits_ptr": "*fp32", **strides("stride_lb", "stride_lp", "stride_lk", unit="stride_lk"),
-           "h": I, "w": I, "K": I, "H": I, "W": I,
-           "offset_y": F, "scale_y": F, "offset_x": F, "scale_x": F, "temperature": F,
-           "BLOCK_P": C, "BLOCK_K": C, "WRITE_SCORES": C, "SOFTMAX": C}
-    constants = {"stride_ox": 1, "stride_sx": 1, "stride_lk": 1, "BLOCK_P": 64, "BLOCK_K": 32,
-                 "WRITE_SCORES": scores, "SOFTMAX": softmax}
-    return seg_head._upsample_argmax_kernel, sig, constants
+           "band_start_ptr": "*i32", "band_rows_ptr": "*i32",
+           "row_index_ptr": "*i32", "row_weight_ptr": "*fp32", "col_index_ptr": "*i32", "col_weight_ptr": "*fp32",
+           "h": I, "w": I, "K": I, "W": I, "temperature": F,
+           "BAND_Y": C, "TILE_X": C, "BLOCK_K": C, "WRITE_SCORES": C, "SOFTMAX": C}
+    constants = {"stride_ox": 1, "stride_sx": 1, "stride_lk": 1, "BAND_Y": band_y, "TILE_X": tile_x,
+                 "BLOCK_K": block_k, "WRITE_SCORES": scores, "SOFTMAX": softmax}
+    return seg_head._band_argmax_kernel, sig, constants
 
 
 def pool(dtype):
@@ -83,13 +84,15 @@ def resize(dtype, bgr):
            "index_y_ptr": "*i32", "weight_y_ptr": "*fp32", "index_x_ptr": "*i32", "weight_x_ptr": "*fp32",
            "H": I, "W": I, "taps_y": I, "taps_x": I,
            "scale_0": F, "scale_1": F, "scale_2": F, "bias_0": F, "bias_1": F, "bias_2": F,
-           "BLOCK_P": C, "BGR": C}
-    return preprocess._resize_normalise_kernel, sig, {"stride_ox": 1, "stride_fc": 1, "BLOCK_P": 128, "BGR": bgr}
+           "TILE_Y": C, "TILE_X": C, "BGR": C}
+    return preprocess._resize_normalise_kernel, sig, {"stride_ox": 1, "stride_fc": 1, "TILE_Y": 8, "TILE_X": 64,
+                                                      "BGR": bgr}
 
 
 CASES = [
     (90, patch_logits("*fp16", False)), (80, patch_logits("*bf16", False)), (87, patch_logits("*fp32", True)),
-    (90, upsample("*u8", True, True)), (87, upsample("*i32", False, False)),
+    (90, bands("*u8", True, True, 16, 64, 8)), (87, bands("*i32", False, False, 1, 256, 1)),
+    (90, bands("*u8", False, False, 16, 128, 1)), (80, bands("*u8", True, False, 8, 32, 16)),
     (90, pool("*fp16")), (90, pool_finish("*fp16")), (87, resize("*fp16", True)),
 ]
 for capability, (fn, signature, constants) in CASES:
@@ -104,4 +107,4 @@ def test_kernels_compile_for_nvidia_targets():
     env = dict(os.environ, TRITON_INTERPRET="0")
     result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("compiled ") == 8
+    assert result.stdout.count("compiled ") == 10

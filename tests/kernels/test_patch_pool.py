@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clippy_rt.errors import BackendUnavailableError, InputError
 from clippy_rt.kernels.patch_pool import patch_pool, patch_pool_ref
+
+patch_pool_module = importlib.import_module("clippy_rt.kernels.patch_pool")
 
 
 def make_tokens(batch, num_tokens, dim, dtype=torch.float32, device="cpu", seed=0):
@@ -90,6 +94,23 @@ def test_kernel_matches_reference(kernel_device, output_tol, batch, num_tokens, 
     assert patch.dtype == dtype and pooled.dtype == dtype and patch.device == tokens.device
     torch.testing.assert_close(patch.cpu(), expected_patch, **output_tol[dtype])
     torch.testing.assert_close(pooled.cpu(), expected_pooled, **output_tol[dtype])
+
+
+# Token blocks of every size the config sets give at D = 768 (8 to 32 tokens) and smaller.
+@pytest.mark.parametrize("block_t", [1, 4, 8, 16, 32])
+def test_kernel_every_launch_config(kernel_device, output_tol, monkeypatch, block_t):
+    """Every token-block size: 1 + 45 tokens (a partial last block), D = 200 (not a power
+    of two); the class token holds one channel's max."""
+    monkeypatch.setattr(patch_pool_module, "_pool_configs",
+                        lambda *args: [dict(BLOCK_T=block_t, BLOCK_D=256, num_warps=4)])
+    tokens = make_tokens(2, 46, 200, device=kernel_device)
+    tokens[1, 0, 13] = 50.0
+    patch = torch.empty((2, 45, 200), device=kernel_device)
+    pooled = torch.empty((2, 200), device=kernel_device)
+    patch_pool_module._launch_pool(patch, pooled, tokens, 1, True)
+    expected_patch, expected_pooled = patch_pool_ref(tokens.cpu())
+    torch.testing.assert_close(patch.cpu(), expected_patch, **output_tol[torch.float32])
+    torch.testing.assert_close(pooled.cpu(), expected_pooled, **output_tol[torch.float32])
 
 
 def test_kernel_non_contiguous_tokens_and_class_token_max(kernel_device):

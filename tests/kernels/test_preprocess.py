@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from PIL import Image
 
 from clippy_rt.errors import BackendUnavailableError, InputError
 from clippy_rt.kernels.preprocess import preprocess, preprocess_ref, resample_taps
+
+preprocess_module = importlib.import_module("clippy_rt.kernels.preprocess")
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -46,6 +50,33 @@ def test_taps_reproduce_interpolate(in_size, out_size, antialias):
     expected = F.interpolate(signal, size=(1, out_size), mode="bilinear", align_corners=False,
                              antialias=antialias)[0, 0, 0]
     torch.testing.assert_close(resampled, expected, rtol=0, atol=1e-6)
+
+
+def bilinear_numpy(image, out_h, out_w):
+    """Two-tap bilinear resampling (align_corners=False, edge clamping) in float64 numpy,
+    written from the formula: src = (dst + 0.5) * in / out - 0.5, clamped at 0."""
+    def axis(size_in, size_out):
+        src = np.maximum((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0.0)
+        first = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+        second = np.minimum(first + 1, size_in - 1)
+        frac = np.clip(src - first, 0.0, 1.0)
+        return first, second, frac
+
+    y0, y1, fy = axis(image.shape[0], out_h)
+    x0, x1, fx = axis(image.shape[1], out_w)
+    rows = image[y0] * (1 - fy)[:, None, None] + image[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+def test_ref_resamples_at_exact_coordinates():
+    """1920 -> 448 columns: the reference equals float64 bilinear resampling to 1e-6 after
+    normalisation. F.interpolate on float32 pixels computes its source coordinates in
+    float32 and is off by up to 3.6e-4 here; the Triton kernel's taps are exact."""
+    frame = make_frames(1, 5, 1920, seed=4)[0]
+    got = preprocess_ref(frame, (3, 448), MEAN, STD, antialias=False)[0].permute(1, 2, 0).double()
+    expected = (bilinear_numpy(frame.numpy().astype(np.float64), 3, 448) / 255 - np.array(MEAN)) / np.array(STD)
+    # float32 output of values up to about 2.6: one rounding is at most 1.2e-7.
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("in_size, out_size", [(97, 131), (64, 64), (480, 224), (40, 97)])
@@ -113,6 +144,21 @@ def test_kernel_matches_reference(kernel_device, output_tol, batch, in_size, out
     assert got.dtype == dtype and got.shape == expected.shape and got.device == frames.device
     # Values reach about 2 in magnitude: the float32 entry's rtol covers the summation order.
     torch.testing.assert_close(got.cpu(), expected, **output_tol[dtype])
+
+
+@pytest.mark.parametrize("config_index", range(len(preprocess_module.RESIZE_CONFIGS)))
+def test_kernel_every_launch_config(kernel_device, output_tol, config_index):
+    """Every tile shape, on an output that no tile shape divides, shrinking one axis
+    (antialiased, 5 taps) and enlarging the other (2 taps), BGR."""
+    frames = make_frames(2, 37, 9, device=kernel_device)
+    out = torch.empty((2, 3, 13, 70), device=kernel_device)
+    taps = (*resample_taps(37, 13, True), *resample_taps(9, 70, True))
+    taps = tuple(t.to(kernel_device) for t in taps)
+    scales = [1.0 / (255.0 * s) for s in STD]
+    biases = [-m / s for m, s in zip(MEAN, STD)]
+    preprocess_module._launch_resize(out, frames, taps, scales, biases, True, config_index=config_index)
+    expected = preprocess_ref(frames.cpu(), (13, 70), MEAN, STD, bgr=True)
+    torch.testing.assert_close(out.cpu(), expected, **output_tol[torch.float32])
 
 
 def test_kernel_strided_frames_and_single_frame(kernel_device, output_tol):
