@@ -9,6 +9,8 @@ source model directory::
     text.onnx         input_ids, attention_mask -> text_embeds           (float32)
     image.fp16.onnx   the same graphs in float16 (with ``fp16=True``)
     text.fp16.onnx
+    image.int8.onnx   int8 weight products for the CPU (with ``int8=True``, see ``int8``)
+    text.int8.onnx
     seg_head.onnx     patch_features, text_embeds, grid and output size -> labels, scores
     manifest.json     config, tensor names and shapes, file sizes and sha256, the sha256 of
                       the source weights, opset, precisions, tool versions, logit scale and
@@ -57,7 +59,7 @@ MIN_OPSET = 17
 # The highest opset the TorchScript exporter of the supported torch versions writes.
 MAX_OPSET = 20
 DEFAULT_OPSET = 17
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 # Class names whose prompts drive the label-agreement column of the parity table.
 PARITY_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -381,13 +383,14 @@ def _sizes(check_sizes: Optional[Sequence], config: ClippyConfig) -> List[Tuple[
     return sizes
 
 
-def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = DEFAULT_OPSET,
+def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = False, opset: int = DEFAULT_OPSET,
                 check_sizes: Optional[Sequence] = None, check_batches: Sequence[int] = (1, 2),
                 seg_head: bool = True, overwrite: bool = False,
                 log: Optional[Callable[[str], None]] = None) -> ExportResult:
     """Export ``model_dir`` to the ONNX directory ``out`` (written atomically).
 
-    ``fp16`` adds float16 graphs beside the float32 ones. ``check_sizes`` are image sizes
+    ``fp16`` adds float16 graphs beside the float32 ones, ``int8`` int8 ones (recorded under
+    the manifest's ``quantization``). ``check_sizes`` are image sizes
     (ints or (H, W)) for the parity check, by default the config's size and twice it.
     Raises ``InputError`` for bad arguments, ``ModelDirError`` / ``CheckpointError`` for a
     bad model directory, and ``ModelDirError`` if a graph fails its check.
@@ -426,6 +429,19 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
                 filename = graph.filename(precision)
                 onnx.save_model(protos[graph.name], str(tmp / filename))
                 files[filename] = {"graph": graph.name, "precision": precision}
+        precisions = list(graphs)
+        quantization = None
+        if int8:
+            from .int8 import quantization_manifest, quantize_int8
+
+            log("quantising the weight products to int8")
+            records = {}
+            for graph in TOWERS:
+                records[graph.name] = quantize_int8(tmp / graph.filename("fp32"), tmp / graph.filename("int8"))
+                check_graph(onnx.load(str(tmp / graph.filename("int8"))), graph, f"{graph.name} int8 graph")
+                files[graph.filename("int8")] = {"graph": graph.name, "precision": "int8"}
+            precisions.append("int8")
+            quantization = quantization_manifest(records)
         if seg_head:
             from .seg_head_graph import export_seg_head
 
@@ -440,7 +456,7 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
         log(f"checking parity with ONNX Runtime at {', '.join(f'{h}x{w}' for h, w in sizes)}")
         runners = {precision: (OrtRunner(tmp / IMAGE.filename(precision), IMAGE, config),
                                OrtRunner(tmp / TEXT.filename(precision), TEXT, config))
-                   for precision in graphs}
+                   for precision in precisions}
         rows = measure_parity(model, tokenizer, runners, sizes, check_batches)
 
         manifest = {
@@ -450,7 +466,7 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
             "config": config.to_dict(),
             "logit_scale": float(model.logit_scale.detach()),
             "opset": opset,
-            "precisions": list(graphs),
+            "precisions": precisions,
             "io_kept_float32": True,
             "graphs": {graph.name: graph.describe(config) for graph in TOWERS + ((SEG_HEAD,) if seg_head else ())},
             "files": files,
@@ -459,6 +475,8 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
             "tools": tool_versions(),
             "parity": [row.to_dict() for row in rows],
         }
+        if quantization is not None:
+            manifest["quantization"] = quantization
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(path=out, manifest=manifest, parity=rows)
 

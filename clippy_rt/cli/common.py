@@ -51,8 +51,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = No
                         help="inference backend (default: torch)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cpu; cuda for tensorrt)")
-    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
-                        help="compute precision (default: fp32; for tensorrt, the engine's)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8"],
+                        help="compute precision (default: fp32; for tensorrt, the engine's; int8: "
+                             "onnxruntime on the CPU)")
 
 
 def progress(items: Sequence[T], label: str, *, stream=None, enabled: bool = True) -> Iterator[T]:
