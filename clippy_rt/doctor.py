@@ -47,6 +47,8 @@ L4T_TO_JETPACK = {
     "35.6.0": "5.1.4", "35.5.0": "5.1.3", "35.4.1": "5.1.2", "35.3.1": "5.1.1", "35.2.1": "5.1",
     "35.1.0": "5.0.2",
 }
+# L4T major release -> JetPack major release, for L4T releases missing from the table above.
+L4T_MAJOR_TO_JETPACK_MAJOR = {32: 4, 34: 5, 35: 5, 36: 6}
 JETSON_GUIDE = "docs/jetson.md"
 
 
@@ -420,7 +422,7 @@ def _check_release(probe: Probe, release_text: str) -> Finding:
     model = (probe.read("/proc/device-tree/model") or "").strip("\x00 \n") or "unknown board"
     facts = {"l4t": l4t, "jetpack": jetpack, "model": model}
     detail = f"{model}: L4T {l4t}, JetPack {jetpack or 'unknown'}"
-    major = int(jetpack.split(".")[0]) if jetpack else (6 if l4t.startswith("36.") else int(l4t.split(".")[0]) - 30)
+    major = int(jetpack.split(".")[0]) if jetpack else L4T_MAJOR_TO_JETPACK_MAJOR.get(int(l4t.split(".")[0]), 0)
     if major < MIN_JETPACK_MAJOR:
         return Finding("jetson", "L4T / JetPack", "mismatch", detail + f" (this guide needs JetPack {MIN_JETPACK_MAJOR})",
                        f"flash JetPack 6 with NVIDIA SDK Manager ({JETSON_GUIDE})", facts)

@@ -219,6 +219,15 @@ def test_jetpack5_is_a_mismatch(tmp_path):
     assert "JetPack 6" in release.fix
 
 
+def test_jetpack_major_from_unlisted_l4t(tmp_path):
+    probe = _jetson_root(tmp_path, release="# R32 (release), REVISION: 7.5, GCID: 1", dpkg_jetpack="")
+    release = check_jetson(probe)[0]
+    assert release.facts["jetpack"] is None and release.status == "mismatch"
+    probe = _jetson_root(tmp_path / "r36", release="# R36 (release), REVISION: 9.0, GCID: 1", dpkg_jetpack="")
+    release = check_jetson(probe)[0]
+    assert release.facts["l4t"] == "36.9.0" and release.status == "ok"
+
+
 def test_jetson_clocks_pinned_and_nvpmodel_absent(tmp_path):
     probe = _jetson_root(tmp_path, cpu_min_khz=1_510_400, mem_kb=16_000_000, nvpmodel=False)
     lines = {f.name: f for f in check_jetson(probe)}
