@@ -23,8 +23,8 @@ fp32 (min and mean over patches).
 Part 2, agreement: the demo model (`clippy_rt.load("demo")`) exported with --int8, evaluated by
 ``clippy_rt.evaluate`` on --scenes generated scenes from --seed (default: a held-out range that
 neither training, validation, the reported test set, the README figures nor the example images
-use), per variant:
-mIoU, pixel accuracy, and label agreement with a separately loaded torch fp32 engine.
+use), per variant: mIoU, pixel accuracy, and label agreement with a separately loaded torch
+fp32 engine.
 
 The last line says which low-precision path to keep: the fastest of torch bf16 and ort int8
 among those that meet the accuracy goals (label agreement with torch fp32 >= 99 %, mIoU

@@ -424,8 +424,8 @@ def _check_release(probe: Probe, release_text: str) -> Finding:
     detail = f"{model}: L4T {l4t}, JetPack {jetpack or 'unknown'}"
     major = int(jetpack.split(".")[0]) if jetpack else L4T_MAJOR_TO_JETPACK_MAJOR.get(int(l4t.split(".")[0]), 0)
     if major < MIN_JETPACK_MAJOR:
-        return Finding("jetson", "L4T / JetPack", "mismatch", detail + f" (this guide needs JetPack {MIN_JETPACK_MAJOR})",
-                       f"flash JetPack 6 with NVIDIA SDK Manager ({JETSON_GUIDE})", facts)
+        return Finding("jetson", "L4T / JetPack", "mismatch",
+                       detail + f" (this guide needs JetPack {MIN_JETPACK_MAJOR})", f"flash JetPack 6 with NVIDIA SDK Manager ({JETSON_GUIDE})", facts)
     return Finding("jetson", "L4T / JetPack", "ok", detail, facts=facts)
 
 
@@ -460,7 +460,8 @@ def _check_nvpmodel(probe: Probe) -> Finding:
 
 def _check_jetson_clocks(probe: Probe) -> Finding:
     if probe.which("jetson_clocks") is None:
-        return Finding("jetson", "jetson_clocks", "missing", "jetson_clocks not found", "sudo apt install nvidia-l4t-tools")
+        return Finding("jetson", "jetson_clocks", "missing", "jetson_clocks not found",
+                       "sudo apt install nvidia-l4t-tools")
     cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
     low, high = probe.read(cpufreq + "scaling_min_freq"), probe.read(cpufreq + "cpuinfo_max_freq")
     if low is None or high is None:

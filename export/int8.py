@@ -66,9 +66,10 @@ def _quiet_quantizer() -> Iterator[None]:
 def quantize_int8(source: Path, target: Path) -> Dict[str, object]:
     """Write the int8 version of the float32 graph ``source`` to ``target``.
 
-    Returns the record kept in the manifest: how many products were quantised. Raises ``ModelDirError`` when the graph has no weight product to
-    quantise (the result would silently be the float32 graph under another name) or when
-    the quantiser left one of them float32.
+    Returns the record kept in the manifest: how many products were quantised. Raises
+    ``ModelDirError`` when the graph has no weight product to quantise (the result would
+    silently be the float32 graph under another name) or when the quantiser left one of
+    them float32.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
