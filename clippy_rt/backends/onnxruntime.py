@@ -247,7 +247,8 @@ def load_onnxruntime(path, device: str = "cpu", precision: str = "fp32", *, thre
 
     resolved = resolve_device(device)
     if precision not in ("fp32", "fp16", "int8"):
-        raise InputError(f"the onnxruntime backend serves precision 'fp32', 'fp16' or 'int8', got {precision!r}")
+        raise InputError(f"the onnxruntime backend serves precision 'fp32' or 'fp16', and 'int8' on the CPU, "
+                         f"got {precision!r}")
     if precision == "int8" and resolved.type != "cpu":
         # The fused dynamic-quantisation kernels exist for the CPU provider only.
         raise InputError(f"int8 graphs run on the CPU only, got device {device!r}")
