@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 from clippy_rt.errors import ModelDirError
 
@@ -105,3 +105,22 @@ def quantization_manifest(graph_records: Dict[str, Dict[str, object]]) -> Dict[s
         "graphs": graph_records,
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def write_int8_graphs(directory: Path) -> Tuple[Dict[str, Dict[str, object]], Dict[str, object]]:
+    """Quantise ``image.onnx`` and ``text.onnx`` of ``directory`` into ``*.int8.onnx`` beside
+    them and check each result against the I/O spec. Returns (the manifest's ``files`` entries
+    for the new graphs, without sizes and checksums; the manifest's ``quantization`` entry)."""
+    import onnx
+
+    from .io_spec import TOWERS
+    from .onnx import check_graph
+
+    files: Dict[str, Dict[str, object]] = {}
+    records: Dict[str, Dict[str, object]] = {}
+    for graph in TOWERS:
+        target = directory / graph.filename("int8")
+        records[graph.name] = quantize_int8(directory / graph.filename("fp32"), target)
+        check_graph(onnx.load(str(target)), graph, f"{graph.name} int8 graph")
+        files[target.name] = {"graph": graph.name, "precision": "int8"}
+    return files, quantization_manifest(records)

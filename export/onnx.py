@@ -383,8 +383,8 @@ def _sizes(check_sizes: Optional[Sequence], config: ClippyConfig) -> List[Tuple[
     return sizes
 
 
-def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = False, opset: int = DEFAULT_OPSET,
-                check_sizes: Optional[Sequence] = None, check_batches: Sequence[int] = (1, 2),
+def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = False,
+                opset: int = DEFAULT_OPSET, check_sizes: Optional[Sequence] = None, check_batches: Sequence[int] = (1, 2),
                 seg_head: bool = True, overwrite: bool = False,
                 log: Optional[Callable[[str], None]] = None) -> ExportResult:
     """Export ``model_dir`` to the ONNX directory ``out`` (written atomically).
@@ -432,16 +432,12 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = 
         precisions = list(graphs)
         quantization = None
         if int8:
-            from .int8 import quantization_manifest, quantize_int8
+            from .int8 import write_int8_graphs
 
             log("quantising the weight products to int8")
-            records = {}
-            for graph in TOWERS:
-                records[graph.name] = quantize_int8(tmp / graph.filename("fp32"), tmp / graph.filename("int8"))
-                check_graph(onnx.load(str(tmp / graph.filename("int8"))), graph, f"{graph.name} int8 graph")
-                files[graph.filename("int8")] = {"graph": graph.name, "precision": "int8"}
+            int8_files, quantization = write_int8_graphs(tmp)
+            files.update(int8_files)
             precisions.append("int8")
-            quantization = quantization_manifest(records)
         if seg_head:
             from .seg_head_graph import export_seg_head
 

@@ -45,7 +45,8 @@ def run(args) -> int:
     def log(message: str) -> None:
         print(f"export: {message}", file=sys.stderr, flush=True)
 
-    result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, int8=args.int8, opset=args.opset, check_sizes=args.check_sizes,
+    result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, int8=args.int8, opset=args.opset,
+                         check_sizes=args.check_sizes,
                          check_batches=args.check_batches, seg_head=args.seg_head, overwrite=args.overwrite,
                          log=log)
     print(f"wrote {result.path} ({', '.join(result.manifest['precisions'])}; opset {result.manifest['opset']})")
