@@ -159,7 +159,9 @@ def check_python() -> List[Finding]:
     facts = {"version": text, "executable": sys.executable, "machine": platform.machine()}
     if tuple(version[:2]) < MIN_PYTHON:
         return [Finding("python", "python", "mismatch", f"{text}; clippy-rt needs >= "
-                        f"{'.'.join(map(str, MIN_PYTHON))}", "install Python 3.10 or newer and reinstall", facts)]
+                        f"{'.'.join(map(str, MIN_PYTHON))}",
+                        f"install Python {'.'.join(map(str, MIN_PYTHON))} or newer, then pip install -e . in it",
+                        facts)]
     return [Finding("python", "python", "ok", f"{text} ({platform.machine()}, {sys.executable})", facts=facts)]
 
 
