@@ -346,3 +346,11 @@ def test_cli_exit_status_when_a_check_fails(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(doctor, "check_disk", lambda probe: 1 / 0)
     assert main(["doctor", "--path", str(tmp_path)]) == 1
     assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_python_older_than_supported(monkeypatch):
+    monkeypatch.setattr(doctor, "MIN_PYTHON", (sys.version_info[0], sys.version_info[1] + 1))
+    line = doctor.check_python()[0]
+    assert line.status == "mismatch" and f"{sys.version_info[0]}.{sys.version_info[1] + 1}" in line.fix
+    monkeypatch.setattr(doctor, "MIN_PYTHON", tuple(sys.version_info[:2]))
+    assert doctor.check_python()[0].status == "ok"
