@@ -9,6 +9,8 @@ source model directory::
     text.onnx         input_ids, attention_mask -> text_embeds           (float32)
     image.fp16.onnx   the same graphs in float16 (with ``fp16=True``)
     text.fp16.onnx
+    image.int8.onnx   int8 weight products for the CPU (with ``int8=True``, see ``int8``)
+    text.int8.onnx
     seg_head.onnx     patch_features, text_embeds, grid and output size -> labels, scores
     manifest.json     config, tensor names and shapes, file sizes and sha256, the sha256 of
                       the source weights, opset, precisions, tool versions, logit scale and
@@ -354,13 +356,14 @@ def _sizes(check_sizes: Optional[Sequence], config: ClippyConfig) -> List[Tuple[
     return sizes
 
 
-def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = DEFAULT_OPSET,
-                check_sizes: Optional[Sequence] = None, check_batches: Sequence[int] = (1, 2),
+def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = False,
+                opset: int = DEFAULT_OPSET, check_sizes: Optional[Sequence] = None, check_batches: Sequence[int] = (1, 2),
                 seg_head: bool = True, overwrite: bool = False,
                 log: Optional[Callable[[str], None]] = None) -> ExportResult:
     """Export ``model_dir`` to the ONNX directory ``out`` (written atomically).
 
-    ``fp16`` adds float16 graphs beside the float32 ones. ``check_sizes`` are image sizes
+    ``fp16`` adds float16 graphs beside the float32 ones, ``int8`` int8 ones (recorded under
+    the manifest's ``quantization``). ``check_sizes`` are image sizes
     (ints or (H, W)) for the parity check, by default the config's size and twice it.
     Raises ``InputError`` for bad arguments, ``ModelDirError`` / ``CheckpointError`` for a
     bad model directory, and ``ModelDirError`` if a graph fails its check.
@@ -399,6 +402,15 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
                 filename = graph.filename(precision)
                 onnx.save_model(protos[graph.name], str(tmp / filename))
                 files[filename] = {"graph": graph.name, "precision": precision}
+        precisions = list(graphs)
+        quantization = None
+        if int8:
+            from .int8 import write_int8_graphs
+
+            log("quantising the weight products to int8")
+            int8_files, quantization = write_int8_graphs(tmp, check_graph)
+            files.update(int8_files)
+            precisions.append("int8")
         if seg_head:
             from .seg_head_graph import export_seg_head
 
@@ -413,7 +425,7 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
         log(f"checking parity with ONNX Runtime at {', '.join(f'{h}x{w}' for h, w in sizes)}")
         runners = {precision: (OrtRunner(tmp / IMAGE.filename(precision), IMAGE, config),
                                OrtRunner(tmp / TEXT.filename(precision), TEXT, config))
-                   for precision in graphs}
+                   for precision in precisions}
         rows = measure_parity(model, tokenizer, runners, sizes, check_batches)
 
         manifest = {
@@ -423,7 +435,7 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
             "config": config.to_dict(),
             "logit_scale": float(model.logit_scale.detach()),
             "opset": opset,
-            "precisions": list(graphs),
+            "precisions": precisions,
             "io_kept_float32": True,
             "graphs": {graph.name: graph.describe(config) for graph in TOWERS + ((SEG_HEAD,) if seg_head else ())},
             "files": files,
@@ -432,5 +444,7 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, opset: int = 
             "tools": tool_versions(),
             "parity": [row.to_dict() for row in rows],
         }
+        if quantization is not None:
+            manifest["quantization"] = quantization
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(path=out, manifest=manifest, parity=rows)

@@ -23,6 +23,9 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # Precision name -> the compute dtype of the torch backend. ONNX directories hold the
 # subset ``io_spec.GRAPH_PRECISIONS``; TensorRT engines fix theirs when built.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Every precision name an engine can be loaded with: the torch compute dtypes, and int8
+# (ONNX Runtime's quantised graphs, on the CPU).
+PRECISION_NAMES = tuple(PRECISIONS) + ("int8",)
 # I/O spec dtype name -> torch dtype.
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
 

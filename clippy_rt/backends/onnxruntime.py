@@ -219,8 +219,9 @@ def load_onnxruntime(path, device: str = "cpu", precision: Optional[str] = "fp32
                      verify_checksums: bool = True) -> OnnxRuntimeEngine:
     """Load an ONNX directory written by ``clippy-rt export`` as an Engine.
 
-    ``precision`` selects the graphs ("fp32", or "fp16" where the directory was exported
-    with ``--fp16``); inputs and outputs are float32 either way. Raises ``ModelDirError``
+    ``precision`` selects the graphs ("fp32", or "fp16" / "int8" where the directory was
+    exported with ``--fp16`` / ``--int8``; int8 runs on the CPU only); inputs and outputs
+    are float32 either way. Raises ``ModelDirError``
     for a missing, inconsistent, truncated or corrupt directory, ``InputError`` for bad
     arguments, ``BackendUnavailableError`` for a device this onnxruntime cannot use.
     """
@@ -229,10 +230,13 @@ def load_onnxruntime(path, device: str = "cpu", precision: Optional[str] = "fp32
     if precision not in GRAPH_PRECISIONS:
         raise InputError(f"the onnxruntime backend serves precision {' or '.join(map(repr, GRAPH_PRECISIONS))}, "
                          f"got {precision!r}")
+    if precision == "int8" and resolved.type != "cpu":
+        # The fused dynamic-quantisation kernels exist for the CPU provider only.
+        raise InputError(f"int8 graphs run on the CPU only, got device {device!r}")
     onnx_dir = read_onnx_dir(Path(path), verify_checksums=verify_checksums)
     if precision not in onnx_dir.precisions:
         raise ModelDirError(f"{path} holds {', '.join(onnx_dir.precisions)} graphs, not {precision}; "
-                            f"re-export with `clippy-rt export ... --fp16` to add float16 graphs")
+                            f"re-export with `clippy-rt export ... --{precision}` to add them")
     tokenizer = load_tokenizer(onnx_dir.tokenizer, onnx_dir.config)
     return OnnxRuntimeEngine(onnx_dir, tokenizer, resolved, precision, threads=threads,
                              optimization=optimization, tensorrt_provider=tensorrt_provider)

@@ -1,11 +1,12 @@
 """Export a model directory to ONNX (for ONNX Runtime, and for `clippy-rt build`).
 
-    clippy-rt export MODEL_DIR --out DIR [--fp16] [--opset N] [--check-sizes 224,448]
+    clippy-rt export MODEL_DIR --out DIR [--fp16] [--int8] [--opset N] [--check-sizes 224,448]
 
 Writes a self-contained directory (config, tokenizer, image.onnx, text.onnx, seg_head.onnx,
-manifest.json; with --fp16 also image.fp16.onnx and text.fp16.onnx), then prints a parity
+manifest.json; with --fp16 also image.fp16.onnx and text.fp16.onnx; with --int8 also
+image.int8.onnx and text.int8.onnx, int8 weight products for the CPU), then prints a parity
 table: torch float32 against ONNX Runtime CPU on random inputs at each size.
-Load it with clippy_rt.load(DIR, backend="onnxruntime").
+Load it with clippy_rt.load(DIR, backend="onnxruntime"[, precision="fp16" | "int8"]).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", type=Path, help="model directory (config.json, weights.safetensors, tokenizer)")
     parser.add_argument("--out", type=Path, required=True, help="output ONNX directory")
     parser.add_argument("--fp16", action="store_true", help="also write float16 graphs (*.fp16.onnx)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write int8 graphs for the CPU (*.int8.onnx: int8 weights per output "
+                             "channel, activations quantised per call)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET})")
     parser.add_argument("--check-sizes", type=int_list, default=None, metavar="S1,S2",
@@ -41,7 +45,8 @@ def run(args) -> int:
     def log(message: str) -> None:
         print(f"export: {message}", file=sys.stderr, flush=True)
 
-    result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, opset=args.opset, check_sizes=args.check_sizes,
+    result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, int8=args.int8, opset=args.opset,
+                         check_sizes=args.check_sizes,
                          check_batches=args.check_batches, seg_head=args.seg_head, overwrite=args.overwrite,
                          log=log)
     print(f"wrote {result.path} ({', '.join(result.manifest['precisions'])}; opset {result.manifest['opset']})")

@@ -24,6 +24,7 @@ COMMANDS = {
     "eval": "eval",
     "demo": "demo",
     "bag": "bag",
+    "doctor": "doctor",
 }
 
 

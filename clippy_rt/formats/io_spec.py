@@ -46,7 +46,7 @@ DTYPES = {
 FIXED_AXES = ("embed",)
 
 # The compute precisions a graph file can hold (its inputs and outputs stay float32).
-GRAPH_PRECISIONS = ("fp32", "fp16")
+GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
