@@ -22,6 +22,7 @@ COMMANDS = {
     "build": "build",
     "bench": "bench",
     "eval": "eval",
+    "serve": "serve",
 }
 
 
