@@ -12,6 +12,10 @@ from typing import Callable, Optional
 from .options import ServeOptions
 
 APP_NAME = "clippy-rt"
+# The one HTTP proxy would otherwise send every request to the replicas on its own node
+# until they are full: spread requests over all replicas instead. The Serve controller and
+# proxy inherit this job's environment.
+PROXY_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
 
 
 def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event] = None,
@@ -43,7 +47,8 @@ def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event
         where = "a local Ray cluster" if started_here else f"the Ray cluster at {options.address}"
         log(f"starting {where}")
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=True)
+                 logging_level=logging.WARNING, configure_logging=True,
+                 runtime_env={"env_vars": PROXY_ENV})
         catch_signals()
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)

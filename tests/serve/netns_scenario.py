@@ -39,8 +39,10 @@ def main() -> int:
     spec = json.loads((inputs / "requests.json").read_text())
     # A short temp dir: Ray's Unix socket paths must stay under ~107 characters.
     ray_tmp = tempfile.mkdtemp(prefix="crt-", dir="/tmp")
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
-               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    # Token authentication, as nodes joining a cluster need; this process joins too.
+    os.environ.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+                      RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env = dict(os.environ)
     ray_cli = str(Path(sys.executable).with_name("ray"))
     report = {"mode": mode}
     command = [sys.executable, "-m", "clippy_rt.cli.main", "serve", model, "--port", str(PORT),
@@ -183,14 +185,23 @@ def cluster_scenario(client, spec, inputs, out, report):
     report["errors"] = errors
     arrays = {f"labels_{i}": r.labels.numpy() for i, r in enumerate(results) if r is not None}
     np.savez(out / "labels.npz", **arrays)
+    # Which nodes host a replica: ask /v1/stats (answered by whichever replica the proxy
+    # picks) from concurrent clients until both replicas answered, or give up.
+    seen = {}
+    for _ in range(10):
+        answers = [None] * 8
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, client.stats())) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seen.update({answer["replica"]: answer["node_id"] for answer in answers if answer})
+        if len(seen) >= 2:
+            break
+    report["replica_nodes"] = sorted(seen.values())
     ray.init(address=f"127.0.0.1:{RAY_PORT}", log_to_driver=False, logging_level="ERROR")
     try:
         report["nodes"] = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
-        from ray.util.state import list_actors
-
-        replicas = [actor for actor in list_actors(filters=[("state", "=", "ALIVE")])
-                    if "clippy-rt" in (actor.class_name or "") or "clippy-rt" in (actor.name or "")]
-        report["replica_nodes"] = sorted(actor.node_id for actor in replicas)
     finally:
         ray.shutdown()
 
