@@ -145,6 +145,28 @@ def single_scenario(client, spec, inputs, out, report):
     first = spec["requests"][0]
     again = client.segment(inputs / first["image"], first["prompts"], size=first.get("size"))
     report["after_bad_equal"] = bool(np.array_equal(again.labels.numpy(), arrays.get("labels_0")))
+    report["readme_curl"] = readme_curl()
+
+
+def readme_curl():
+    """Run README's curl examples (port changed to this server's) from the repository root;
+    the parsed JSON answers, or a reason why they could not run."""
+    import re
+    import shutil
+
+    if shutil.which("curl") is None or shutil.which("base64") is None:
+        return "curl or base64 is missing"
+    root = Path(__file__).resolve().parents[2]
+    section = (root / "README.md").read_text().split("## Serving over HTTP\n", 1)[1].split("\n## ", 1)[0]
+    answers = []
+    for line in re.findall(r"^\$ (curl .*)$", section, flags=re.M):
+        command = line.replace("127.0.0.1:8000", f"127.0.0.1:{PORT}")
+        done = subprocess.run(["bash", "-c", command], cwd=root, capture_output=True, text=True, timeout=120)
+        try:
+            answers.append(json.loads(done.stdout))
+        except ValueError:
+            answers.append({"raw": done.stdout[:300], "stderr": done.stderr[:300]})
+    return answers
 
 
 def bad_requests(spec, inputs):

@@ -148,6 +148,19 @@ def test_health(scenario, tiny_model_dir):
                                 "device": "cpu", "precision": "fp32", "random_weights": True}
 
 
+def test_readme_curl_examples_answer(scenario):
+    _, report, _, _ = scenario
+    answers = report["readme_curl"]
+    if isinstance(answers, str):
+        pytest.skip(answers)
+    health, segment, classify = answers
+    assert health["status"] == "ok"
+    assert segment["classes"] == ["background", "circle", "square"]
+    assert (segment["height"], segment["width"]) == (64, 64)
+    assert sum(segment["fractions"].values()) == pytest.approx(1.0)
+    assert len(classify["labels"]) == 2
+
+
 def test_sigterm_shuts_down_cleanly(scenario):
     _, report, _, _ = scenario
     assert report["exit_code"] == 0, report["server_log_tail"]

@@ -1,0 +1,69 @@
+"""`clippy-rt serve` before Ray starts: flags, option checks, a missing Ray, a bad model."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from clippy_rt.cli.main import main as cli
+from clippy_rt.errors import BackendUnavailableError, InputError
+from clippy_rt.serve import ServeOptions, require_ray
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--backend", "--device", "--precision", "--host", "--port", "--replicas", "--max-batch",
+                 "--batch-wait-ms", "--address", "--max-body-bytes", "--cpus-per-replica"):
+        assert flag in out
+
+
+def test_missing_ray_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'clippy-rt\[serve\]'"):
+        require_ray()
+    assert cli(["serve", "demo"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clippy-rt serve: error: serving needs Ray Serve") and "\n" not in err
+
+
+def test_bad_model_fails_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import clippy_rt.serve as serve_package
+
+    started = []
+    monkeypatch.setattr(serve_package, "serve_until_stopped", lambda *a, **k: started.append(a) or 0)
+    assert cli(["serve", str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert started == []
+
+
+def test_model_path_is_made_absolute_for_the_replicas(tiny_model_dir, monkeypatch):
+    import clippy_rt.serve as serve_package
+
+    seen = []
+    monkeypatch.setattr(serve_package, "serve_until_stopped", lambda options: seen.append(options) or 0)
+    monkeypatch.chdir(tiny_model_dir.parent)
+    assert cli(["serve", tiny_model_dir.name, "--replicas", "3", "--max-batch", "4", "--port", "9000"]) == 0
+    [options] = seen
+    assert options.model == str(tiny_model_dir.resolve())
+    assert (options.replicas, options.max_batch, options.port, options.host) == (3, 4, 9000, "127.0.0.1")
+
+
+@pytest.mark.parametrize("field, value", [("port", 0), ("port", 70000), ("replicas", 0), ("max_batch", 0),
+                                          ("batch_wait_ms", -1.0), ("batch_wait_ms", float("nan")),
+                                          ("cpus_per_replica", -1), ("max_body_bytes", 0), ("replicas", True)])
+def test_options_reject(field, value):
+    with pytest.raises(InputError, match=field):
+        ServeOptions(model="demo", **{field: value})
+
+
+def test_options_cuda_and_threads():
+    assert ServeOptions(model="demo").uses_cuda is False
+    assert ServeOptions(model="demo", device="cuda:1").uses_cuda is True
+    assert ServeOptions(model="x", backend="tensorrt").uses_cuda is True
+    assert ServeOptions(model="demo", cpus_per_replica=2.5).threads == 2
+    assert ServeOptions(model="demo", cpus_per_replica=0).threads == 1
