@@ -56,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the local engine's best batched segment throughput first (default: on)")
-    parser.add_argument("--baseline-threads", type=int, default=1,
-                        help="torch threads of the local baseline; match --cpus-per-replica (default: 1)")
+    parser.add_argument("--baseline-threads", default="1,2",
+                        help="torch thread counts to try for the local baseline; the best counts (default: 1,2)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     args = parser.parse_args(argv)
     host = urlsplit(args.url).hostname or ""
@@ -88,26 +88,59 @@ def prompts_for(model: str):
     return eval_prompts() if model == "demo" else class_names()
 
 
-def baseline(model: str, images, prompts, threads: int, seconds: float = 4.0) -> Dict[str, object]:
-    """Best frames/s of the local engine's batched ``segment`` over batch sizes 1-32."""
+def baseline(model: str, images, prompts, thread_counts: List[int], seconds: float = 4.0) -> Dict[str, object]:
+    """Best frames/s of the local engine's batched ``segment`` over batch sizes 1-32 and
+    the given torch thread counts."""
     import torch
 
     import clippy_rt
 
-    torch.set_num_threads(threads)
     engine = clippy_rt.load(model)
-    per_batch = {}
-    for batch in (1, 2, 4, 8, 16, 32):
-        frames = [images[i % len(images)] for i in range(batch)]
-        engine.segment(frames, prompts)
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+    rates = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for batch in (1, 2, 4, 8, 16, 32):
+            frames = [images[i % len(images)] for i in range(batch)]
             engine.segment(frames, prompts)
-            done += batch
-        per_batch[batch] = done / (time.perf_counter() - start)
-    best = max(per_batch, key=per_batch.get)
-    return {"threads": threads, "frames_per_s": {str(k): round(v, 2) for k, v in per_batch.items()},
-            "best_batch": best, "best_frames_per_s": round(per_batch[best], 2)}
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                engine.segment(frames, prompts)
+                done += batch
+            rates[(threads, batch)] = done / (time.perf_counter() - start)
+    threads, batch = max(rates, key=rates.get)
+    return {"frames_per_s": {f"threads {t}, batch {b}": round(v, 2) for (t, b), v in rates.items()},
+            "best_threads": threads, "best_batch": batch, "best_frames_per_s": round(rates[(threads, batch)], 2)}
+
+
+def namespace_cpu_seconds() -> Dict[str, float]:
+    """CPU seconds (user + system) used so far by each process in this network namespace,
+    keyed by "pid command"; inside a loopback-only namespace, that is the server's processes
+    and this one, and none of the machine's other work."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        own = os.readlink("/proc/self/ns/net")
+    except OSError:
+        return {}
+    usage = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "net") != own:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        # Fields after the command name: utime and stime are the 12th and 13th.
+        usage[f"{entry.name} {command[:70]}"] = (int(fields[11]) + int(fields[12])) / ticks
+    return usage
+
+
+def cpu_used_during(before: Dict[str, float], after: Dict[str, float], top: int = 8) -> Dict[str, float]:
+    """The ``top`` processes by CPU seconds used between two namespace_cpu_seconds() calls."""
+    used = {name: round(seconds - before.get(name, 0.0), 2) for name, seconds in after.items()}
+    return dict(sorted(((n, v) for n, v in used.items() if v > 0), key=lambda item: -item[1])[:top])
 
 
 def start_server(model: str, url: str, extra: str) -> subprocess.Popen:
@@ -197,6 +230,26 @@ def run_load(url: str, payloads: List[bytes], references, prompts, clients: int,
             "error_messages": messages}
 
 
+MARKDOWN_HEADER = ("| date (UTC) | server args | clients | requests | throughput /s | local best /s | ratio "
+                   "| p50 ms | p95 ms | p99 ms | p99/p50 | errors | lost | mismatched | load avg (1 min) before, after |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(report: Dict[str, object], server_args: str) -> str:
+    """One row of RESULTS.md's serving table (header: MARKDOWN_HEADER)."""
+    load = report["load"]
+    latency = load["latency_ms"] or {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    local = report.get("local_baseline") or {}
+    before, after = report["environment_before"], report.get("environment_after") or {}
+    loads = [str((env.get("load_average") or ["?"])[0]) for env in (before, after)]
+    cells = [before["date"][:16].replace("T", " "), f"`{server_args}`" if server_args else "(defaults)",
+             report["clients"], load["sent"], load["throughput_per_s"], local.get("best_frames_per_s", "-"),
+             report.get("throughput_vs_local", "-"), latency["p50"], latency["p95"], latency["p99"],
+             round(latency["p99"] / latency["p50"], 2) if latency["p50"] else "-", load["errors"], load["lost"],
+             load["mismatched"], ", ".join(loads)]
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -215,7 +268,8 @@ def main(argv=None) -> int:
                                  "clients": args.clients, "requests": args.requests, "images": len(paths)}
     if args.baseline:
         print("measuring the local engine's batched segment throughput", file=sys.stderr, flush=True)
-        report["local_baseline"] = baseline(model, pictures, prompts, args.baseline_threads)
+        thread_counts = [int(part) for part in args.baseline_threads.split(",") if part.strip()]
+        report["local_baseline"] = baseline(model, pictures, prompts, thread_counts)
     import clippy_rt
 
     reference_engine = clippy_rt.load(model)
@@ -232,8 +286,10 @@ def main(argv=None) -> int:
         stats_before = probe.stats()
         print(f"load: {args.clients} clients, {args.requests} requests, at most {args.duration:g} s",
               file=sys.stderr, flush=True)
+        cpu_before = namespace_cpu_seconds()
         report["load"] = run_load(args.url, payloads, references, prompts, args.clients, args.requests,
                                   args.duration, args.timeout)
+        report["cpu_seconds_during_load"] = cpu_used_during(cpu_before, namespace_cpu_seconds())
         report["replica_stats_before"] = stats_before
         report["replica_stats_after"] = probe.stats()
         report["environment_after"] = collect_environment()
@@ -255,7 +311,10 @@ def main(argv=None) -> int:
         text = json.dumps(report, indent=1).encode()
         atomic_write(args.json, lambda handle: handle.write(text))
     print(json.dumps({key: report.get(key) for key in
-                      ("load", "local_baseline", "throughput_vs_local", "replica_stats_after")}, indent=1))
+                      ("load", "local_baseline", "throughput_vs_local", "replica_stats_after",
+                       "cpu_seconds_during_load")}, indent=1))
+    print(MARKDOWN_HEADER)
+    print(markdown_row(report, args.server_args))
     return 0 if load["errors"] == 0 and load["lost"] == 0 and load["mismatched"] == 0 else 1
 
 

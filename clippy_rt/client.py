@@ -19,7 +19,7 @@ import http.client
 import json
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from .engine import Segmentation
@@ -57,7 +57,7 @@ class Client:
 
     # -- API ---------------------------------------------------------------------------
     def segment(self, image, prompts, size=None, template: Optional[str] = None, resize: str = "squash",
-                scores: bool = False):
+                scores: bool = False) -> Union[Segmentation, List[Segmentation]]:
         """Like ``Engine.segment``: one image -> Segmentation, a list -> a list of them (sent
         one after another). ``image``: a path, PNG/JPEG bytes, a PIL image or a uint8 array.
         ``scores=False`` leaves ``Segmentation.scores`` empty (shape [0]), which keeps

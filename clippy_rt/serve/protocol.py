@@ -25,7 +25,8 @@ import base64
 import binascii
 import io
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from PIL import Image
 
 from ..engine import RESIZE_MODES, Segmentation
 from ..errors import InputError
+from ..images import load_image
 from ..prompts import PromptSet, build_prompt_set
 from ..visualize import label_image
 
@@ -108,7 +110,6 @@ def decode_image(text: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     try:
         opened.load()
         # Palette, grayscale and alpha images are read as RGB, as load_image does for files.
-        from ..images import load_image
         return load_image(opened)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -119,10 +120,6 @@ def encode_image_file(image: Any) -> bytes:
     """What the client sends as 'image': PNG/JPEG file bytes pass through as they are (as do
     such files, given by path); anything else ``load_image`` reads (other files, PIL
     images, uint8 arrays) is encoded as PNG."""
-    from pathlib import Path
-
-    from ..images import load_image
-
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)
     if isinstance(image, (str, Path)):

@@ -4,10 +4,11 @@ shut Serve down again."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 from .options import ServeOptions
 
@@ -16,6 +17,15 @@ APP_NAME = "clippy-rt"
 # until they are full: spread requests over all replicas instead. The Serve controller and
 # proxy inherit this job's environment.
 PROXY_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+
+
+def serve_environment(environ: Mapping[str, str]) -> Dict[str, str]:
+    """Environment for the Serve processes: PROXY_ENV, overridden by any ``RAY_SERVE_*``
+    variable set for this command (Ray Serve's own tuning knobs reach the controller,
+    proxy and replicas also on a cluster started elsewhere)."""
+    env = dict(PROXY_ENV)
+    env.update({name: value for name, value in environ.items() if name.startswith("RAY_SERVE_")})
+    return env
 
 
 def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event] = None,
@@ -48,7 +58,7 @@ def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event
         log(f"starting {where}")
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=True,
-                 runtime_env={"env_vars": PROXY_ENV})
+                 runtime_env={"env_vars": serve_environment(os.environ)})
         catch_signals()
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)

@@ -67,3 +67,12 @@ def test_options_cuda_and_threads():
     assert ServeOptions(model="x", backend="tensorrt").uses_cuda is True
     assert ServeOptions(model="demo", cpus_per_replica=2.5).threads == 2
     assert ServeOptions(model="demo", cpus_per_replica=0).threads == 1
+
+
+def test_serve_environment_spreads_requests_and_passes_ray_serve_variables():
+    from clippy_rt.serve.server import serve_environment
+
+    assert serve_environment({"HOME": "/root"}) == {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+    env = serve_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "1",
+                             "RAY_ADDRESS": "x", "PATH": "/bin"})
+    assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "1"}
