@@ -69,6 +69,9 @@ class ClippyDeployment:
             parsed = await loop.run_in_executor(None, self.replica.parse, route, body)
         except RequestError as exc:
             return _error(exc.status, str(exc))
+        except Exception as exc:  # a server fault: still one line of JSON
+            logger.exception("parsing a %s request failed", route)
+            return _error(500, f"internal error: {first_line(exc)}")
         status, reply = await self.handle_batch(parsed)
         return JSONResponse(reply, status_code=status)
 
