@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Dict, List
+from typing import Any, List
 
 from ray import serve
 from starlette.requests import Request
@@ -117,12 +117,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def build_deployment(options: ServeOptions):
     """The bound Serve application for ``options``."""
-    actor_options: Dict[str, Any] = {"num_cpus": options.cpus_per_replica}
-    if options.uses_cuda:
-        actor_options["num_gpus"] = 1
     deployment = ClippyDeployment.options(
         num_replicas=options.replicas,
-        ray_actor_options=actor_options,
+        ray_actor_options=options.replica_resources,
         # Enough requests in flight per replica to fill two batches: one running, one forming.
         max_ongoing_requests=max(2 * options.max_batch, 8),
     )

@@ -49,6 +49,14 @@ class ServeOptions:
         return device.startswith("cuda")
 
     @property
+    def replica_resources(self) -> dict:
+        """Ray actor resources of one replica: its CPUs, and one GPU when it runs on CUDA."""
+        resources = {"num_cpus": self.cpus_per_replica}
+        if self.uses_cuda:
+            resources["num_gpus"] = 1
+        return resources
+
+    @property
     def threads(self) -> int:
         """torch threads per replica."""
         return max(1, int(self.cpus_per_replica))

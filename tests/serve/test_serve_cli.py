@@ -67,6 +67,9 @@ def test_options_cuda_and_threads():
     assert ServeOptions(model="x", backend="tensorrt").uses_cuda is True
     assert ServeOptions(model="demo", cpus_per_replica=2.5).threads == 2
     assert ServeOptions(model="demo", cpus_per_replica=0).threads == 1
+    assert ServeOptions(model="demo").replica_resources == {"num_cpus": 1.0}
+    assert ServeOptions(model="demo", device="cuda", cpus_per_replica=4).replica_resources == {"num_cpus": 4,
+                                                                                              "num_gpus": 1}
 
 
 def test_serve_environment_spreads_requests_and_passes_ray_serve_variables():
