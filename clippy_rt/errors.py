@@ -24,3 +24,7 @@ class InputError(ClippyError, ValueError):
 
 class BackendUnavailableError(ClippyError, RuntimeError):
     """A requested backend or device cannot run here (missing package, no GPU)."""
+
+
+class ServerError(ClippyError, RuntimeError):
+    """A server could not be reached, or failed on a request it accepted (HTTP 5xx)."""

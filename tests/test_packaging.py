@@ -18,16 +18,17 @@ def test_wheel_contains_kernels_export_and_data(tmp_path):
     for expected in ("clippy_rt/kernels/seg_head.py", "clippy_rt/kernels/patch_pool.py",
                      "clippy_rt/export/onnx.py", "clippy_rt/cli/main.py", "clippy_rt/data/corpus.txt",
                      "clippy_rt/datasets/synthetic.py", "clippy_rt/bench/stats.py",
-                     "clippy_rt/robotics/bag.py", "clippy_rt/ros2.py", "clippy_rt/text_cache.py"):
+                     "clippy_rt/robotics/bag.py", "clippy_rt/ros2.py", "clippy_rt/text_cache.py",
+                     "clippy_rt/serve/deployment.py", "clippy_rt/client.py"):
         assert expected in names, expected
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
 
 
 def test_import_without_optional_dependencies():
     code = ("import sys\n"
-            "for name in ('triton', 'onnxruntime', 'onnx', 'tensorrt', 'timm', 'transformers'):\n"
+            "for name in ('triton', 'onnxruntime', 'onnx', 'tensorrt', 'timm', 'transformers', 'ray'):\n"
             "    sys.modules[name] = None\n"
-            "import clippy_rt, clippy_rt.kernels, clippy_rt.export\n"
+            "import clippy_rt, clippy_rt.kernels, clippy_rt.export, clippy_rt.client, clippy_rt.serve.replica\n"
             "from clippy_rt.cli.main import build_parser\n"
             "build_parser()\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -25,6 +25,7 @@ COMMANDS = {
     "demo": "demo",
     "bag": "bag",
     "doctor": "doctor",
+    "serve": "serve",
 }
 
 

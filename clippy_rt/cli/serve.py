@@ -1,0 +1,58 @@
+"""Serve a model over HTTP with dynamic batching (Ray Serve).
+
+Endpoints: POST /v1/segment, POST /v1/classify, GET /v1/health, GET /v1/stats (README,
+"Serving"). Without --address a local Ray cluster is started and stopped with the server;
+with --address the replicas are placed on the nodes of that cluster. Ctrl-C or SIGTERM
+stops the server. Needs the `serve` extra: pip install 'clippy-rt[serve]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_arguments
+
+
+def add_arguments(parser) -> None:
+    from clippy_rt.serve.protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
+
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address the HTTP server binds (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    parser.add_argument("--replicas", type=int, default=1, help="number of replicas, one Engine each (default: 1)")
+    parser.add_argument("--max-batch", type=int, default=16,
+                        help="most requests one replica batches together (default: 16)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                        help="how long a replica waits to fill a batch once a request arrived (default: 5)")
+    parser.add_argument("--cpus-per-replica", type=float, default=1.0,
+                        help="Ray CPUs reserved per replica; torch uses as many threads (default: 1)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help=f"largest accepted request body; larger ones get 413 (default: {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"largest accepted image in pixels; larger ones get 413 (default: {DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--text-cache-dir", default=None,
+                        help="where each replica keeps text embeddings on disk (default: ~/.cache/clippy-rt/text)")
+    parser.add_argument("--text-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="cache text embeddings on disk, so a restarted replica does not encode its "
+                             "prompts again (default: on)")
+    parser.add_argument("--address", default=None,
+                        help="join the Ray cluster at this address (e.g. 127.0.0.1:6379) instead of starting one")
+
+
+def run(args) -> int:
+    from clippy_rt.api import resolve_model_path
+    from clippy_rt.serve import ServeOptions, require_ray, serve_until_stopped
+
+    import clippy_rt
+
+    require_ray()
+    # Load once here so a bad model directory fails in a second, before Ray starts.
+    clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    model = str(args.model) if str(args.model) == "demo" else str(resolve_model_path(args.model).resolve())
+    options = ServeOptions(model=model, backend=args.backend, device=args.device, precision=args.precision,
+                           host=args.host, port=args.port, replicas=args.replicas, max_batch=args.max_batch,
+                           batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica,
+                           max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, address=args.address,
+                           text_cache_dir=(str(args.text_cache_dir) if args.text_cache_dir else None)
+                           if args.text_cache else False)
+    return serve_until_stopped(options)

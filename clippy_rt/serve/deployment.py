@@ -1,0 +1,123 @@
+"""The Ray Serve deployment: HTTP routing, the body-size limit and dynamic batching around
+a ``Replica``. Importing this module imports Ray; use ``clippy_rt.serve.build_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, List
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .options import ServeOptions
+from .protocol import RequestError, error_body, first_line
+from .replica import Replica, load_engine
+
+logger = logging.getLogger("clippy_rt.serve")
+
+ROUTES = {
+    ("GET", "/v1/health"): "health",
+    ("GET", "/v1/stats"): "stats",
+    ("POST", "/v1/segment"): "segment",
+    ("POST", "/v1/classify"): "classify",
+}
+
+
+@serve.deployment(name="clippy-rt")
+class ClippyDeployment:
+    """One Engine per replica; concurrent requests are batched by ``handle_batch``."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        import ray
+        import torch
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.options = options
+        engine = load_engine(options)
+        context = ray.get_runtime_context()
+        try:
+            replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside a running Serve application (never in service)
+            replica_id = ""
+        self.replica = Replica(engine, model=str(options.model), max_pixels=options.max_pixels,
+                               replica_id=replica_id, node_id=context.get_node_id())
+        self.handle_batch.set_max_batch_size(options.max_batch)
+        self.handle_batch.set_batch_wait_timeout_s(options.batch_wait_ms / 1000.0)
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        route = ROUTES.get((request.method, request.url.path))
+        if route is None:
+            if any(path == request.url.path for _, path in ROUTES):
+                return _error(405, f"method {request.method} not allowed on {request.url.path}")
+            return _error(404, f"no route {request.url.path}; see /v1/health, /v1/segment, /v1/classify")
+        if route == "health":
+            return JSONResponse(self.replica.health())
+        if route == "stats":
+            return JSONResponse(self.replica.stats())
+        try:
+            body = await _read_json(request, self.options.max_body_bytes)
+            loop = asyncio.get_running_loop()
+            # Decoding an image is real work: keep it off the event loop that forms batches.
+            parsed = await loop.run_in_executor(None, self.replica.parse, route, body)
+        except RequestError as exc:
+            return _error(exc.status, str(exc))
+        except Exception as exc:  # a server fault: still one line of JSON
+            logger.exception("parsing a %s request failed", route)
+            return _error(500, f"internal error: {first_line(exc)}")
+        status, reply = await self.handle_batch(parsed)
+        return JSONResponse(reply, status_code=status)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def handle_batch(self, requests: List[Any]) -> List[tuple]:
+        loop = asyncio.get_running_loop()
+        try:
+            # The engine call blocks: run it in a thread so requests keep arriving meanwhile.
+            return await loop.run_in_executor(None, self.replica.run_batch, requests)
+        except Exception as exc:  # a server fault: answer every request of the batch
+            logger.exception("batch of %d failed", len(requests))
+            return [(500, error_body(f"internal error: {first_line(exc)}"))] * len(requests)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_bytes = int(declared)
+        except ValueError:
+            raise RequestError(f"invalid Content-Length {declared!r}") from None
+        if declared_bytes > limit:
+            raise RequestError(f"request body of {declared_bytes} bytes exceeds the limit of {limit} bytes",
+                               status=413)
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise RequestError(f"request body exceeds the limit of {limit} bytes", status=413)
+        chunks.append(chunk)
+    if not received:
+        raise RequestError("empty request body: send a JSON object")
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {first_line(exc)}") from None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(error_body(message), status_code=status)
+
+
+def build_deployment(options: ServeOptions):
+    """The bound Serve application for ``options``."""
+    deployment = ClippyDeployment.options(
+        num_replicas=options.replicas,
+        ray_actor_options=options.replica_resources,
+        # Enough requests in flight per replica to fill two batches: one running, one forming.
+        max_ongoing_requests=max(2 * options.max_batch, 8),
+    )
+    return deployment.bind(options)

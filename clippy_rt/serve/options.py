@@ -1,0 +1,70 @@
+"""Server settings, validated once and shipped to every replica."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from ..errors import InputError
+from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """``model`` is a path string (or "demo") that every replica loads: on a cluster it must
+    exist on each node. ``cpus_per_replica`` is the Ray CPU reservation of a replica; torch
+    uses that many threads in it (at least one). On CUDA each replica also takes one GPU."""
+
+    model: str
+    backend: str = "torch"
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    max_batch: int = 16
+    batch_wait_ms: float = 5.0
+    cpus_per_replica: float = 1.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    address: Optional[str] = None
+    # Text embeddings on disk: None = the default directory, a path = there, False = memory only.
+    text_cache_dir: Union[None, str, bool] = None
+
+    def __post_init__(self) -> None:
+        _positive_int("port", self.port, upper=65535)
+        _positive_int("replicas", self.replicas)
+        _positive_int("max_batch", self.max_batch, upper=1024)
+        _positive_int("max_body_bytes", self.max_body_bytes)
+        _positive_int("max_pixels", self.max_pixels)
+        if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 10_000
+                and math.isfinite(self.batch_wait_ms)):
+            raise InputError(f"batch_wait_ms must be in [0, 10000], got {self.batch_wait_ms!r}")
+        if not (isinstance(self.cpus_per_replica, (int, float)) and self.cpus_per_replica >= 0
+                and math.isfinite(self.cpus_per_replica)):
+            raise InputError(f"cpus_per_replica must be >= 0, got {self.cpus_per_replica!r}")
+
+    @property
+    def uses_cuda(self) -> bool:
+        device = self.device or ("cuda" if self.backend == "tensorrt" else "cpu")
+        return device.startswith("cuda")
+
+    @property
+    def replica_resources(self) -> dict:
+        """Ray actor resources of one replica: its CPUs, and one GPU when it runs on CUDA."""
+        resources = {"num_cpus": self.cpus_per_replica}
+        if self.uses_cuda:
+            resources["num_gpus"] = 1
+        return resources
+
+    @property
+    def threads(self) -> int:
+        """torch threads per replica."""
+        return max(1, int(self.cpus_per_replica))
+
+
+def _positive_int(name: str, value, upper: Optional[int] = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (upper and value > upper):
+        bound = f" and at most {upper}" if upper else ""
+        raise InputError(f"{name} must be a positive integer{bound}, got {value!r}")

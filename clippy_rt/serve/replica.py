@@ -1,0 +1,131 @@
+"""What one serving replica does, without Ray: parse requests, run a batch of them through
+one Engine, encode the responses, and count what it saw.
+
+``Replica.run_batch`` groups the requests of a batch by ``batch_key`` (same kind, prompt
+set, input size and resize mode) and calls ``Engine.segment`` / ``Engine.classify`` once
+per group, so pre-processing, the image tower and the seg head run batched. The engine's
+text-embedding cache lives as long as the replica.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from ..errors import ClippyError
+from .protocol import (DEFAULT_MAX_PIXELS, ClassifyRequest, RequestError, SegmentRequest,
+                       classification_to_json, error_body, first_line, parse_classify, parse_segment,
+                       segmentation_to_json)
+
+Request = Union[SegmentRequest, ClassifyRequest]
+# (HTTP status, JSON body)
+Reply = Tuple[int, Dict[str, Any]]
+
+
+def load_engine(options):
+    """The replica's Engine for ``options`` (a ``ServeOptions``), its text cache backed by
+    a file on disk unless ``options.text_cache_dir`` is False."""
+    import clippy_rt
+    from clippy_rt.text_cache import enable_disk_cache
+
+    engine = clippy_rt.load(options.model, backend=options.backend, device=options.device,
+                            precision=options.precision)
+    if options.text_cache_dir is not False:
+        enable_disk_cache(engine, options.text_cache_dir)
+    return engine
+
+
+class Replica:
+    """Wraps one Engine. Thread-safe for concurrent ``parse`` calls; ``run_batch`` is meant
+    to run one batch at a time (``@serve.batch`` does)."""
+
+    def __init__(self, engine, *, model: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 replica_id: str = "", node_id: str = "") -> None:
+        self.engine = engine
+        self.model = model
+        self.max_pixels = max_pixels
+        self.replica_id = replica_id
+        self.node_id = node_id
+        self.patch_size = engine.config.image.patch_size
+        self._lock = threading.Lock()
+        self._batch_sizes: Counter = Counter()
+        self._call_sizes: Counter = Counter()
+        self._requests = 0
+        self._failed = 0
+        self._started = time.time()
+
+    # -- requests ----------------------------------------------------------------------
+    def parse(self, kind: str, body: Any) -> Request:
+        """``kind`` is "segment" or "classify". Raises RequestError for a bad request."""
+        if kind == "segment":
+            return parse_segment(body, self.patch_size, self.max_pixels)
+        if kind == "classify":
+            return parse_classify(body, self.patch_size, self.max_pixels)
+        raise RequestError(f"unknown request kind {kind!r}", status=404)
+
+    def run_batch(self, requests: Sequence[Request]) -> List[Reply]:
+        """One reply per request, in order. A group whose engine call fails on bad input is
+        rerun one request at a time, so one bad request fails alone."""
+        replies: List[Optional[Reply]] = [None] * len(requests)
+        groups: Dict[tuple, List[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.batch_key, []).append(index)
+        calls = []
+        for indices in groups.values():
+            members = [requests[i] for i in indices]
+            try:
+                outputs = self._call(members)
+                calls.append(len(members))
+            except (ClippyError, ValueError, TypeError) as exc:
+                if len(members) == 1:
+                    replies[indices[0]] = (400, error_body(first_line(exc)))
+                    continue
+                outputs = []
+                for member in members:
+                    try:
+                        outputs.append(self._call([member])[0])
+                        calls.append(1)
+                    except (ClippyError, ValueError, TypeError) as single_exc:
+                        outputs.append(RequestError(first_line(single_exc)))
+            for index, member, output in zip(indices, members, outputs):
+                if isinstance(output, Exception):
+                    replies[index] = (400, error_body(str(output)))
+                elif isinstance(member, SegmentRequest):
+                    replies[index] = (200, segmentation_to_json(output, member.return_scores))
+                else:
+                    replies[index] = (200, classification_to_json(output))
+        with self._lock:
+            self._batch_sizes[len(requests)] += 1
+            self._call_sizes.update(calls)
+            self._requests += len(requests)
+            self._failed += sum(1 for status, _ in replies if status != 200)
+        return replies
+
+    def _call(self, members: Sequence[Request]) -> list:
+        first = members[0]
+        images = [member.image for member in members]
+        if isinstance(first, SegmentRequest):
+            return self.engine.segment(images, first.prompts, size=first.size, resize=first.resize)
+        return self.engine.classify(images, first.labels, top_k=first.top_k, size=first.size,
+                                    resize=first.resize)
+
+    # -- reports -----------------------------------------------------------------------
+    def health(self) -> Dict[str, Any]:
+        engine = self.engine
+        return {"status": "ok", "model": self.model, "backend": engine.backend,
+                "device": str(engine.device), "precision": engine.precision,
+                "random_weights": bool(engine.random_weights)}
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters since the replica started: ``batch_sizes`` maps a batch size to how many
+        batches of that size arrived, ``engine_calls`` the number of requests per engine call
+        to how many such calls were made."""
+        with self._lock:
+            return {"replica": self.replica_id, "node_id": self.node_id,
+                    "uptime_s": round(time.time() - self._started, 3),
+                    "requests": self._requests, "failed": self._failed,
+                    "batch_sizes": {str(k): v for k, v in sorted(self._batch_sizes.items())},
+                    "engine_calls": {str(k): v for k, v in sorted(self._call_sizes.items())}}
+

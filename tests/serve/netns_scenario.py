@@ -1,0 +1,254 @@
+"""A serving scenario run inside a loopback-only network namespace (``unshare -n``).
+
+    unshare -n python tests/serve/netns_scenario.py single MODEL INPUTS OUT
+    unshare -n python tests/serve/netns_scenario.py cluster MODEL INPUTS OUT
+
+Brings up ``lo``, starts ``clippy-rt serve`` (``single``: with its own local Ray;
+``cluster``: a head and a worker node started with ``ray start`` first, the server joining
+them with --address), sends the requests of INPUTS/requests.json from concurrent clients
+and the bad requests, stops the server with SIGTERM, and writes what it saw to OUT
+(``report.json``, ``labels.npz``) for the test to check against a local engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+PORT = 8123
+URL = f"http://127.0.0.1:{PORT}"
+RAY_PORT = 6390
+START_TIMEOUT_S = 240
+
+
+def main() -> int:
+    mode, model, inputs, out = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    spec = json.loads((inputs / "requests.json").read_text())
+    # A short temp dir: Ray's Unix socket paths must stay under ~107 characters.
+    ray_tmp = tempfile.mkdtemp(prefix="crt-", dir="/tmp")
+    # Token authentication, as nodes joining a cluster need; this process joins too.
+    os.environ.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+                      RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env = dict(os.environ)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    report = {"mode": mode}
+    command = [sys.executable, "-m", "clippy_rt.cli.main", "serve", model, "--port", str(PORT),
+               "--max-batch", str(spec["max_batch"]), "--batch-wait-ms", str(spec["batch_wait_ms"]),
+               "--max-body-bytes", str(spec["max_body_bytes"])]
+    if mode == "cluster":
+        for args in (["--head", f"--port={RAY_PORT}", "--num-cpus=1", "--include-dashboard=false"],
+                     [f"--address=127.0.0.1:{RAY_PORT}", "--num-cpus=1"]):
+            subprocess.run([ray_cli, "start", *args, f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
+                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command += ["--address", f"127.0.0.1:{RAY_PORT}", "--replicas", "2"]
+    log_path = out / "server.log"
+    server = subprocess.Popen(command, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        started = time.monotonic()
+        report["health"] = wait_for_health(server)
+        report["startup_s"] = round(time.monotonic() - started, 1)
+        from clippy_rt.client import Client
+
+        client = Client(URL, timeout=120, retries=2)
+        if mode == "single":
+            single_scenario(client, spec, inputs, out, report)
+        else:
+            cluster_scenario(client, spec, inputs, out, report)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        try:
+            report["exit_code"] = server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            report["exit_code"] = "killed after 120 s"
+        report["port_closed"] = port_closed()
+        if mode == "cluster":
+            subprocess.run([ray_cli, "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        report["leftover_ray_processes"] = processes_mentioning(ray_tmp)
+        report["server_log_tail"] = log_path.read_text(errors="replace")[-3000:]
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def wait_for_health(server: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode} before answering")
+        try:
+            with urllib.request.urlopen(URL + "/v1/health", timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"no answer from {URL} within {START_TIMEOUT_S} s")
+
+
+def concurrent_segments(client, spec, inputs):
+    """Send every request of ``spec`` at once (one thread each); return (results, errors)."""
+    requests = spec["requests"]
+    results = [None] * len(requests)
+    errors = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def send(index):
+        item = requests[index]
+        barrier.wait()
+        try:
+            results[index] = client.segment(inputs / item["image"], item["prompts"], size=item.get("size"),
+                                            scores=True)
+        except Exception as exc:  # reported, and the test fails on it
+            errors[index] = f"{type(exc).__name__}: {exc}"
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
+
+
+def single_scenario(client, spec, inputs, out, report):
+    # Warm the text cache and the first-call paths, so the concurrent burst is what batches.
+    client.segment(inputs / spec["requests"][0]["image"], spec["requests"][0]["prompts"])
+    before = client.stats()
+    results, errors = concurrent_segments(client, spec, inputs)
+    report["errors"] = errors
+    report["stats_before"] = before
+    report["stats_after"] = client.stats()
+    arrays = {}
+    for index, result in enumerate(results):
+        if result is not None:
+            arrays[f"labels_{index}"] = result.labels.numpy()
+            arrays[f"scores_{index}"] = result.scores.numpy()
+            arrays[f"classes_{index}"] = np.array(result.prompts)
+    np.savez(out / "labels.npz", **arrays)
+    classify = spec["classify"]
+    report["classify"] = client.classify(inputs / classify["image"], classify["labels"], top_k=classify["top_k"])
+    report["bad"] = bad_requests(spec, inputs)
+    # The replica keeps serving after the bad requests.
+    first = spec["requests"][0]
+    again = client.segment(inputs / first["image"], first["prompts"], size=first.get("size"))
+    report["after_bad_equal"] = bool(np.array_equal(again.labels.numpy(), arrays.get("labels_0")))
+    report["readme_curl"] = readme_curl()
+
+
+def readme_curl():
+    """Run README's curl examples (port changed to this server's) from the repository root;
+    the parsed JSON answers, or a reason why they could not run."""
+    import re
+    import shutil
+
+    if shutil.which("curl") is None or shutil.which("base64") is None:
+        return "curl or base64 is missing"
+    root = Path(__file__).resolve().parents[2]
+    section = (root / "README.md").read_text().split("## Serving over HTTP\n", 1)[1].split("\n## ", 1)[0]
+    answers = []
+    for line in re.findall(r"^\$ (curl .*)$", section, flags=re.M):
+        command = line.replace("127.0.0.1:8000", f"127.0.0.1:{PORT}")
+        done = subprocess.run(["bash", "-c", command], cwd=root, capture_output=True, text=True, timeout=120)
+        try:
+            answers.append(json.loads(done.stdout))
+        except ValueError:
+            answers.append({"raw": done.stdout[:300], "stderr": done.stderr[:300]})
+    return answers
+
+
+def bad_requests(spec, inputs):
+    image = base64.b64encode((inputs / spec["requests"][0]["image"]).read_bytes()).decode()
+    oversized = json.dumps({"image": "A" * (spec["max_body_bytes"] + 10), "prompts": ["x"]}).encode()
+    cases = {
+        "not_base64": ("POST", "/v1/segment", json.dumps({"image": "%%%not base64%%%", "prompts": ["a"]}).encode()),
+        "not_an_image": ("POST", "/v1/segment",
+                         json.dumps({"image": base64.b64encode(b"hello, world").decode(), "prompts": ["a"]}).encode()),
+        "empty_prompts": ("POST", "/v1/segment", json.dumps({"image": image, "prompts": []}).encode()),
+        "bad_size": ("POST", "/v1/segment", json.dumps({"image": image, "prompts": ["a"], "size": 30}).encode()),
+        "not_json": ("POST", "/v1/segment", b"{this is not json"),
+        "oversized": ("POST", "/v1/segment", oversized),
+        "bad_top_k": ("POST", "/v1/classify", json.dumps({"image": image, "labels": ["a"], "top_k": 0}).encode()),
+        "unknown_route": ("GET", "/v1/nothing", None),
+    }
+    answers = {}
+    for name, (method, path, body) in cases.items():
+        request = urllib.request.Request(URL + path, data=body, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, data = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, data = exc.code, exc.read()
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = {"raw": data.decode("utf-8", "replace")[:300]}
+        answers[name] = {"status": status, "body": parsed}
+    return answers
+
+
+def cluster_scenario(client, spec, inputs, out, report):
+    import ray
+
+    results, errors = concurrent_segments(client, spec, inputs)
+    report["errors"] = errors
+    arrays = {f"labels_{i}": r.labels.numpy() for i, r in enumerate(results) if r is not None}
+    np.savez(out / "labels.npz", **arrays)
+    # Which nodes host a replica: ask /v1/stats (answered by whichever replica the proxy
+    # picks) from concurrent clients until both replicas answered, or give up.
+    seen = {}
+    for _ in range(10):
+        answers = [None] * 8
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, client.stats())) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seen.update({answer["replica"]: answer["node_id"] for answer in answers if answer})
+        if len(seen) >= 2:
+            break
+    report["replica_nodes"] = sorted(seen.values())
+    ray.init(address=f"127.0.0.1:{RAY_PORT}", log_to_driver=False, logging_level="ERROR")
+    try:
+        report["nodes"] = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
+    finally:
+        ray.shutdown()
+
+
+def port_closed() -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", PORT)) != 0
+
+
+def processes_mentioning(text: str) -> list:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline[:200])
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""``Replica`` (batch grouping, per-request errors, counters) and ``Client`` (types,
+retries, errors) without Ray: the client talks to a small stdlib HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import clippy_rt
+from clippy_rt.client import Client
+from clippy_rt.engine import Segmentation
+from clippy_rt.errors import InputError, ServerError
+from clippy_rt.serve.protocol import RequestError
+from clippy_rt.serve.replica import Replica
+
+PROMPTS = ["a cat", "a dog", "the sky"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return clippy_rt.load(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(32, 48, 3), (40, 40, 3), (24, 56, 3),
+                                                                       (32, 32, 3), (48, 24, 3)]]
+
+
+def body(image, prompts=PROMPTS, **extra):
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return dict({"image": base64.b64encode(buffer.getvalue()).decode(), "prompts": prompts}, **extra)
+
+
+class CountingEngine:
+    """The real engine, recording how many images each call got; fails a call holding an
+    image 40 pixels wide, as an engine does on input it cannot take."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def segment(self, images, prompts, **kwargs):
+        self.calls.append(len(images))
+        if any(image.size[0] == 40 for image in images):
+            raise InputError("width 40 is not supported")
+        return self.engine.segment(images, prompts, **kwargs)
+
+
+def test_run_batch_groups_by_key_and_matches_engine(engine, images):
+    counting = CountingEngine(engine)
+    replica = Replica(counting, model="tiny")
+    bodies = [body(images[0]), body(images[2], size=16), body(images[3]), body(images[4]),
+              body(images[0], prompts=["a dog", "a cat"])]
+    requests = [replica.parse("segment", item) for item in bodies]
+    replies = replica.run_batch(requests)
+    # Keys: PROMPTS (3 requests), PROMPTS at size 16, the swapped prompts.
+    assert sorted(counting.calls) == [1, 1, 3]
+    expected = [engine.segment(Image.fromarray(images[0]), PROMPTS),
+                engine.segment(Image.fromarray(images[2]), PROMPTS, size=16),
+                engine.segment(Image.fromarray(images[3]), PROMPTS),
+                engine.segment(Image.fromarray(images[4]), PROMPTS),
+                engine.segment(Image.fromarray(images[0]), ["a dog", "a cat"])]
+    from clippy_rt.serve.protocol import segmentation_from_json
+
+    for (status, reply), want in zip(replies, expected):
+        assert status == 200
+        got = segmentation_from_json(reply)
+        assert got.prompts == want.prompts
+        assert torch.equal(got.labels, want.labels)
+    stats = replica.stats()
+    assert stats["batch_sizes"] == {"5": 1}
+    assert stats["engine_calls"] == {"1": 2, "3": 1}
+    assert (stats["requests"], stats["failed"]) == (5, 0)
+
+
+def test_one_bad_request_fails_alone(engine, images):
+    counting = CountingEngine(engine)
+    replica = Replica(counting)
+    requests = [replica.parse("segment", body(image)) for image in (images[0], images[1], images[3])]
+    replies = replica.run_batch(requests)
+    assert [status for status, _ in replies] == [200, 400, 200]
+    assert replies[1][1] == {"error": "width 40 is not supported"}
+    assert counting.calls == [3, 1, 1, 1]
+    want = engine.segment(Image.fromarray(images[3]), PROMPTS)
+    from clippy_rt.serve.protocol import segmentation_from_json
+
+    assert torch.equal(segmentation_from_json(replies[2][1]).labels, want.labels)
+    assert replica.stats()["failed"] == 1
+
+
+def test_replica_classify_health_and_unknown_kind(engine, images):
+    replica = Replica(engine, model="tiny")
+    request = replica.parse("classify", {"image": body(images[1])["image"], "labels": PROMPTS, "top_k": 2})
+    [(status, reply)] = replica.run_batch([request])
+    want = engine.classify(Image.fromarray(images[1]), PROMPTS, top_k=2)
+    assert status == 200
+    assert [name for name, _ in reply["labels"]] == [name for name, _ in want]
+    assert [p for _, p in reply["labels"]] == pytest.approx([p for _, p in want], abs=1e-6)
+    assert replica.health() == {"status": "ok", "model": "tiny", "backend": "torch", "device": "cpu",
+                                "precision": "fp32", "random_weights": True}
+    with pytest.raises(RequestError) as info:
+        replica.parse("detect", {})
+    assert info.value.status == 404
+
+
+# ---------------------------------------------------------------------------------------
+# Client against a stdlib server
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out and left: expected in the timeout test
+
+
+class Server:
+    """A ThreadingHTTPServer on 127.0.0.1 answering through a Replica; ``drop_first`` closes
+    that many connections without an answer, ``delay_s`` sleeps before answering."""
+
+    def __init__(self, replica, drop_first=0, delay_s=0.0):
+        self.replica = replica
+        self.drop_first = drop_first
+        self.delay_s = delay_s
+        self.attempts = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, payload):
+                server.attempts += 1
+                if server.attempts <= server.drop_first:
+                    self.close_connection = True
+                    return
+                time.sleep(server.delay_s)
+                if self.path == "/v1/health":
+                    return self._answer(200, server.replica.health())
+                if self.path == "/v1/boom":
+                    return self._answer(500, {"error": "boom"})
+                try:
+                    request = server.replica.parse(self.path.rsplit("/", 1)[-1], payload)
+                except RequestError as exc:
+                    return self._answer(exc.status, {"error": str(exc)})
+                self._answer(*server.replica.run_batch([request])[0])
+
+            def do_GET(self):
+                self._handle(None)
+
+            def do_POST(self):
+                length = int(self.headers["Content-Length"])
+                self._handle(json.loads(self.rfile.read(length)))
+
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_client_returns_engine_types(engine, images, tmp_path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(images[2]).save(path)
+    with Server(Replica(engine, model="tiny")) as server, Client(server.url, retries=0) as client:
+        got = client.segment(path, {"animal": ["a cat", "a dog"], "sky": ["the sky"]}, resize="crop", scores=True)
+        want = engine.segment(str(path), {"animal": ["a cat", "a dog"], "sky": ["the sky"]}, resize="crop")
+        assert isinstance(got, Segmentation)
+        assert got.prompts == want.prompts == ("animal", "sky")
+        assert got.crop_box == want.crop_box and got.crop_box is not None
+        assert torch.equal(got.labels, want.labels)
+        torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0)
+        assert got.fractions() == pytest.approx(want.fractions())
+        several = client.segment([images[0], images[3]], PROMPTS, size=[16, 24])
+        for image, result in zip((images[0], images[3]), several):
+            assert torch.equal(result.labels, engine.segment(image, PROMPTS, size=(16, 24)).labels)
+            assert result.scores.shape == (0,)
+        ranked = client.classify(images[1], PROMPTS, top_k=3)
+        want_ranked = engine.classify(images[1], PROMPTS, top_k=3)
+        assert [name for name, _ in ranked] == [name for name, _ in want_ranked]
+        assert client.health()["model"] == "tiny"
+
+
+def test_client_raises_request_error_on_4xx_and_server_error_on_5xx(engine, images):
+    with Server(Replica(engine)) as server, Client(server.url, retries=0) as client:
+        with pytest.raises(RequestError, match=r"\(400\): 'prompts': the prompt list is empty") as info:
+            client.segment(images[0], [])
+        assert info.value.status == 400
+        with pytest.raises(ServerError, match="server error 500 .*boom"):
+            client._request("GET", "/v1/boom")
+
+
+def test_client_retries_dropped_connections(engine):
+    with Server(Replica(engine), drop_first=2) as server:
+        assert Client(server.url, retries=2, backoff_s=0.01).health()["status"] == "ok"
+        assert server.attempts == 3
+    with Server(Replica(engine), drop_first=2) as server:
+        with pytest.raises(ServerError, match="after 2 attempt"):
+            Client(server.url, retries=1, backoff_s=0.01).health()
+        assert server.attempts == 2
+
+
+def test_client_connection_refused_and_timeout(engine):
+    with Server(Replica(engine)) as server:
+        url = server.url
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="after 3 attempt.*ConnectionRefusedError"):
+        Client(url, retries=2, backoff_s=0.05).health()
+    assert time.monotonic() - started >= 0.05 + 0.1
+    with Server(Replica(engine), delay_s=1.0) as server:
+        with pytest.raises(ServerError, match="timed out"):
+            Client(server.url, timeout=0.2, retries=0).health()
+
+
+def test_client_rejects_bad_arguments():
+    for url in ("127.0.0.1:8000", "ftp://host", "http://"):
+        with pytest.raises(InputError, match="url"):
+            Client(url)
+    with pytest.raises(InputError, match="timeout"):
+        Client(timeout=0)
+    with pytest.raises(InputError, match="retries"):
+        Client(retries=-1)
+    with pytest.raises(InputError, match="one string"):
+        Client().segment(np.zeros((8, 8, 3), np.uint8), "cat")

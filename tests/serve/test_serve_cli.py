@@ -1,0 +1,110 @@
+"""`clippy-rt serve` before Ray starts: flags, option checks, a missing Ray, a bad model."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from clippy_rt.cli.main import main as cli
+from clippy_rt.errors import BackendUnavailableError, InputError
+from clippy_rt.serve import ServeOptions, require_ray
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--backend", "--device", "--precision", "--host", "--port", "--replicas", "--max-batch",
+                 "--batch-wait-ms", "--address", "--max-body-bytes", "--cpus-per-replica"):
+        assert flag in out
+
+
+def test_missing_ray_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'clippy-rt\[serve\]'"):
+        require_ray()
+    assert cli(["serve", "demo"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clippy-rt serve: error: serving needs Ray Serve") and "\n" not in err
+
+
+def test_bad_model_fails_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import clippy_rt.serve as serve_package
+
+    started = []
+    monkeypatch.setattr(serve_package, "serve_until_stopped", lambda *a, **k: started.append(a) or 0)
+    assert cli(["serve", str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert started == []
+
+
+def test_model_path_is_made_absolute_for_the_replicas(tiny_model_dir, monkeypatch):
+    import clippy_rt.serve as serve_package
+
+    seen = []
+    monkeypatch.setattr(serve_package, "serve_until_stopped", lambda options: seen.append(options) or 0)
+    monkeypatch.chdir(tiny_model_dir.parent)
+    assert cli(["serve", tiny_model_dir.name, "--replicas", "3", "--max-batch", "4", "--port", "9000"]) == 0
+    [options] = seen
+    assert options.model == str(tiny_model_dir.resolve())
+    assert (options.replicas, options.max_batch, options.port, options.host) == (3, 4, 9000, "127.0.0.1")
+
+
+@pytest.mark.parametrize("field, value", [("port", 0), ("port", 70000), ("replicas", 0), ("max_batch", 0),
+                                          ("batch_wait_ms", -1.0), ("batch_wait_ms", float("nan")),
+                                          ("cpus_per_replica", -1), ("max_body_bytes", 0), ("replicas", True)])
+def test_options_reject(field, value):
+    with pytest.raises(InputError, match=field):
+        ServeOptions(model="demo", **{field: value})
+
+
+def test_options_cuda_and_threads():
+    assert ServeOptions(model="demo").uses_cuda is False
+    assert ServeOptions(model="demo", device="cuda:1").uses_cuda is True
+    assert ServeOptions(model="x", backend="tensorrt").uses_cuda is True
+    assert ServeOptions(model="demo", cpus_per_replica=2.5).threads == 2
+    assert ServeOptions(model="demo", cpus_per_replica=0).threads == 1
+    assert ServeOptions(model="demo").replica_resources == {"num_cpus": 1.0}
+    assert ServeOptions(model="demo", device="cuda", cpus_per_replica=4).replica_resources == {"num_cpus": 4,
+                                                                                              "num_gpus": 1}
+
+
+def test_serve_environment_spreads_requests_and_passes_ray_serve_variables():
+    from clippy_rt.serve.server import serve_environment
+
+    assert serve_environment({"HOME": "/root"}) == {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+    env = serve_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "1",
+                             "RAY_ADDRESS": "x", "PATH": "/bin"})
+    assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "1"}
+
+
+def test_text_cache_flags_reach_the_options(tiny_model_dir, monkeypatch, tmp_path):
+    import clippy_rt.serve as serve_package
+
+    seen = []
+    monkeypatch.setattr(serve_package, "serve_until_stopped", lambda options: seen.append(options) or 0)
+    model = str(tiny_model_dir)
+    assert cli(["serve", model]) == 0
+    assert cli(["serve", model, "--no-text-cache"]) == 0
+    assert cli(["serve", model, "--text-cache-dir", str(tmp_path / "cache")]) == 0
+    assert [options.text_cache_dir for options in seen] == [None, False, str(tmp_path / "cache")]
+
+
+def test_replica_engine_keeps_text_embeddings_on_disk_unless_told_not_to(tiny_model_dir, tmp_path):
+    from clippy_rt.serve.replica import load_engine
+
+    cache = tmp_path / "cache"
+    engine = load_engine(ServeOptions(model=str(tiny_model_dir), text_cache_dir=str(cache)))
+    first = engine.encode_text(["a red circle"])
+    assert [p for p in cache.iterdir() if p.is_file()], "no cache file written"
+    # A restarted replica reads the embedding back instead of encoding it.
+    restarted = load_engine(ServeOptions(model=str(tiny_model_dir), text_cache_dir=str(cache)))
+    restarted._text_forward = None  # any encode would now fail
+    torch.testing.assert_close(restarted.encode_text(["a red circle"]), first)
+
+    memory_only = load_engine(ServeOptions(model=str(tiny_model_dir), text_cache_dir=False))
+    assert memory_only.text_cache.store is None
