@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from .config import ClippyConfig
+from .device_prep import frames_of, prepare_frames, to_host, use_device_path
 from .errors import BackendUnavailableError, InputError
 from .images import Prepared, as_pixel_batch, prepare_batch
 from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
@@ -29,7 +31,8 @@ RESIZE_MODES = ("squash", "crop", "letterbox")
 
 @dataclass
 class ImageFeatures:
-    """``patch``: float32 [B, h, w, D], each vector L2-normalised; ``pooled``: float32 [B, D].
+    """``patch``: [B, h, w, D], each vector L2-normalised; ``pooled``: [B, D]; float32 unless
+    ``encode_image`` was asked for the tower's own dtype (``dtype=None``).
 
     ``prepared`` describes how each input was resized (empty for pre-processed tensors).
     """
@@ -45,8 +48,10 @@ class ImageFeatures:
 
 @dataclass
 class Segmentation:
-    """``labels``: int64 [H, W], an index into ``prompts`` (the class names);
-    ``scores``: float32 [H, W], the winning class's cosine similarity.
+    """``labels``: [H, W], an index into ``prompts`` (the class names): uint8 when there are
+    at most 255 classes, int64 otherwise (use ``labels.long()`` to index a tensor with them);
+    ``scores``: float32 [H, W], the winning class's cosine similarity. Both on the CPU,
+    or on the engine's device with ``device_output=True``.
 
     With ``resize="crop"`` the labels cover ``crop_box`` = (top, left, height, width) of
     the original image; otherwise the whole original image.
@@ -60,7 +65,7 @@ class Segmentation:
 
     def fractions(self) -> Dict[str, float]:
         """Pixel fraction of each class."""
-        counts = torch.bincount(self.labels.flatten(), minlength=len(self.prompts)).double()
+        counts = torch.bincount(self.labels.flatten().long(), minlength=len(self.prompts)).double()
         total = max(1, self.labels.numel())
         return {name: float(counts[i]) / total for i, name in enumerate(self.prompts)}
 
@@ -117,30 +122,46 @@ class Engine:
         return (f"{type(self).__name__}(arch={self.config.arch!r}, backend={self.backend!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r}{random})")
 
-    def prepare(self, images, size=None, resize: str = "squash", bgr: bool = False
-                ) -> Tuple[torch.Tensor, List[Prepared]]:
-        """Images (PIL, uint8 HWC arrays, paths, or a float tensor already normalised)
-        -> (pixels float32 [B, 3, H, W], per-image Prepared; empty for tensors)."""
-        if isinstance(images, torch.Tensor):
+    def prepare(self, images, size=None, resize: str = "squash", bgr: bool = False,
+                preprocess: str = "auto") -> Tuple[torch.Tensor, List[Prepared]]:
+        """Images (PIL, uint8 HWC frames as numpy or torch, paths, or a float tensor already
+        normalised) -> (pixels [B, 3, H, W], per-image Prepared; empty for float tensors).
+
+        ``preprocess``: "auto" pre-processes uint8 frames on a CUDA engine's device
+        (``clippy_rt.device_prep``, pixels in the engine's dtype) and everything else on the
+        host (PIL, float32); "device" / "host" force one path ("device" takes uint8 frames only).
+        """
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
             return as_pixel_batch(images, self.config.image.patch_size), []
         if resize not in RESIZE_MODES:
             raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        cfg = self.config.image
+        if use_device_path(images, preprocess, self.device):
+            return prepare_frames(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
+                                  patch_size=cfg.patch_size, bgr=bgr, device=self.device,
+                                  dtype=getattr(self, "dtype", torch.float32))
+        frames = frames_of(images)
+        if frames is not None:
+            images = [f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
             raise InputError("no images given")
-        cfg = self.config.image
         return prepare_batch(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
                              patch_size=cfg.patch_size, bgr=bgr)
 
-    def encode_image(self, images, size=None, resize: str = "squash", bgr: bool = False) -> ImageFeatures:
-        """Returns ImageFeatures: ``patch`` float32 [B, h, w, D] and ``pooled`` [B, D], L2-normalised."""
-        pixels, prepared = self.prepare(images, size, resize, bgr)
+    def encode_image(self, images, size=None, resize: str = "squash", bgr: bool = False,
+                     preprocess: str = "auto", dtype: Optional[torch.dtype] = torch.float32) -> ImageFeatures:
+        """Returns ImageFeatures: ``patch`` [B, h, w, D] and ``pooled`` [B, D], L2-normalised,
+        in ``dtype`` (None: the tower's own dtype, e.g. float16, with no copy)."""
+        pixels, prepared = self.prepare(images, size, resize, bgr, preprocess)
         patch, pooled = self._image_forward(pixels)
         patch_size = self.config.image.patch_size
         h, w = pixels.shape[-2] // patch_size, pixels.shape[-1] // patch_size
-        patch = patch.float().reshape(patch.shape[0], h, w, patch.shape[-1])
-        return ImageFeatures(patch=patch, pooled=pooled.float(), prepared=prepared)
+        patch = patch.reshape(patch.shape[0], h, w, patch.shape[-1])
+        if dtype is not None:
+            patch, pooled = patch.to(dtype), pooled.to(dtype)
+        return ImageFeatures(patch=patch, pooled=pooled, prepared=prepared)
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Returns L2-normalised text embeddings, float32 [K, D] on the engine's device.
@@ -171,27 +192,31 @@ class Engine:
             self._text_cache.clear()
 
     def segment(self, images, prompts: PromptsLike, size=None, template: Optional[str] = None,
-                resize: str = "squash", bgr: bool = False, seg_backend: str = "auto"):
+                resize: str = "squash", bgr: bool = False, seg_backend: str = "auto",
+                preprocess: str = "auto", device_output: bool = False):
         """Open-vocabulary segmentation. One image -> Segmentation; a list -> a list of them.
 
         ``prompts`` is a list of class prompts or a ``{class: [prompt, ...]}`` mapping (a
         class's logit is the max over its prompts). Labels come back at the original
         image size (the crop's, with ``resize="crop"``; the tensor's, for a tensor input).
+        The seg head reads the tower's patch features in its own dtype. Results are
+        copied to the host through pinned memory, or stay on the device with
+        ``device_output=True``. ``preprocess``: see ``prepare``.
         """
         from .kernels.seg_head import seg_head
 
         single = not isinstance(images, (list, tuple)) and not (
-            isinstance(images, torch.Tensor) and images.ndim == 4)
+            isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4)
         prompt_set = build_prompt_set(prompts, template)
         timings = {}
         start = time.perf_counter()
-        pixels, prepared = self.prepare(images, size, resize, bgr)
+        pixels, prepared = self.prepare(images, size, resize, bgr, preprocess)
         timings["preprocess"] = _ms(start)
         start = time.perf_counter()
         text = self.encode_text(list(prompt_set.prompts))
         timings["text"] = _ms(start)
         start = time.perf_counter()
-        features = self.encode_image(pixels)
+        features = self.encode_image(pixels, dtype=None)
         self._sync()
         timings["image"] = _ms(start)
 
@@ -207,11 +232,14 @@ class Engine:
             groups.setdefault(key, []).append(index)
         results: List[Optional[Segmentation]] = [None] * pixels.shape[0]
         for (out_size, window), indices in groups.items():
-            patch = features.patch[indices].to(text.device)
+            patch = features.patch if len(indices) == pixels.shape[0] else features.patch[indices]
+            patch = patch.to(text.device)
             labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True,
                                       backend=seg_backend)
-            labels = prompts_to_classes(labels, prompt_set).cpu()
-            scores = scores.float().cpu()
+            labels = prompts_to_classes(labels, prompt_set).to(class_label_dtype(len(prompt_set.classes)))
+            scores = scores.float()
+            if not device_output:
+                labels, scores = to_host(labels, scores)
             for row, index in enumerate(indices):
                 results[index] = Segmentation(
                     labels=labels[row], scores=scores[row], prompts=prompt_set.classes,
@@ -228,7 +256,7 @@ class Engine:
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         single = not isinstance(images, (list, tuple)) and not (
-            isinstance(images, torch.Tensor) and images.ndim == 4)
+            isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4)
         prompt_set = build_prompt_set(labels, template)
         text = self.encode_text(list(prompt_set.prompts))
         pooled = self.encode_image(images, size, resize, bgr).pooled.to(text.device)
@@ -240,9 +268,24 @@ class Engine:
                for vrow, irow in zip(values, indices)]
         return out[0] if single else out
 
+    def stream(self, prompts: PromptsLike, size=None, resize: str = "squash", batch: int = 8,
+               bgr: bool = False, template: Optional[str] = None, device_output: bool = False,
+               preprocess: str = "auto"):
+        """A ``clippy_rt.stream.Stream`` for camera loops: ``stream(frame)`` -> Segmentation,
+        ``stream([f0, f1, ...])`` -> list; on CUDA the image path runs in CUDA graphs."""
+        from .stream import Stream
+
+        return Stream(self, prompts, size=size, resize=resize, batch=batch, bgr=bgr, template=template,
+                      device_output=device_output, preprocess=preprocess)
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def class_label_dtype(num_classes: int) -> torch.dtype:
+    """The dtype of ``Segmentation.labels``: uint8 up to 255 classes, int64 beyond."""
+    return torch.uint8 if num_classes <= 255 else torch.int64
 
 
 def _ms(start: float) -> float:
