@@ -4,15 +4,21 @@ The host path (``clippy_rt.images``: PIL bicubic) is the reference; this is the 
 for frames that are already bytes in memory (camera drivers, OpenCV, decoders). For a
 frame of H0 x W0 pixels and an input of H x W it follows the same geometry
 (``clippy_rt.images.plan_resize``: ``squash``, ``crop`` or ``letterbox``, with the same
-``out_size``, ``window`` and ``crop_box``), and resamples with
-``clippy_rt.kernels.preprocess``: bilinear, antialiased when shrinking, then
-``(x / 255 - mean) / std`` in the model's dtype. On CUDA tensors that is the Triton
-kernel; elsewhere (and where Triton does not import) its torch reference
-``preprocess_ref``. The frames cross to the device as bytes, through pinned memory.
+``out_size``, ``window`` and ``crop_box``); the frames cross to the device as bytes,
+through pinned memory. Two resamplers (``resample``):
 
-Bilinear with antialiasing is not PIL's bicubic, so labels can differ from the host
-path's on a small fraction of pixels near class boundaries; README ("Device
-pre-processing") gives the measured agreement.
+- ``"bicubic"`` (the default): PIL's bicubic filter on the device with torch ops, as PIL
+  computes it on 8-bit images: two separable passes of the antialiased bicubic filter
+  (a = -0.5, ``F.interpolate(mode="bicubic", antialias=True)``), each rounded and clipped
+  to 0..255, in the order Pillow runs them in most cases (vertical first when the height
+  shrinks and H * W0 < H0 * W or the width grows). Where the order matches, pixels agree
+  with the host path's to one grey level on a few pixels in a thousand; where it does
+  not (some frames shrunk on both axes), by a few grey levels on about a third of them.
+- ``"bilinear"``: ``clippy_rt.kernels.preprocess``, one fused pass (bilinear,
+  antialiased when shrinking, normalised, written in the model's dtype): the Triton
+  kernel on CUDA, its torch reference ``preprocess_ref`` elsewhere. Fastest; not PIL's
+  filter, so labels differ from the host path's near class boundaries (README, "Device
+  pre-processing", gives the measured agreement).
 
 Accepted frames (one, a list, or a batch): numpy uint8 [H, W], [H, W, 1], [H, W, 3] or
 [H, W, 4] and [B, H, W, C]; torch uint8 [H, W, C] or [B, H, W, C] on any device (HWC,
@@ -22,15 +28,18 @@ channels last, as cameras and OpenCV deliver them). ``bgr=True`` reads 3- and
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import InputError
 from .images import MODES, Prepared, Size, _input_size, plan_resize
 
-PREPROCESS_CHOICES = ("auto", "host", "device")
+PREPROCESS_CHOICES = ("auto", "host", "device", "kernel")
+RESAMPLERS = ("bicubic", "bilinear")
 _CHANNELS = (1, 3, 4)
 
 
@@ -57,22 +66,27 @@ def frames_of(images) -> Optional[List]:
 def use_device_path(images, preprocess: str, device: torch.device) -> bool:
     """Whether ``Engine.prepare`` sends ``images`` through this module.
 
-    ``preprocess``: "auto" (uint8 frames on a CUDA engine), "device" (uint8 frames, any
-    device: on the CPU the torch reference stands in for the kernel) or "host" (never).
-    Raises InputError for an unknown choice, or for "device" with inputs that are not
-    uint8 frames.
+    ``preprocess``: "auto" (uint8 frames on a CUDA engine), "device" / "kernel" (uint8
+    frames, any device; "kernel" picks the bilinear resampler, see ``resampler_of``) or
+    "host" (never). Raises InputError for an unknown choice, or for "device" / "kernel"
+    with inputs that are not uint8 frames.
     """
     if preprocess not in PREPROCESS_CHOICES:
         raise InputError(f"preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, got {preprocess!r}")
     if preprocess == "host":
         return False
     frames = frames_of(images)
-    if preprocess == "device":
+    if preprocess in ("device", "kernel"):
         if frames is None:
-            raise InputError("preprocess='device' takes uint8 frames (numpy or torch, [H, W, C] or "
+            raise InputError(f"preprocess={preprocess!r} takes uint8 frames (numpy or torch, [H, W, C] or "
                              "[B, H, W, C]); decode files and PIL images on the host (preprocess='host')")
         return True
     return frames is not None and device.type == "cuda"
+
+
+def resampler_of(preprocess: str) -> str:
+    """The resampler of a device ``preprocess`` choice: "kernel" -> "bilinear", else "bicubic"."""
+    return "bilinear" if preprocess == "kernel" else "bicubic"
 
 
 def _as_tensor(frame, index: int) -> torch.Tensor:
@@ -115,6 +129,46 @@ def upload(frames: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor
     return torch.stack([frame.to(device) for frame in frames])
 
 
+def resample_like_pil(batch: torch.Tensor, out_size: Tuple[int, int], bgr: bool = False) -> torch.Tensor:
+    """uint8 [B, H0, W0, 3] -> float32 [B, 3, H, W] RGB holding whole numbers 0..255: PIL's
+    8-bit bicubic resize (see the module doc), on the frames' device."""
+    height, width = out_size
+    pixels = batch.permute(0, 3, 1, 2).float()
+    if bgr:
+        pixels = pixels.flip(1)
+    in_height, in_width = pixels.shape[-2:]
+    passes = [(in_height, width), (height, width)]
+    # Pillow's pass order, as observed: vertical first when the height shrinks and that
+    # pass is the cheaper one to run first (it always is when the width grows).
+    if height < in_height and (width >= in_width or height * in_width < in_height * width):
+        passes[0] = (height, in_width)
+    for size in passes:
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
+            pixels = pixels.round_().clamp_(0.0, 255.0)
+    return pixels
+
+
+def _resample(group: torch.Tensor, out_size, mean, std, bgr: bool, dtype: torch.dtype, resample: str,
+              backend: str) -> torch.Tensor:
+    """Resize and normalise [B, H0, W0, 3] uint8 -> [B, 3, H, W] ``dtype``."""
+    from .kernels.preprocess import preprocess
+
+    if resample == "bilinear":
+        return preprocess(group, out_size, mean, std, bgr=bgr, antialias=True, out_dtype=dtype, backend=backend)
+    pixels = resample_like_pil(group, out_size, bgr)
+    mean_t, std_t = _channel_constants(tuple(mean), tuple(std), pixels.device)
+    return pixels.div_(255.0).sub_(mean_t).div_(std_t).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(mean: Tuple[float, ...], std: Tuple[float, ...], device: torch.device):
+    """mean and std as [1, 3, 1, 1] float32 on ``device``, made once (no upload inside a
+    CUDA graph capture)."""
+    return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device),
+            torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device))
+
+
 def _rgb_view(batch: torch.Tensor) -> torch.Tensor:
     """[B, H, W, C] uint8 -> a [B, H, W, 3] view: grey repeated (stride 0), alpha dropped."""
     if batch.shape[-1] == 1:
@@ -124,21 +178,23 @@ def _rgb_view(batch: torch.Tensor) -> torch.Tensor:
 
 def prepare_frames(frames, size: Size, *, mode: str = "squash", mean: Sequence[float], std: Sequence[float],
                    patch_size: int, bgr: bool = False, device: torch.device = torch.device("cpu"),
-                   dtype: torch.dtype = torch.float32, backend: str = "auto"
+                   dtype: torch.dtype = torch.float32, resample: str = "bicubic", backend: str = "auto"
                    ) -> Tuple[torch.Tensor, List[Prepared]]:
     """Frames (one, a list, or [B, H, W, C]) -> (pixels [B, 3, H, W] of ``dtype`` on
     ``device``, per-frame ``Prepared`` whose ``pixels`` are views of that batch).
 
-    Frames of one size are resampled in one kernel call. ``backend`` is passed to
-    ``clippy_rt.kernels.preprocess`` ("auto": Triton on CUDA, torch elsewhere). Raises
+    Frames of one size are resampled together. ``resample``: "bicubic" or "bilinear" (see
+    the module doc); ``backend`` is passed to ``clippy_rt.kernels.preprocess`` for
+    "bilinear" ("auto": Triton on CUDA, torch elsewhere). Raises
     InputError / TypeError naming the bad frame; nothing is uploaded before every frame
     has been checked.
     """
-    from .kernels.preprocess import preprocess
-
     height, width = _input_size(size, patch_size)
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if resample not in RESAMPLERS:
+        raise InputError(f"resample must be one of {', '.join(RESAMPLERS)}, got {resample!r}")
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
     items = frames_of(frames)
     if items is None:
         items = list(frames) if isinstance(frames, (list, tuple)) else [frames]
@@ -159,8 +215,7 @@ def prepare_frames(frames, size: Size, *, mode: str = "squash", mean: Sequence[f
     for shape, indices in groups.items():
         plan = plan_resize(shape[:2], (height, width), mode)
         group = _rgb_view(upload([tensors[i] for i in indices], device))
-        resized = preprocess(group, plan.resize_to, mean, std, bgr=bgr and shape[2] != 1, antialias=True,
-                             out_dtype=dtype, backend=backend)
+        resized = _resample(group, plan.resize_to, mean, std, bgr and shape[2] != 1, dtype, resample, backend)
         top, left = plan.offset
         if mode == "crop":
             pixels = resized[:, :, top:top + height, left:left + width]

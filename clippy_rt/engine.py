@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import ClippyConfig
-from .device_prep import frames_of, prepare_frames, to_host, use_device_path
+from .device_prep import frames_of, prepare_frames, resampler_of, to_host, use_device_path
 from .errors import BackendUnavailableError, InputError
 from .images import Prepared, as_pixel_batch, prepare_batch
 from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
@@ -128,8 +128,10 @@ class Engine:
         normalised) -> (pixels [B, 3, H, W], per-image Prepared; empty for float tensors).
 
         ``preprocess``: "auto" pre-processes uint8 frames on a CUDA engine's device
-        (``clippy_rt.device_prep``, pixels in the engine's dtype) and everything else on the
-        host (PIL, float32); "device" / "host" force one path ("device" takes uint8 frames only).
+        (``clippy_rt.device_prep``, PIL's bicubic filter, pixels in the engine's dtype) and
+        everything else on the host (PIL, float32); "device" / "host" force one path;
+        "kernel" is the device path with the fused bilinear kernel (fastest, not PIL's
+        filter). "device" and "kernel" take uint8 frames only.
         """
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             return as_pixel_batch(images, self.config.image.patch_size), []
@@ -139,7 +141,8 @@ class Engine:
         if use_device_path(images, preprocess, self.device):
             return prepare_frames(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
                                   patch_size=cfg.patch_size, bgr=bgr, device=self.device,
-                                  dtype=getattr(self, "dtype", torch.float32))
+                                  dtype=getattr(self, "dtype", torch.float32),
+                                  resample=resampler_of(preprocess))
         frames = frames_of(images)
         if frames is not None:
             images = [f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]

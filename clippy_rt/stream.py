@@ -70,7 +70,7 @@ class _Graph:
 
 class Stream:
     """See the module doc. Build it with ``Engine.stream``; arguments as there, plus
-    ``preprocess`` ("auto", "device", "host": see ``Engine.prepare``), ``graphs`` (capture
+    ``preprocess`` ("auto", "device", "kernel", "host": see ``Engine.prepare``), ``graphs`` (capture
     CUDA graphs where possible) and ``warmup`` (eager runs before a capture)."""
 
     def __init__(self, engine, prompts: PromptsLike, *, size=None, resize: str = "squash", batch: int = 8,
@@ -94,7 +94,8 @@ class Stream:
         self.device = engine.device
         on_cuda = self.device.type == "cuda"
         self.preprocess = ("device" if on_cuda else "host") if preprocess == "auto" else preprocess
-        self.uses_graphs = bool(graphs) and on_cuda and self.preprocess == "device" and engine.backend == "torch"
+        self.uses_graphs = (bool(graphs) and on_cuda and self.preprocess in ("device", "kernel")
+                            and engine.backend == "torch")
         self.warmup = warmup
         self._graphs: "OrderedDict[tuple, _Graph]" = OrderedDict()
         self._buffers = {}  # bucket -> (text [bucket, D], class_map [bucket]) graph inputs

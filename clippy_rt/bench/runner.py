@@ -25,6 +25,9 @@ Stages and their variants (the first variant of each stage is its baseline varia
   the frame size. ``segment``: the engine's own path; ``reference-post``: the same stages
   with the reference procedure as post-processing (the baseline combination only).
   Phases: ``preprocess``, ``text``, ``image``, ``postprocess`` (host times).
+- ``stream``: ``Engine.stream`` (batch B, K prompts) called with B uint8 frames of
+  ``frame_size`` per iteration, labels and scores back on the host; on CUDA with the
+  torch backend, CUDA graphs captured during the warm-up (``clippy_rt.bench.stream_stage``).
 
 Baseline: per stage, the baseline variant on the baseline backend and precision (default
 torch, fp32), same device, batch, size and prompt count. The baseline combination is
@@ -53,7 +56,7 @@ from clippy_rt.errors import BackendUnavailableError, ClippyError, InputError, M
 from .stats import LatencyStats, summarize
 from .timer import TimingPolicy, is_cuda, measure, peak_device_bytes, peak_rss_bytes, reset_peak_memory
 
-STAGES = ("preprocess", "image", "text", "seg-head", "end-to-end")
+STAGES = ("preprocess", "image", "text", "seg-head", "end-to-end", "stream")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 VARIANTS = {
@@ -62,6 +65,7 @@ VARIANTS = {
     "text": ("cold", "cached"),
     "seg-head": ("reference", "torch", "triton", "native"),
     "end-to-end": ("reference-post", "segment"),
+    "stream": ("stream",),
 }
 BASELINE_VARIANT = {stage: variants[0] for stage, variants in VARIANTS.items()}
 # Stages that run without an engine: their backend (and for preprocess, precision) is "-".
@@ -411,6 +415,11 @@ def plan_cases(settings: BenchSettings, config, kind: str = "model") -> List[Cas
                             for variant in variants:
                                 cases.append(Case("end-to-end", variant, backend, precision, device,
                                                   batch, size, k))
+            if "stream" in stages:
+                for batch in settings.batches:
+                    for size in sizes:
+                        for k in settings.prompts:
+                            cases.append(Case("stream", "stream", backend, precision, device, batch, size, k))
     return list(dict.fromkeys(cases))
 
 
@@ -748,7 +757,8 @@ def _end_to_end_case(case: Case, engine, settings: BenchSettings) -> Timed:
         text = engine.encode_text(prompts)
         marks.add("text", clock.split())
         features = engine.encode_image(pixels)
-        engine._sync()
+        if features.patch.is_cuda:
+            torch.cuda.synchronize(features.patch.device)
         marks.add("image", clock.split())
         for index, item in enumerate(prepared):
             _, logits = seg_head_reference_procedure(features.patch[index:index + 1].to(text.device), text,
@@ -852,6 +862,11 @@ class Runner:
             return _image_case(case, engine, self.settings)
         if case.stage == "text":
             return _text_case(case, engine)
+        if case.stage == "stream":
+            from .stream_stage import stream_case
+
+            return stream_case(case, engine, _frames(case.batch, self.settings.frame_size, self.settings.seed),
+                               bench_prompts(case.prompts))
         return _end_to_end_case(case, engine, self.settings)
 
     def close(self) -> None:
