@@ -239,7 +239,9 @@ class Engine:
             patch = patch.to(text.device)
             labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True,
                                       backend=seg_backend)
-            labels = prompts_to_classes(labels, prompt_set).to(class_label_dtype(len(prompt_set.classes)))
+            if prompt_set.has_synonyms:
+                labels = prompts_to_classes(labels, prompt_set)
+            labels = labels.to(class_label_dtype(len(prompt_set.classes)))
             scores = scores.float()
             if not device_output:
                 labels, scores = to_host(labels, scores)

@@ -16,8 +16,8 @@ bucket) after ``warmup`` eager runs on a side stream, then replayed. The text em
 and the prompt -> class map are graph inputs padded to a bucket of K (16, 32, 64, 128,
 255, then multiples of 256): ``set_prompts`` copies into those buffers, so it never
 re-captures unless the new set needs a bigger bucket. The padding rows repeat prompt 0
-and map to its class, so they can neither win a pixel with another label nor change a
-score. Host frames go through pinned memory; while chunk n is replayed, chunk n+1 of the
+and map to its class; ties go to the lowest prompt index, so a padding row never wins a
+pixel (its logit equals prompt 0's exactly) nor changes a score. Host frames go through pinned memory; while chunk n is replayed, chunk n+1 of the
 same call is uploaded on a second CUDA stream (and with ``device_output=True``, where no
 call waits for its results, the next call's upload overlaps the previous call's work).
 
@@ -212,7 +212,8 @@ class Stream:
         first = prepared[0]
         text = prompts.text.to(features.patch.device)
         labels, scores = seg_head(features.patch, text, first.out_size, window=first.window, return_scores=True)
-        labels = prompts.class_map.to(labels.device)[labels.long()]
+        if prompts.prompt_set.has_synonyms:
+            labels = prompts.class_map.to(labels.device)[labels.long()]
         scores = scores.float()
         if not self.device_output and not self.uses_graphs:
             labels, scores = to_host(labels, scores)
