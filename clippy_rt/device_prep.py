@@ -113,12 +113,21 @@ def _as_tensor(frame, index: int) -> torch.Tensor:
     return tensor
 
 
+def concrete_device(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:N`` (the current device), so it compares equal to tensors' devices."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def upload(frames: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Stack same-size uint8 frames [H, W, C] into [B, H, W, C] on ``device``.
 
     Host frames bound for CUDA are gathered into one pinned buffer and copied with
     ``non_blocking=True`` (queued on the current stream; later work on that stream sees it).
     """
+    device = concrete_device(device)
     if all(frame.device == device for frame in frames):
         return torch.stack(list(frames)) if len(frames) > 1 else frames[0][None]
     if device.type == "cuda":
@@ -190,6 +199,7 @@ def prepare_frames(frames, size: Size, *, mode: str = "squash", mean: Sequence[f
     has been checked.
     """
     height, width = _input_size(size, patch_size)
+    device = concrete_device(device)
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if resample not in RESAMPLERS:

@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .device_prep import PREPROCESS_CHOICES, _as_tensor, frames_of
+from .device_prep import PREPROCESS_CHOICES, _as_tensor, concrete_device, frames_of
 from .errors import InputError
 from .images import MODES, _input_size, plan_resize
 from .prompts import PromptSet, PromptsLike, build_prompt_set
@@ -91,7 +91,7 @@ class Stream:
         self.batch = batch
         self.bgr = bool(bgr)
         self.device_output = bool(device_output)
-        self.device = engine.device
+        self.device = concrete_device(engine.device)
         on_cuda = self.device.type == "cuda"
         self.preprocess = ("device" if on_cuda else "host") if preprocess == "auto" else preprocess
         self.uses_graphs = (bool(graphs) and on_cuda and self.preprocess in ("device", "kernel")
