@@ -210,3 +210,19 @@ def test_to_host_uses_pinned_buffers():
     assert labels.is_pinned() and scores.is_pinned() and not labels.is_cuda
     assert torch.equal(scores, torch.arange(1000, dtype=torch.float32))
     assert torch.equal(labels, torch.arange(1000).to(torch.uint8))
+
+
+@pytest.mark.gpu
+def test_cuda_segment_on_frames_matches_the_cpu_device_path(tiny_model_dir):
+    frames = [_frame(120, 160, seed=14), _frame(120, 160, seed=15)]
+    prompts = ["a red circle", "a blue square", "grass"]
+    cpu = clippy_rt.load(tiny_model_dir).segment(frames, prompts, preprocess="device")
+    engine = clippy_rt.load(tiny_model_dir, device="cuda", precision="fp16")
+    on_host = engine.segment(frames, prompts)
+    on_device = engine.segment(frames, prompts, device_output=True)
+    for cpu_result, host_result, device_result in zip(cpu, on_host, on_device):
+        assert host_result.labels.dtype == torch.uint8 and host_result.labels.is_pinned()
+        assert device_result.labels.is_cuda and device_result.scores.is_cuda
+        assert torch.equal(device_result.labels.cpu(), host_result.labels)
+        # fp16 tower against fp32: labels may flip where two prompts nearly tie.
+        assert (host_result.labels == cpu_result.labels).float().mean() > 0.98
