@@ -264,7 +264,7 @@ class Engine:
             isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4)
         prompt_set = build_prompt_set(labels, template)
         text = self.encode_text(list(prompt_set.prompts))
-        pooled = self.encode_image(images, size, resize, bgr).pooled.to(text.device)
+        pooled = self.encode_image(images, size, resize, bgr, dtype=None).pooled.float().to(text.device)
         logits = class_logits(pooled @ text.T, prompt_set) * torch.exp(torch.tensor(self.logit_scale))
         probs = logits.softmax(dim=-1).cpu()
         k = min(top_k, len(prompt_set.classes))

@@ -185,6 +185,12 @@ def _batches(count: int, batch_size: int) -> List[range]:
     return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
+def _choice(preprocess: str) -> Dict[str, str]:
+    """The ``preprocess`` keyword for ``segment``, left out for "auto" (the default of any
+    engine-like object)."""
+    return {} if preprocess == "auto" else {"preprocess": preprocess}
+
+
 def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: str = "squash",
              batch_size: int = DEFAULT_BATCH, preprocess: str = "auto", reference_preprocess: str = "auto",
              progress: Optional[Callable[[Sequence[range]], Iterator[range]]] = None) -> EvalResult:
@@ -217,9 +223,9 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
         images = [image for image, _ in pairs]
         if {"device", "kernel"} & {preprocess, reference_preprocess}:
             images = [np.asarray(load_image(image)) for image in images]
-        predictions = engine.segment(images, eval_set.prompts, size=size, resize=resize, preprocess=preprocess)
+        predictions = engine.segment(images, eval_set.prompts, size=size, resize=resize, **_choice(preprocess))
         references = (reference.segment(images, eval_set.prompts, size=size, resize=resize,
-                                        preprocess=reference_preprocess)
+                                        **_choice(reference_preprocess))
                       if reference is not None else [None] * len(pairs))
         for (_, target), prediction, ref in zip(pairs, predictions, references):
             target = np.asarray(target)
