@@ -212,7 +212,8 @@ class Stream:
         first = prepared[0]
         text = prompts.text.to(features.patch.device)
         labels, scores = seg_head(features.patch, text, first.out_size, window=first.window, return_scores=True)
-        if prompts.prompt_set.has_synonyms:
+        # A captured graph serves every prompt set of its bucket, synonyms or not.
+        if self.uses_graphs or prompts.prompt_set.has_synonyms:
             labels = prompts.class_map.to(labels.device)[labels.long()]
         scores = scores.float()
         if not self.device_output and not self.uses_graphs:

@@ -133,6 +133,10 @@ def test_cuda_graphs_equal_segment_and_keep_their_capture(cuda_engine, resize):
     _assert_same(stream(frames), first)  # a replay
     stream.set_prompts(PROMPTS[:3])  # same bucket (16): no new capture
     _assert_same(stream(frames), cuda_engine.segment(frames, PROMPTS[:3], resize=resize))
+    synonyms = {"background": ["grass", "noise"], "shape": ["a red circle", "a blue square"]}
+    stream.set_prompts(synonyms)  # the class map is a graph input too
+    _assert_same(stream(frames), cuda_engine.segment(frames, synonyms, resize=resize))
+    stream.set_prompts(PROMPTS[:3])
     assert stream.captures == 1
     # Device tensors in, device tensors out.
     on_device = cuda_engine.stream(PROMPTS[:3], resize=resize, batch=4, device_output=True)
