@@ -139,6 +139,7 @@ class Engine:
             raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         cfg = self.config.image
         if use_device_path(images, preprocess, self.device):
+            # Pixels in the torch tower's dtype; exported graphs (ONNX, TensorRT) take float32.
             return prepare_frames(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
                                   patch_size=cfg.patch_size, bgr=bgr, device=self.device,
                                   dtype=getattr(self, "dtype", torch.float32),
