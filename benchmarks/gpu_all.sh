@@ -11,7 +11,8 @@
 # 3. runs benchmarks/gpu_check.py (kernel timings) and benchmarks/gpu_pipeline.py
 #    (frames -> labels, stream, tower vs timm), each under `timeout`.
 # Logs, JSON and markdown land in $OUT (default: ./gpu-out); SUMMARY.md collects the
-# tables. The exit status is the first failing step's (0 when every step passed).
+# tables and $OUT/RESULTS.md is benchmarks/RESULTS.md with both GPU sections filled in
+# (copy it over benchmarks/RESULTS.md to keep them). The exit status is the first failing step's (0 when every step passed).
 set -u
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/gpu-out}"
@@ -57,8 +58,18 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available()); \
 sys.exit(0 if clippy_rt.__file__.startswith('$WORK/site') else 3)" | tee -a "$OUT/SUMMARY.log"
 
 step gpu-tests 240 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" tests
+cp "$REPO/benchmarks/RESULTS.md" "$OUT/RESULTS.md"
 step gpu-check 150 "$PYTHON" benchmarks/gpu_check.py --skip-tests --write "$OUT/gpu_check.md"
-step gpu-pipeline 200 "$PYTHON" benchmarks/gpu_pipeline.py --out "$OUT"
+step gpu-pipeline 200 "$PYTHON" benchmarks/gpu_pipeline.py --out "$OUT" --write "$OUT/RESULTS.md"
+[ -f "$OUT/gpu_check.md" ] && "$PYTHON" - "$OUT/gpu_check.md" "$OUT/RESULTS.md" <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from gpu_check import BEGIN, END, write_section
+text = Path(sys.argv[1]).read_text()
+if BEGIN in text and END in text:
+    write_section(Path(sys.argv[2]), text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip("\n"))
+PY
 
 {
     echo "# GPU check"

@@ -21,8 +21,9 @@ with a fixed vocabulary), B uint8 480x640 RGB frames as numpy arrays on the host
   and timm's, eager and captured in a CUDA graph.
 
 Host wall time per call after a warm-up, CUDA synchronised; p50 / p90 in ms and frames/s.
-Writes ``gpu_pipeline.json`` and ``gpu_pipeline.md`` to --out. Exits 0 with a message
-when there is no CUDA device.
+Writes ``gpu_pipeline.json`` and ``gpu_pipeline.md`` to --out, and with --write puts the
+table in a markdown file between gpu-pipeline markers (benchmarks/RESULTS.md has them).
+Exits 0 with a message when there is no CUDA device.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per row first")
+    parser.add_argument("--write", type=Path, default=None,
+                        help="put the table in this markdown file, between gpu-pipeline markers")
     parser.add_argument("--reference-repeats", type=int, default=5, help="timed calls of the slow reference row")
     return parser.parse_args(argv)
 
@@ -180,7 +183,26 @@ def main(argv=None) -> int:
                      f"{row['frames_per_s']:.0f} | {ratio:.1f}x |")
     (args.out / "gpu_pipeline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.write is not None:
+        write_section(args.write, "### GPU pipeline table\n\n" + "\n".join(lines))
     return 0
+
+
+BEGIN, END = "<!-- gpu-pipeline:begin -->", "<!-- gpu-pipeline:end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the text between the gpu-pipeline markers of ``path`` (append them if absent);
+    the file is replaced in one step."""
+    from clippy_rt.fileio import atomic_write
+
+    block = f"{BEGIN}\n{text}\n{END}"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + block + "\n"
+    atomic_write(path, lambda handle: handle.write(new.encode("utf-8")))
 
 
 if __name__ == "__main__":
