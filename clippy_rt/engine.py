@@ -16,67 +16,23 @@ identical types. What the towers compute: docs/MODEL.md.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from .backends.base import PRECISIONS, image_feed, split_image_outputs, text_feed, text_output
 from .config import ClippyConfig
+from .device_prep import frames_of, prepare_frames, resampler_of, to_host, use_device_path
 from .errors import BackendUnavailableError, InputError
-from .images import Prepared, as_pixel_batch, prepare_batch
+from .images import Prepared, as_pixel_batch, prepare_batch  # noqa: F401  (Prepared: re-exported)
+from .results import ImageFeatures, PreparedBatch, Segmentation, class_label_dtype  # noqa: F401
 from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
 from .text_cache import TextCache
 from .tokenizer import Tokenizer
 
 RESIZE_MODES = ("squash", "crop", "letterbox")
-
-
-class PreparedBatch(NamedTuple):
-    """``pixels``: float32 [B, 3, H, W], normalised; ``prepared``: how each input was resized
-    (empty for a tensor that was already pre-processed). Unpacks as ``pixels, prepared``."""
-
-    pixels: torch.Tensor
-    prepared: List[Prepared]
-
-
-@dataclass
-class ImageFeatures:
-    """``patch``: float32 [B, h, w, D], each vector L2-normalised; ``pooled``: float32 [B, D].
-
-    ``prepared`` describes how each input was resized (empty for pre-processed tensors).
-    """
-
-    patch: torch.Tensor
-    pooled: torch.Tensor
-    prepared: List[Prepared] = field(default_factory=list)
-
-    @property
-    def grid(self) -> Tuple[int, int]:
-        return self.patch.shape[1], self.patch.shape[2]
-
-
-@dataclass
-class Segmentation:
-    """``labels``: int64 [H, W], an index into ``prompts`` (the class names);
-    ``scores``: float32 [H, W], the winning class's cosine similarity.
-
-    With ``resize="crop"`` the labels cover ``crop_box`` = (top, left, height, width) of
-    the original image; otherwise the whole original image.
-    """
-
-    labels: torch.Tensor
-    scores: torch.Tensor
-    prompts: Tuple[str, ...]
-    crop_box: Optional[Tuple[int, int, int, int]] = None
-    timings_ms: Dict[str, float] = field(default_factory=dict)
-
-    def fractions(self) -> Dict[str, float]:
-        """Pixel fraction of each class."""
-        counts = torch.bincount(self.labels.flatten(), minlength=len(self.prompts)).double()
-        total = max(1, self.labels.numel())
-        return {name: float(counts[i]) / total for i, name in enumerate(self.prompts)}
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -130,40 +86,78 @@ class Engine:
         return (f"{type(self).__name__}(arch={self.config.arch!r}, backend={self.backend!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r}{random})")
 
-    def prepare(self, images, size=None, resize: str = "squash", bgr: bool = False) -> PreparedBatch:
-        """Images (PIL, uint8 HWC arrays, paths, or a float tensor already normalised)
-        -> PreparedBatch (pixels float32 [B, 3, H, W], per-image Prepared; empty for tensors)."""
-        if isinstance(images, torch.Tensor):
+    def prepare(self, images, size=None, resize: str = "squash", bgr: bool = False,
+                preprocess: str = "auto") -> PreparedBatch:
+        """Images (PIL, uint8 HWC frames as numpy or torch, paths, or a float tensor already
+        normalised) -> PreparedBatch (pixels [B, 3, H, W], per-image Prepared; empty for
+        float tensors).
+
+        ``preprocess``: "auto" pre-processes uint8 frames on a CUDA engine's device
+        (``clippy_rt.device_prep``, PIL's bicubic filter, pixels in the engine's dtype) and
+        everything else on the host (PIL, float32); "device" / "host" force one path;
+        "kernel" is the device path with the fused bilinear kernel (fastest, not PIL's
+        filter). "device" and "kernel" take uint8 frames only.
+        """
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
             return PreparedBatch(as_pixel_batch(images, self.config.image.patch_size), [])
         if resize not in RESIZE_MODES:
             raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        cfg = self.config.image
+        if use_device_path(images, preprocess, self.device):
+            # Pixels in the torch tower's dtype; exported graphs (ONNX, TensorRT) take float32.
+            return PreparedBatch(*prepare_frames(
+                images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
+                patch_size=cfg.patch_size, bgr=bgr, device=self.device,
+                dtype=getattr(self, "dtype", torch.float32), resample=resampler_of(preprocess)))
+        frames = frames_of(images)
+        if frames is not None:
+            images = [f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
             raise InputError("no images given")
-        cfg = self.config.image
         return PreparedBatch(*prepare_batch(images, size or cfg.image_size, mode=resize, mean=cfg.mean,
                                             std=cfg.std, patch_size=cfg.patch_size, bgr=bgr))
 
     def image_tower(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The image tower alone on prepared pixels [B, 3, H, W] (host or device, any float
         dtype) -> (patch features [B, h*w, D], pooled [B, D]) on the engine's device, in the
-        backend's output dtype. ``encode_image`` adds the reshape and float32."""
+        backend's output dtype. ``encode_image`` adds the reshape and the dtype."""
         return self._image_forward(pixels)
 
-    def encode_image(self, images, size=None, resize: str = "squash", bgr: bool = False) -> ImageFeatures:
-        """Images, a float pixel tensor or a PreparedBatch -> ImageFeatures: ``patch`` float32
-        [B, h, w, D] and ``pooled`` [B, D], L2-normalised (``prepared`` carried over)."""
+    def encode_image(self, images, size=None, resize: str = "squash", bgr: bool = False,
+                     preprocess: str = "auto", dtype: Optional[torch.dtype] = torch.float32) -> ImageFeatures:
+        """Images, a float pixel tensor or a PreparedBatch -> ImageFeatures: ``patch``
+        [B, h, w, D] and ``pooled`` [B, D], L2-normalised (``prepared`` carried over), in
+        ``dtype`` (None: the tower's own dtype, e.g. float16, with no copy)."""
         if isinstance(images, PreparedBatch):
             pixels, prepared = images.pixels, images.prepared
             pixels = as_pixel_batch(pixels, self.config.image.patch_size)
         else:
-            pixels, prepared = self.prepare(images, size, resize, bgr)
+            pixels, prepared = self.prepare(images, size, resize, bgr, preprocess)
         patch, pooled = self.image_tower(pixels)
         patch_size = self.config.image.patch_size
         h, w = pixels.shape[-2] // patch_size, pixels.shape[-1] // patch_size
-        patch = patch.float().reshape(patch.shape[0], h, w, patch.shape[-1])
-        return ImageFeatures(patch=patch, pooled=pooled.float(), prepared=list(prepared))
+        patch = patch.reshape(patch.shape[0], h, w, patch.shape[-1])
+        if dtype is not None:
+            patch, pooled = patch.to(dtype), pooled.to(dtype)
+        return ImageFeatures(patch=patch, pooled=pooled, prepared=list(prepared))
+        if resize not in RESIZE_MODES:
+            raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        cfg = self.config.image
+        if use_device_path(images, preprocess, self.device):
+            # Pixels in the torch tower's dtype; exported graphs (ONNX, TensorRT) take float32.
+            return prepare_frames(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
+                                  patch_size=cfg.patch_size, bgr=bgr, device=self.device,
+                                  dtype=getattr(self, "dtype", torch.float32),
+                                  resample=resampler_of(preprocess))
+        frames = frames_of(images)
+        if frames is not None:
+            images = [f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            raise InputError("no images given")
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Returns L2-normalised text embeddings, float32 [K, D] on the engine's device.
@@ -194,11 +188,14 @@ class Engine:
         self.text_cache.clear(disk=disk)
 
     def decode(self, features: ImageFeatures, text: torch.Tensor, prompt_set: PromptSet,
-               seg_backend: str = "auto") -> List["Segmentation"]:
+               seg_backend: str = "auto", device_output: bool = False) -> List["Segmentation"]:
         """Segmentation of each image: the seg head (``clippy_rt.kernels.seg_head``) on the
-        patch features and the prompts' embeddings ``text`` [P, D], then each prompt mapped
-        to its class in ``prompt_set``. Labels come at each image's ``out_size`` (the pixel
-        tensor's size for pre-processed input); ``timings_ms`` is left empty."""
+        patch features (in their own dtype: float16 features are read as they are) and the
+        prompts' embeddings ``text`` [P, D], then each prompt mapped to its class in
+        ``prompt_set``. Labels come at each image's ``out_size`` (the pixel tensor's size for
+        pre-processed input), uint8 up to 255 classes; they and the scores are copied to the
+        host through pinned memory, or stay on the device with ``device_output=True``.
+        ``timings_ms`` is left empty."""
         from .kernels.seg_head import seg_head
 
         patch_size = self.config.image.patch_size
@@ -215,11 +212,16 @@ class Engine:
             groups.setdefault(key, []).append(index)
         results: List[Optional[Segmentation]] = [None] * count
         for (out_size, window), indices in groups.items():
-            patch = features.patch[indices].to(text.device)
+            patch = features.patch if len(indices) == count else features.patch[indices]
+            patch = patch.to(text.device)
             labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True,
                                       backend=seg_backend)
-            labels = prompts_to_classes(labels, prompt_set).cpu()
-            scores = scores.float().cpu()
+            if prompt_set.has_synonyms:
+                labels = prompts_to_classes(labels, prompt_set)
+            labels = labels.to(class_label_dtype(len(prompt_set.classes)))
+            scores = scores.float()
+            if not device_output:
+                labels, scores = to_host(labels, scores)
             for row, index in enumerate(indices):
                 results[index] = Segmentation(
                     labels=labels[row], scores=scores[row], prompts=prompt_set.classes,
@@ -232,7 +234,7 @@ class Engine:
         first: probs = softmax(exp(logit_scale) * class logits of <pooled, text>)."""
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-        pooled = features.pooled.to(text.device)
+        pooled = features.pooled.float().to(text.device)
         logits = class_logits(pooled @ text.T, prompt_set) * torch.exp(torch.tensor(self.logit_scale))
         probs = logits.softmax(dim=-1).cpu()
         k = min(top_k, len(prompt_set.classes))
@@ -241,28 +243,32 @@ class Engine:
                 for vrow, irow in zip(values, indices)]
 
     def segment(self, images, prompts: PromptsLike, size=None, template: Optional[str] = None,
-                resize: str = "squash", bgr: bool = False, seg_backend: str = "auto"):
+                resize: str = "squash", bgr: bool = False, seg_backend: str = "auto",
+                preprocess: str = "auto", device_output: bool = False):
         """Open-vocabulary segmentation. One image -> Segmentation; a list -> a list of them.
 
         ``prompts`` is a list of class prompts or a ``{class: [prompt, ...]}`` mapping (a
         class's logit is the max over its prompts). Labels come back at the original
         image size (the crop's, with ``resize="crop"``; the tensor's, for a tensor input).
+        The seg head reads the tower's patch features in its own dtype. Results are
+        copied to the host through pinned memory, or stay on the device with
+        ``device_output=True``. ``preprocess``: see ``prepare``.
         """
         single = _is_single(images)
         prompt_set = build_prompt_set(prompts, template)
         timings = {}
         start = time.perf_counter()
-        batch = self.prepare(images, size, resize, bgr)
+        batch = self.prepare(images, size, resize, bgr, preprocess)
         timings["preprocess"] = _ms(start)
         start = time.perf_counter()
         text = self.encode_text(list(prompt_set.prompts))
         timings["text"] = _ms(start)
         start = time.perf_counter()
-        features = self.encode_image(batch)
+        features = self.encode_image(batch, dtype=None)
         self.synchronize()
         timings["image"] = _ms(start)
         start = time.perf_counter()
-        results = self.decode(features, text, prompt_set, seg_backend)
+        results = self.decode(features, text, prompt_set, seg_backend, device_output)
         timings["postprocess"] = _ms(start)
         for result in results:
             result.timings_ms = dict(timings)
@@ -277,8 +283,19 @@ class Engine:
         single = _is_single(images)
         prompt_set = build_prompt_set(labels, template)
         text = self.encode_text(list(prompt_set.prompts))
-        out = self.decode_classes(self.encode_image(images, size, resize, bgr), text, prompt_set, top_k)
+        features = self.encode_image(images, size, resize, bgr, dtype=None)
+        out = self.decode_classes(features, text, prompt_set, top_k)
         return out[0] if single else out
+
+    def stream(self, prompts: PromptsLike, size=None, resize: str = "squash", batch: int = 8,
+               bgr: bool = False, template: Optional[str] = None, device_output: bool = False,
+               preprocess: str = "auto"):
+        """A ``clippy_rt.stream.Stream`` for camera loops: ``stream(frame)`` -> Segmentation,
+        ``stream([f0, f1, ...])`` -> list; on CUDA the image path runs in CUDA graphs."""
+        from .stream import Stream
+
+        return Stream(self, prompts, size=size, resize=resize, batch=batch, bgr=bgr, template=template,
+                      device_output=device_output, preprocess=preprocess)
 
     def synchronize(self) -> None:
         """Wait for the engine's device work (a no-op on the CPU); for timing."""
@@ -287,7 +304,8 @@ class Engine:
 
 
 def _is_single(images) -> bool:
-    return not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.ndim == 4)
+    return not isinstance(images, (list, tuple)) and not (
+        isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4)
 
 
 def _ms(start: float) -> float:

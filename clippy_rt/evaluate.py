@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import InputError
+from .images import load_image
 from .metrics import ConfusionMatrix
 
 __all__ = [
@@ -84,6 +85,8 @@ class EvalResult:
     size: Optional[Any] = None
     agreement: Optional[float] = None
     confusion: Tuple[Tuple[int, ...], ...] = field(default=(), repr=False)
+    preprocess: str = "auto"
+    reference_miou: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready: NaN becomes None."""
@@ -100,6 +103,8 @@ class EvalResult:
             "pixel_accuracy": clean(self.pixel_accuracy),
             "iou": {name: clean(value) for name, value in zip(self.class_names, self.iou)},
             "agreement_with_torch_fp32": clean(self.agreement),
+            "preprocess": self.preprocess,
+            "reference_miou": clean(self.reference_miou),
             "pixels": self.pixels,
             "confusion": [list(row) for row in self.confusion],
         }
@@ -180,14 +185,23 @@ def _batches(count: int, batch_size: int) -> List[range]:
     return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
+def _choice(preprocess: str) -> Dict[str, str]:
+    """The ``preprocess`` keyword for ``segment``, left out for "auto" (the default of any
+    engine-like object)."""
+    return {} if preprocess == "auto" else {"preprocess": preprocess}
+
+
 def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: str = "squash",
-             batch_size: int = DEFAULT_BATCH,
+             batch_size: int = DEFAULT_BATCH, preprocess: str = "auto", reference_preprocess: str = "auto",
              progress: Optional[Callable[[Sequence[range]], Iterator[range]]] = None) -> EvalResult:
     """Segment every image of ``eval_set`` with ``engine`` and score it (see the module doc).
 
     ``reference``: an optional second Engine run on the same images for the agreement
     figure. ``size``/``resize``: the model input size (default: the model's) and fitting
-    mode, as for ``Engine.segment``. ``progress``: wraps the list of batches (e.g.
+    mode, as for ``Engine.segment``. ``preprocess`` / ``reference_preprocess``: the
+    pre-processing path of each engine (``Engine.prepare``; "device" / "kernel" decode the images
+    to uint8 frames first), so the reference may be the same engine on the host path
+    for the device-vs-PIL agreement. ``progress``: wraps the list of batches (e.g.
     ``clippy_rt.cli.common.progress``). Returns an EvalResult.
 
     Raises:
@@ -201,13 +215,17 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
         raise InputError(f"the evaluation set {eval_set.name} is empty")
     classes = len(eval_set.prompts)
     matrix = ConfusionMatrix(classes, ignore_index=eval_set.ignore_index)
+    reference_matrix = ConfusionMatrix(classes, ignore_index=eval_set.ignore_index)
     agree, counted = 0, 0
     batches = _batches(count, batch_size)
     for batch in (progress(batches) if progress is not None else batches):
         pairs = [eval_set.samples[i] for i in batch]
         images = [image for image, _ in pairs]
-        predictions = engine.segment(images, eval_set.prompts, size=size, resize=resize)
-        references = (reference.segment(images, eval_set.prompts, size=size, resize=resize)
+        if {"device", "kernel"} & {preprocess, reference_preprocess}:
+            images = [np.asarray(load_image(image)) for image in images]
+        predictions = engine.segment(images, eval_set.prompts, size=size, resize=resize, **_choice(preprocess))
+        references = (reference.segment(images, eval_set.prompts, size=size, resize=resize,
+                                        **_choice(reference_preprocess))
                       if reference is not None else [None] * len(pairs))
         for (_, target), prediction, ref in zip(pairs, predictions, references):
             target = np.asarray(target)
@@ -217,6 +235,7 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
                                  f"image segments to {labels.shape}")
             matrix.update(labels, target)
             if ref is not None:
+                reference_matrix.update(ref.labels.numpy(), target)
                 keep = (np.ones(target.shape, dtype=bool) if eval_set.ignore_index is None
                         else target != eval_set.ignore_index)
                 agree += int((labels == ref.labels.numpy())[keep].sum())
@@ -229,5 +248,6 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
         miou=matrix.miou(), iou=tuple(float(v) for v in matrix.iou()),
         pixel_accuracy=matrix.pixel_accuracy(), pixels=matrix.total,
         backend=getattr(engine, "backend", "torch"), precision=getattr(engine, "precision", "fp32"),
-        size=size, agreement=agreement,
+        size=size, agreement=agreement, preprocess=preprocess,
+        reference_miou=reference_matrix.miou() if reference is not None else None,
         confusion=tuple(tuple(int(v) for v in row) for row in matrix.matrix))

@@ -233,6 +233,54 @@ def center_crop_offset(size: int, crop: int) -> int:
     return int(round((size - crop) / 2.0))
 
 
+@dataclass(frozen=True)
+class ResizePlan:
+    """How one image of ``original_size`` becomes an input frame of ``input_size`` (see the
+    module doc), shared by the host (PIL) and device pre-processing.
+
+    resize_to: (height, width) the image is resized to.
+    offset:    (top, left): ``crop``: where the input frame starts in the resized image;
+               ``letterbox``: where the resized image starts in the input frame; (0, 0)
+               for ``squash``.
+    out_size, window, crop_box: as in ``Prepared``.
+    """
+
+    original_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+    mode: str
+    resize_to: Tuple[int, int]
+    offset: Tuple[int, int]
+    out_size: Tuple[int, int]
+    window: Optional[Tuple[float, float, float, float]] = None
+    crop_box: Optional[Tuple[int, int, int, int]] = None
+
+
+def plan_resize(original: Tuple[int, int], input_size: Tuple[int, int], mode: str) -> ResizePlan:
+    """The ``ResizePlan`` of an image of ``original`` (H0, W0) for an input of ``input_size``
+    (H, W) in ``mode`` ("squash", "crop" or "letterbox"); sizes are trusted."""
+    (h0, w0), (height, width) = original, input_size
+    if mode == "squash":
+        return ResizePlan(original, input_size, mode, (height, width), (0, 0), original)
+    if mode == "crop":
+        new_h, new_w = cover_size(original, (height, width))
+        top, left = center_crop_offset(new_h, height), center_crop_offset(new_w, width)
+        # The same crop in original pixels (rounded); it stays inside the image.
+        top0 = min(_round_div(top * h0, new_h), h0 - 1)
+        left0 = min(_round_div(left * w0, new_w), w0 - 1)
+        crop_h0 = max(1, min(_round_div(height * h0, new_h), h0 - top0))
+        crop_w0 = max(1, min(_round_div(width * w0, new_w), w0 - left0))
+        return ResizePlan(original, input_size, mode, (new_h, new_w), (top, left), (crop_h0, crop_w0),
+                          crop_box=(top0, left0, crop_h0, crop_w0))
+    if mode != "letterbox":
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    new_h, new_w = fit_size(original, (height, width))
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    window = None
+    if (new_h, new_w) != (height, width):
+        window = (top / height, left / width, (top + new_h) / height, (left + new_w) / width)
+    return ResizePlan(original, input_size, mode, (new_h, new_w), (top, left), original, window=window)
+
+
 # ---------------------------------------------------------------------------------------
 # Preparation
 
@@ -259,35 +307,21 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     if h0 < patch_size or w0 < patch_size:
         raise InputError(f"image is {w0}x{h0} pixels (width x height), smaller than one "
                          f"{patch_size}x{patch_size} patch")
-    original = (h0, w0)
-
-    if mode == "squash":
-        resized = picture.resize((width, height), Image.Resampling.BICUBIC)
-        return Prepared(_normalise(resized, mean_t, std_t), original, original)
-
-    if mode == "crop":
-        new_h, new_w = cover_size(original, (height, width))
-        resized = picture.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        top, left = center_crop_offset(new_h, height), center_crop_offset(new_w, width)
-        cropped = resized.crop((left, top, left + width, top + height))
-        # The same crop in original pixels (rounded); it stays inside the image.
-        top0 = min(_round_div(top * h0, new_h), h0 - 1)
-        left0 = min(_round_div(left * w0, new_w), w0 - 1)
-        crop_h0 = max(1, min(_round_div(height * h0, new_h), h0 - top0))
-        crop_w0 = max(1, min(_round_div(width * w0, new_w), w0 - left0))
-        return Prepared(_normalise(cropped, mean_t, std_t), original, (crop_h0, crop_w0),
-                        crop_box=(top0, left0, crop_h0, crop_w0))
-
-    new_h, new_w = fit_size(original, (height, width))
+    plan = plan_resize((h0, w0), (height, width), mode)
+    new_h, new_w = plan.resize_to
     resized = picture.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    top, left = (height - new_h) // 2, (width - new_w) // 2
+    if mode == "squash":
+        return Prepared(_normalise(resized, mean_t, std_t), plan.original_size, plan.out_size)
+    if mode == "crop":
+        top, left = plan.offset
+        cropped = resized.crop((left, top, left + width, top + height))
+        return Prepared(_normalise(cropped, mean_t, std_t), plan.original_size, plan.out_size,
+                        crop_box=plan.crop_box)
+    top, left = plan.offset
     # The mean colour normalises to zero, so padding is a zero fill.
     pixels = torch.zeros((3, height, width), dtype=torch.float32)
     pixels[:, top:top + new_h, left:left + new_w] = _normalise(resized, mean_t, std_t)
-    window = None
-    if (new_h, new_w) != (height, width):
-        window = (top / height, left / width, (top + new_h) / height, (left + new_w) / width)
-    return Prepared(pixels, original, original, window=window)
+    return Prepared(pixels, plan.original_size, plan.out_size, window=plan.window)
 
 
 def prepare_batch(images: Union[Sequence[ImageSource], np.ndarray], size: Size, *, mode: str = "squash",

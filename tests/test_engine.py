@@ -95,8 +95,8 @@ def test_segment_tensor_input_and_synonyms(engine):
     result_syn = engine.segment(pixels, {"background": ["sky", "wall"], "cat": ["cat"], "dog": ["dog"]})
     assert isinstance(result_flat, list) and len(result_flat) == 2
     for a, b in zip(result_flat, result_syn):
-        assert a.labels.shape == (32, 32) and a.labels.dtype == torch.int64
-        mapped = torch.tensor([0, 0, 1, 2])[a.labels]
+        assert a.labels.shape == (32, 32) and a.labels.dtype == torch.uint8
+        mapped = torch.tensor([0, 0, 1, 2], dtype=torch.uint8)[a.labels.long()]
         assert torch.equal(mapped, b.labels)
         torch.testing.assert_close(a.scores, b.scores)
         assert b.prompts == ("background", "cat", "dog")

@@ -174,3 +174,26 @@ def test_reference_model_for_agreement(tiny_model_dir, tmp_path):
     (onnx_dir / "manifest.json").write_text(json.dumps({"source": {}}))
     with pytest.raises(InputError, match="--reference"):
         _reference_dir(Namespace(model=str(onnx_dir), reference=None))
+
+
+def test_cli_eval_device_preprocessing_agreement_with_host(tiny_model_dir, capsys):
+    import clippy_rt
+
+    args = ["eval", str(tiny_model_dir), "--dataset", "synthetic:3", "--size", "48", "--json", "--no-progress"]
+    assert cli(args + ["--preprocess", "kernel"]) == 0
+    kernel = json.loads(capsys.readouterr().out)
+    assert cli(args + ["--preprocess", "host"]) == 0
+    host = json.loads(capsys.readouterr().out)
+    assert kernel["preprocess"] == "kernel" and host["agreement_with_torch_fp32"] is None
+    assert kernel["reference_miou"] == pytest.approx(host["miou"])
+    # The agreement, computed directly: the same engine, kernel vs host pre-processing.
+    engine = clippy_rt.load(tiny_model_dir)
+    eval_set = open_dataset("synthetic:3")
+    images = [image for image, _ in eval_set.samples]
+    same = total = 0
+    for ours, theirs in zip(engine.segment(images, eval_set.prompts, size=48, preprocess="kernel"),
+                            engine.segment(images, eval_set.prompts, size=48, preprocess="host")):
+        same += int((ours.labels == theirs.labels).sum())
+        total += ours.labels.numel()
+    assert same < total
+    assert kernel["agreement_with_torch_fp32"] == pytest.approx(same / total)

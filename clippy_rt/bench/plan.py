@@ -110,6 +110,11 @@ def plan_cases(settings: BenchSettings, config, kind: str = MODEL) -> List[Case]
                             for variant in variants:
                                 cases.append(Case("end-to-end", variant, backend, precision, device,
                                                   batch, size, k))
+            if "stream" in stages:
+                for batch in settings.batches:
+                    for size in sizes:
+                        for k in settings.prompts:
+                            cases.append(Case("stream", "stream", backend, precision, device, batch, size, k))
     return list(dict.fromkeys(cases))
 
 

@@ -162,7 +162,7 @@ JSON_SCHEMA: Dict[str, object] = {
                              "warmup_iterations", "latency_ms", "device_ms", "phases_ms", "phase_clock",
                              "throughput", "throughput_unit", "memory", "baseline_median_ms", "speedup"],
                 "properties": {
-                    "stage": {"enum": ["preprocess", "image", "text", "seg-head", "end-to-end"]},
+                    "stage": {"enum": ["preprocess", "image", "text", "seg-head", "end-to-end", "stream"]},
                     "variant": {"type": "string"},
                     "backend": {"type": "string"},
                     "precision": {"type": "string"},

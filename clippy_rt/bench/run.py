@@ -18,7 +18,8 @@ from clippy_rt.formats.kinds import ENGINE, MODEL, ONNX
 
 from .plan import ModelSource, plan_cases, resolve_source
 from .settings import BenchRun, BenchSettings, Case, CaseResult, PreparationFailed, Unavailable
-from .stages import Timed, end_to_end_case, image_case, preprocess_case, seg_head_case, text_case
+from .stages import (Timed, end_to_end_case, image_case, preprocess_case, seg_head_case, stream_case,
+                     text_case)
 from .stats import summarize
 from .timer import is_cuda, measure, peak_device_bytes, peak_rss_bytes, reset_peak_memory
 
@@ -201,6 +202,8 @@ class Runner:
             return image_case(case, engine, self.settings)
         if case.stage == "text":
             return text_case(case, engine)
+        if case.stage == "stream":
+            return stream_case(case, engine, self.settings)
         return end_to_end_case(case, engine, self.settings)
 
     def close(self) -> None:

@@ -18,13 +18,14 @@ from clippy_rt.errors import InputError
 from .stats import LatencyStats
 from .timer import TimingPolicy
 
-STAGES = ("preprocess", "image", "text", "seg-head", "end-to-end")
+STAGES = ("preprocess", "image", "text", "seg-head", "end-to-end", "stream")
 VARIANTS = {
     "preprocess": ("pil", "kernel"),
     "image": ("forward", "cuda-graph"),
     "text": ("cold", "cached"),
     "seg-head": ("reference", "torch", "triton", "native"),
     "end-to-end": ("reference-post", "segment"),
+    "stream": ("stream",),
 }
 BASELINE_VARIANT = {stage: variants[0] for stage, variants in VARIANTS.items()}
 # Stages that run without an engine: their backend (and for preprocess, precision) is "-".

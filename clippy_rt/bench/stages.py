@@ -25,6 +25,9 @@ Stages and their variants (the first variant of each stage is its baseline varia
   the frame size. ``segment``: the engine's own path; ``reference-post``: the same stages
   with the reference procedure as post-processing (the baseline combination only).
   Phases: ``preprocess``, ``text``, ``image``, ``postprocess`` (host times).
+- ``stream``: ``Engine.stream`` (batch B, K prompts) called with B uint8 frames of
+  ``frame_size`` per iteration, labels and scores back on the host; on CUDA with the
+  torch backend, CUDA graphs captured during the warm-up.
 
 Baseline: per stage, the baseline variant on the baseline backend and precision (default
 torch, fp32), same device, batch, size and prompt count. The baseline combination is
@@ -295,3 +298,18 @@ class HostSplit:
         return elapsed
 
 
+
+
+def stream_case(case: Case, engine, settings: BenchSettings) -> Timed:
+    """``Engine.stream`` on B uint8 frames per call: a camera loop with a fixed vocabulary.
+    The stream is built once per case (K prompts, the case's size, ``batch`` = B); each
+    iteration hands it the same B frames of the frame size, labels and scores coming back
+    to the host. On CUDA with the torch backend the warm-up calls capture the CUDA graph
+    the timed calls replay."""
+    frames = list(random_frames(case.batch, settings.frame_size, settings.seed))
+    stream = engine.stream(bench_prompts(case.prompts), size=case.size, batch=case.batch)
+
+    def run_stream(marks):
+        stream(frames)
+
+    return run_stream, None

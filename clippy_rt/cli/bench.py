@@ -12,7 +12,8 @@ values and the run covers their product:
 Stages: preprocess (PIL on the CPU vs the preprocess kernel), image (the image tower),
 text (K prompts, cold = cache cleared every iteration, and cached), seg-head (reference
 procedure / fused torch / Triton / native CUDA), end-to-end (Engine.segment on uint8
-frames of --frame-size). Each configuration is warmed up for --warmup-ms, then timed for
+frames of --frame-size), stream (Engine.stream on --batch frames per call, CUDA graphs on
+CUDA; not in the default set: ask for it with --stage stream). Each configuration is warmed up for --warmup-ms, then timed for
 at least --duration-s and --min-iters iterations, with device synchronisation (CUDA
 events give GPU time; host wall time is reported apart). Percentiles are nearest-rank.
 

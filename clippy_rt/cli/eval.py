@@ -7,7 +7,10 @@ ImageSets/Segmentation/SPLIT.txt; 21 classes prompted "a photo of a/an {class}",
 255 ignored). With a backend or precision other than torch fp32, the same images are
 also segmented by torch fp32 and the label agreement between the two is reported; the
 torch model comes from --reference, or from MODEL itself when it is a model directory,
-or from the source recorded in an ONNX directory's manifest.
+or from the source recorded in an ONNX directory's manifest. With --preprocess device or
+kernel the images are pre-processed on the engine's device (on the CPU, with torch ops)
+and the agreement is with the same engine on the host (PIL) path: "device" is PIL's
+bicubic filter computed on the device, "kernel" the fused bilinear kernel.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def add_arguments(parser) -> None:
                         help="model input size, S or HxW, multiples of the patch size (default: the model's)")
     parser.add_argument("--resize", default="squash", choices=["squash", "crop", "letterbox"],
                         help="how images are fitted to the input size (default: squash)")
+    parser.add_argument("--preprocess", default="auto", choices=["auto", "host", "device", "kernel"],
+                        help="pre-processing path (default: auto = device for uint8 frames on CUDA); "
+                             "'device' and 'kernel' also report the agreement with the host (PIL) path")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     parser.add_argument("--reference", default=None,
                         help="torch model directory for the agreement figure (default: see above)")
@@ -79,12 +85,17 @@ def run(args) -> int:
     if warning:
         print(warning, file=sys.stderr)
     reference = None
+    reference_preprocess = args.preprocess
     # The engine's own values: --device and --precision default per backend.
     if engine.backend != "torch" or engine.precision != "fp32":
         reference = clippy_rt.load(_reference_dir(args), backend="torch", device=str(engine.device),
                                    precision="fp32")
+    if args.preprocess in ("device", "kernel"):
+        reference = reference or engine
+        reference_preprocess = "host"
     result = evaluate(engine, eval_set, reference=reference, size=args.size, resize=args.resize,
-                      batch_size=args.batch_size,
+                      batch_size=args.batch_size, preprocess=args.preprocess,
+                      reference_preprocess=reference_preprocess,
                       progress=lambda batches: progress(batches, "eval", enabled=args.progress))
     if args.json:
         print_json(result.to_dict())
@@ -95,7 +106,9 @@ def run(args) -> int:
     print(f"mIoU             {_percent(result.miou)}")
     print(f"pixel accuracy   {_percent(result.pixel_accuracy)}")
     if result.agreement is not None:
-        print(f"agreement with torch fp32   {_percent(result.agreement)}")
+        host = " (host pre-processing)" if reference_preprocess == "host" else ""
+        print(f"agreement with torch fp32{host}   {_percent(result.agreement)}")
+        print(f"reference mIoU   {_percent(result.reference_miou)}")
     print("per-class IoU:")
     width = max(len(name) for name in result.class_names)
     for name, value in zip(result.class_names, result.iou):

@@ -7,13 +7,16 @@ norm, ``forward`` turns them into L2-normalised patch features and the pooled em
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ImageTowerConfig
+
+# Grids whose resized position embedding is kept (input sizes in use at once).
+_POS_CACHE_GRIDS = 8
 
 
 class Attention(nn.Module):
@@ -111,6 +114,8 @@ class VisionTower(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.pos_grid ** 2, cfg.width))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        # Resized position embeddings per grid, with the parameter state they came from.
+        self._pos_cache: Dict[Tuple[int, int], Tuple[tuple, torch.Tensor]] = {}
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -124,12 +129,40 @@ class VisionTower(nn.Module):
     def grid_size(self, height: int, width: int) -> Tuple[int, int]:
         return height // self.cfg.patch_size, width // self.cfg.patch_size
 
+    def position_embedding(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """``resize_pos_embed`` of the position embedding to ``grid`` (h, w): [1, 1 + h*w, D].
+
+        Cached per grid in inference: the bicubic resize costs as much as a few transformer
+        blocks on a GPU (its CUDA kernel walks the channels serially) and its result only
+        changes with the parameter. The cache key holds the parameter's storage, version
+        counter, dtype and device, so ``load_state_dict``, in-place edits and ``.to()`` all
+        invalidate it. While the parameter takes gradients, or under tracing / export /
+        compilation, the resize is recomputed so that it stays in the graph.
+        """
+        pos_embed = self.pos_embed
+        if grid == (self.cfg.pos_grid, self.cfg.pos_grid):
+            return pos_embed
+        if ((torch.is_grad_enabled() and pos_embed.requires_grad) or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+            return resize_pos_embed(pos_embed, grid, self.cfg.pos_grid)
+        key = (pos_embed.data_ptr(), pos_embed._version, pos_embed.dtype, pos_embed.device)
+        cached = self._pos_cache.get(grid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        # A normal tensor even under inference_mode, so later autograd-free use outside it is allowed.
+        with torch.inference_mode(False), torch.no_grad():
+            resized = resize_pos_embed(pos_embed.detach(), grid, self.cfg.pos_grid)
+        if len(self._pos_cache) >= _POS_CACHE_GRIDS:
+            self._pos_cache.pop(next(iter(self._pos_cache)))
+        self._pos_cache[grid] = (key, resized)
+        return resized
+
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [B, 3, H, W] (H, W multiples of the patch) -> tokens [B, 1+N, D]."""
         grid = self.grid_size(pixels.shape[-2], pixels.shape[-1])
         x = self.patch_embed(pixels)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + resize_pos_embed(self.pos_embed, grid, self.cfg.pos_grid)
+        x = torch.cat([cls, x], dim=1) + self.position_embedding(grid)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -88,3 +88,37 @@ def test_pooling_without_class_token_and_cls_pooling():
             ours.cfg = replace(cfg, pool_include_cls=include_cls, pooling=pooling)
             _, pooled = ours(pixels)
             torch.testing.assert_close(pooled, F.normalize(expected, dim=-1), atol=1e-4, rtol=0)
+
+
+def test_resized_position_embedding_follows_new_weights():
+    # The resize is cached per grid; loading other weights (or editing them in place) must
+    # not serve the old one.
+    cfg = tiny().image
+    size = (24, 56)
+    grid = (size[0] // cfg.patch_size, size[1] // cfg.patch_size)
+    ours = None
+    pixels = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(3))
+    for seed in (4, 5):
+        torch.manual_seed(seed)
+        trained = _timm_vit(cfg, cfg.pos_grid * cfg.patch_size)
+        if ours is None:
+            ours = _ours_from_timm(trained, cfg)
+        else:
+            ours.load_state_dict(convert_timm_vit(trained.state_dict())[0])
+        state = trained.state_dict()
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=grid, num_prefix_tokens=1,
+                                                    interpolation="bicubic", antialias=False)
+        reference = _timm_vit(cfg, size)
+        reference.load_state_dict(state)
+        with torch.inference_mode():
+            expected = reference.forward_features(pixels)
+            torch.testing.assert_close(ours.forward_features(pixels), expected, atol=1e-4, rtol=0)
+            torch.testing.assert_close(ours.forward_features(pixels), expected, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        ours.pos_embed.mul_(2.0)
+        state["pos_embed"] = resample_abs_pos_embed(2.0 * trained.state_dict()["pos_embed"], new_size=grid,
+                                                    num_prefix_tokens=1, interpolation="bicubic",
+                                                    antialias=False)
+        reference.load_state_dict(state)
+        torch.testing.assert_close(ours.forward_features(pixels), reference.forward_features(pixels),
+                                   atol=1e-4, rtol=0)

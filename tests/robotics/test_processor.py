@@ -133,7 +133,7 @@ def test_latency_is_measured_on_the_injected_clock(engine):
     values = dict(diagnostics_values(output, loop))
     assert values["latency_ms"] == "750.000" and values["processing_ms"] == "250.000"
     assert values["processed_frames"] == "1" and values["dropped_frames"] == "0"
-    assert {"text_ms", "image_ms"} <= set(values)
+    assert "stream_ms" in values  # the engine's own timings (the stream path's) are passed on
 
 
 def test_threaded_loop_never_queues_more_than_one_frame():

@@ -1,0 +1,209 @@
+"""Camera frames to labels on a GPU: the reference pipeline, Engine.segment, Engine.stream
+and timm fp16, side by side in one run, plus the image tower against timm's.
+
+    python benchmarks/gpu_pipeline.py [--out DIR] [--batches 1,8] [--repeats 30]
+
+Model: random clippy-b16 weights (ViT-B/16 + Sentence-T5 layout; timings do not depend on
+the values), input 448, K = 21 prompts whose embeddings are computed once (a stream
+with a fixed vocabulary), B uint8 480x640 RGB frames as numpy arrays on the host, labels
+(and scores) at the frame size back on the host unless said. Rows:
+
+- ``reference``: PIL pre-processing (bicubic), timm's ViT in fp32, the reference
+  procedure (upsample all 768 feature channels to the frame size, dot, argmax).
+- ``segment``: ``Engine.segment`` fp16 on the numpy frames (device pre-processing with
+  PIL's bicubic filter); ``segment-kernel``: the same with the fused bilinear kernel.
+- ``segment-tensor``: ``Engine.segment`` fp16 on pre-processed CUDA pixels.
+- ``stream``: ``Engine.stream`` fp16 (batch B) on the numpy frames, CUDA graphs;
+  ``stream-kernel``: the same with the fused bilinear kernel.
+- ``timm-fp16-patch``: timm's ViT fp16 on pre-processed CUDA pixels, patch features,
+  logits and argmax at patch resolution (28 x 28), labels left on the GPU.
+- ``tower-*``: image tower only (``forward_features``) at 448 fp16 on CUDA pixels: ours
+  and timm's, eager and captured in a CUDA graph.
+
+Host wall time per call after a warm-up, CUDA synchronised; p50 / p90 in ms and frames/s.
+Writes ``gpu_pipeline.json`` and ``gpu_pipeline.md`` to --out, and with --write puts the
+table in a markdown file between gpu-pipeline markers (benchmarks/RESULTS.md has them).
+Exits 0 with a message when there is no CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+FRAME = (480, 640)
+SIZE = 448
+PROMPTS = 21
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for gpu_pipeline.json / .md")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per row")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per row first")
+    parser.add_argument("--write", type=Path, default=None,
+                        help="put the table in this markdown file, between gpu-pipeline markers")
+    parser.add_argument("--reference-repeats", type=int, default=5, help="timed calls of the slow reference row")
+    return parser.parse_args(argv)
+
+
+def timed(fn, repeats: int, warmup: int):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    samples.sort()
+    return {"p50_ms": statistics.median(samples), "p90_ms": samples[min(len(samples) - 1, int(0.9 * len(samples)))],
+            "n": len(samples)}
+
+
+def graphed(fn):
+    """fn captured in a CUDA graph after a warm-up on a side stream; returns replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_pipeline: no CUDA device here; nothing measured")
+        return 0
+    import timm
+    from PIL import Image  # noqa: F401  (the reference pre-processing goes through PIL)
+
+    import clippy_rt
+    from clippy_rt.bench.runner import bench_prompts
+    from clippy_rt.images import prepare_batch
+    from clippy_rt.kernels.seg_head import seg_head_reference_procedure
+    from clippy_rt.random_init import random_init
+
+    sys.path.insert(0, str(HERE))
+    from bench_vit import build
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    workdir = Path(tempfile.mkdtemp(prefix="gpu-pipeline-"))
+    random_init("clippy-b16", workdir / "model", seed=0)
+    engine = clippy_rt.load(workdir / "model", device="cuda", precision="fp16")
+    cfg = engine.config.image
+    prompts = bench_prompts(PROMPTS)
+    text = engine.encode_text(prompts)
+    text_half = text.half()
+    timm_fp32, _ = build(SIZE, device, torch.float32)
+    timm_fp16, ours_fp16 = build(SIZE, device, torch.float16)
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def record(name, batch, stats):
+        stats = dict(stats, row=name, batch=batch, frames_per_s=batch * 1000.0 / stats["p50_ms"])
+        rows.append(stats)
+        print(f"{name:>18} B={batch}: p50 {stats['p50_ms']:.2f} ms, p90 {stats['p90_ms']:.2f} ms, "
+              f"{stats['frames_per_s']:.0f} frames/s", flush=True)
+
+    for batch in [int(b) for b in args.batches.split(",")]:
+        frames = [rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(batch)]
+        pixels_host, _ = prepare_batch(frames, SIZE, mean=cfg.mean, std=cfg.std, patch_size=cfg.patch_size)
+        pixels = pixels_host.to(device)
+
+        def reference():
+            host, _ = prepare_batch(frames, SIZE, mean=cfg.mean, std=cfg.std, patch_size=cfg.patch_size)
+            with torch.inference_mode():
+                tokens = timm_fp32.forward_features(host.to(device))
+                patch = torch.nn.functional.normalize(tokens[:, 1:], dim=-1).reshape(batch, 28, 28, -1)
+                for index in range(batch):
+                    _, logits = seg_head_reference_procedure(patch[index:index + 1], text, FRAME)
+                    logits.argmax(dim=1).cpu()
+                    logits.max(dim=1).values.cpu()
+
+        record("reference", batch, timed(reference, args.reference_repeats, 1))
+        record("segment", batch, timed(lambda: engine.segment(frames, prompts, size=SIZE), args.repeats, args.warmup))
+        record("segment-kernel", batch, timed(lambda: engine.segment(frames, prompts, size=SIZE, preprocess="kernel"),
+                                              args.repeats, args.warmup))
+        record("segment-tensor", batch, timed(lambda: engine.segment(pixels, prompts), args.repeats, args.warmup))
+        for name, choice in (("stream", "device"), ("stream-kernel", "kernel")):
+            stream = engine.stream(prompts, size=SIZE, batch=batch, preprocess=choice)
+            record(name, batch, timed(lambda: stream(frames), args.repeats, args.warmup))
+        pixels_half = pixels.half()
+
+        def timm_patch():
+            with torch.inference_mode():
+                tokens = timm_fp16.forward_features(pixels_half)
+                patch = torch.nn.functional.normalize(tokens[:, 1:], dim=-1)
+                (patch @ text_half.T).argmax(dim=-1)
+
+        record("timm-fp16-patch", batch, timed(timm_patch, args.repeats, args.warmup))
+        with torch.inference_mode():
+            record("tower-ours", batch, timed(lambda: ours_fp16.forward_features(pixels_half), args.repeats,
+                                              args.warmup))
+            record("tower-timm", batch, timed(lambda: timm_fp16.forward_features(pixels_half), args.repeats,
+                                              args.warmup))
+            record("tower-ours-graph", batch, timed(graphed(lambda: ours_fp16.forward_features(pixels_half)),
+                                                    args.repeats, args.warmup))
+            record("tower-timm-graph", batch, timed(graphed(lambda: timm_fp16.forward_features(pixels_half)),
+                                                    args.repeats, args.warmup))
+
+    environment = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+                   "frame": list(FRAME), "size": SIZE, "prompts": PROMPTS}
+    try:
+        import triton
+        environment["triton"] = triton.__version__
+    except ImportError:
+        environment["triton"] = None
+    (args.out / "gpu_pipeline.json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=2))
+    reference = {row["batch"]: row["p50_ms"] for row in rows if row["row"] == "reference"}
+    lines = [f"GPU pipeline: {environment['gpu']}, torch {environment['torch']}, Triton {environment['triton']}, "
+             f"timm {environment['timm']}; 480x640 uint8 frames, input 448, K = 21, fp16 unless said.", "",
+             "| row | B | p50 ms | p90 ms | frames/s | vs reference |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        ratio = reference[row["batch"]] / row["p50_ms"]
+        lines.append(f"| {row['row']} | {row['batch']} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | "
+                     f"{row['frames_per_s']:.0f} | {ratio:.1f}x |")
+    (args.out / "gpu_pipeline.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.write is not None:
+        write_section(args.write, "### GPU pipeline table\n\n" + "\n".join(lines))
+    return 0
+
+
+BEGIN, END = "<!-- gpu-pipeline:begin -->", "<!-- gpu-pipeline:end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the text between the gpu-pipeline markers of ``path`` (append them if absent);
+    the file is replaced in one step."""
+    from clippy_rt.fileio import atomic_write
+
+    block = f"{BEGIN}\n{text}\n{END}"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + block + "\n"
+    atomic_write(path, lambda handle: handle.write(new.encode("utf-8")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
