@@ -19,7 +19,8 @@ import torch
 
 from .config import ClippyConfig
 from .errors import BackendUnavailableError, InputError
-from .images import Prepared, as_pixel_batch, prepare_batch
+from .images import Prepared, as_pixel_batch, check_input_size, prepare_batch
+from .numerics import check_finite
 from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
 from .tokenizer import Tokenizer
 
@@ -121,22 +122,26 @@ class Engine:
                 ) -> Tuple[torch.Tensor, List[Prepared]]:
         """Images (PIL, uint8 HWC arrays, paths, or a float tensor already normalised)
         -> (pixels float32 [B, 3, H, W], per-image Prepared; empty for tensors)."""
-        if isinstance(images, torch.Tensor):
-            return as_pixel_batch(images, self.config.image.patch_size), []
         if resize not in RESIZE_MODES:
             raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        if size is not None:
+            check_input_size(size, self.config.image.patch_size)
+        if isinstance(images, torch.Tensor):
+            return as_pixel_batch(images, self.config.image.patch_size), []
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
             raise InputError("no images given")
         cfg = self.config.image
-        return prepare_batch(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
+        return prepare_batch(images, cfg.image_size if size is None else size, mode=resize, mean=cfg.mean, std=cfg.std,
                              patch_size=cfg.patch_size, bgr=bgr)
 
     def encode_image(self, images, size=None, resize: str = "squash", bgr: bool = False) -> ImageFeatures:
         """Returns ImageFeatures: ``patch`` float32 [B, h, w, D] and ``pooled`` [B, D], L2-normalised."""
         pixels, prepared = self.prepare(images, size, resize, bgr)
         patch, pooled = self._image_forward(pixels)
+        check_finite(patch, "patch features")
+        check_finite(pooled, "image embeddings")
         patch_size = self.config.image.patch_size
         h, w = pixels.shape[-2] // patch_size, pixels.shape[-1] // patch_size
         patch = patch.float().reshape(patch.shape[0], h, w, patch.shape[-1])
@@ -160,6 +165,7 @@ class Engine:
         if missing:
             input_ids, attention_mask = self.tokenizer.encode(missing)
             embeds = self._text_forward(input_ids, attention_mask).float()
+            check_finite(embeds, "text embeddings")
             with self._cache_lock:
                 for text, embed in zip(missing, embeds):
                     self._text_cache[text] = embed
@@ -225,7 +231,7 @@ class Engine:
                  size=None, resize: str = "crop", bgr: bool = False):
         """Zero-shot classification. One image -> [(label, probability), ...] (top_k, best
         first); a list -> one such list per image. probs = softmax(exp(logit_scale) * <e, T>)."""
-        if not isinstance(top_k, int) or top_k < 1:
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         single = not isinstance(images, (list, tuple)) and not (
             isinstance(images, torch.Tensor) and images.ndim == 4)

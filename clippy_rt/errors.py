@@ -24,3 +24,7 @@ class InputError(ClippyError, ValueError):
 
 class BackendUnavailableError(ClippyError, RuntimeError):
     """A requested backend or device cannot run here (missing package, no GPU)."""
+
+
+class NumericsError(ClippyError, ArithmeticError):
+    """A computation produced NaN or infinity (corrupt weights or input, or an overflow)."""

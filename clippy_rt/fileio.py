@@ -42,3 +42,24 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
             pass
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way to read it is to set it; restore it at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def directory_mode_from_umask(path: PathLike) -> None:
+    """Give a directory made by ``tempfile.mkdtemp`` (mode 0700) the mode a plain
+    ``mkdir`` would have: 0777 less the umask."""
+    os.chmod(path, 0o777 & ~current_umask())

@@ -18,7 +18,9 @@ import torch
 
 from .config import ClippyConfig
 from .errors import CheckpointError, ConfigError, ModelDirError
+from .fileio import directory_mode_from_umask
 from .models import ClippyModel
+from .numerics import check_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -80,6 +82,7 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
 
 def build_model(config: ClippyConfig, state: Mapping[str, torch.Tensor], where: str) -> ClippyModel:
     """A model of ``config`` holding ``state``, in eval mode; errors list every bad key."""
+    check_weights(state, where)
     with torch.device("meta"):
         skeleton = ClippyModel(config)
     check_state_dict(skeleton, state, where)
@@ -115,6 +118,7 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
+        directory_mode_from_umask(tmp)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

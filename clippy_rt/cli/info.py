@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import print_json
@@ -36,12 +35,15 @@ def run(args) -> int:
         }
         info["tokenizer"] = md.tokenizer.name
     elif (path / "manifest.json").is_file() or (path / "engine.json").is_file():
-        sidecar = "engine.json" if (path / "engine.json").is_file() else "manifest.json"
-        info["kind"] = "tensorrt" if sidecar == "engine.json" else "onnx"
-        try:
-            info["manifest"] = json.loads((path / sidecar).read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelDirError(f"{path / sidecar} is not valid JSON: {exc}") from None
+        if (path / "engine.json").is_file():
+            from clippy_rt.export.tensorrt import read_sidecar
+
+            info["kind"], info["manifest"] = "tensorrt", read_sidecar(path)
+        else:
+            from clippy_rt.export.onnx import read_onnx_dir
+
+            # The whole check, checksums included: info is how a user vets a directory.
+            info["kind"], info["manifest"] = "onnx", read_onnx_dir(path, verify_checksums=True).manifest
         info["random_weights"] = bool(info["manifest"].get("config", {}).get("random_weights", False))
     else:
         raise ModelDirError(f"{path} is not a model, ONNX or engine directory")
