@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -106,6 +107,14 @@ def load_image(source: ImageSource, *, bgr: bool = False) -> Image.Image:
                     f"{type(source).__name__}")
 
 
+def _open_lazily(path: Path) -> Image.Image:
+    """``Image.open`` (header only). PIL's decompression-bomb warning is silenced: the
+    size is checked against MAX_IMAGE_PIXELS, which is lower, before anything is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def probe_image(path: Union[str, os.PathLike]) -> Tuple[int, int]:
     """(width, height) of an image file as it will be decoded (EXIF orientation applied),
     read from its header without decoding the pixels.
@@ -119,7 +128,7 @@ def probe_image(path: Union[str, os.PathLike]) -> Tuple[int, int]:
     if path.is_dir():
         raise InputError(f"image path is a directory, not a file: {path}")
     try:
-        with Image.open(path) as opened:
+        with _open_lazily(path) as opened:
             _check_pixels(opened.size, str(path))
             width, height = opened.size
             try:
@@ -147,7 +156,7 @@ def _read_file(path: Path) -> Image.Image:
     if path.is_dir():
         raise InputError(f"image path is a directory, not a file: {path}")
     try:
-        opened = Image.open(path)
+        opened = _open_lazily(path)
     except OSError as exc:
         reason = exc.strerror if exc.strerror else _reason(exc)
         raise InputError(f"cannot read image file {path}: {reason}") from None

@@ -18,7 +18,7 @@ import torch
 
 from .config import ClippyConfig
 from .errors import CheckpointError, ConfigError, ModelDirError
-from .fileio import directory_mode_from_umask
+from .fileio import current_umask, directory_mode_from_umask
 from .models import ClippyModel
 from .numerics import check_weights
 
@@ -123,6 +123,11 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # Some writers (safetensors) create their files 0600; give every file the mode a
+    # plain open() would: 0666 less the umask.
+    for written in tmp.rglob("*"):
+        if written.is_file():
+            os.chmod(written, 0o666 & ~current_umask())
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
