@@ -19,11 +19,18 @@ import torch
 
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", help="run the long soak tests (minutes each)")
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
+    soak = config.getoption("--soak")
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none on this machine"))
+        if "soak" in item.keywords and not soak:
+            item.add_marker(pytest.mark.skip(reason="long soak: run with pytest --soak"))
 
 
 @pytest.fixture(scope="session")
