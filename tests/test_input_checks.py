@@ -174,3 +174,16 @@ def test_exif_orientation_is_applied(tmp_path, engine, orientation, turn):
     np.testing.assert_array_equal(np.asarray(load_image(path)), shown)
     assert probe_image(path) == (shown.shape[1], shown.shape[0])
     assert engine.segment(path, ["a", "b"]).labels.shape == shown.shape[:2]
+
+
+def test_readme_states_the_limits():
+    from pathlib import Path
+
+    from clippy_rt import limits
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for figure in (f"at most {limits.MAX_DEPTH} blocks", f"widths up to {limits.MAX_WIDTH:,}",
+                   f"{limits.MAX_INPUT_SIDE:,} pixels a side", f"{limits.MAX_INPUT_PATCHES:,} patches",
+                   f"8192 x 8192 pixels"):
+        assert figure in readme, figure
+    assert limits.MAX_IMAGE_PIXELS == 8192 * 8192
