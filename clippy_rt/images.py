@@ -122,11 +122,7 @@ def probe_image(path: Union[str, os.PathLike]) -> Tuple[int, int]:
     Raises ``InputError`` for a missing, unreadable or oversized file. Damage in the pixel
     data is found only by ``load_image``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"image file not found: {path}")
-    if path.is_dir():
-        raise InputError(f"image path is a directory, not a file: {path}")
+    path = _existing_file(Path(path))
     try:
         with _open_lazily(path) as opened:
             _check_pixels(opened.size, str(path))
@@ -150,11 +146,16 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_file(path: Path) -> Image.Image:
+def _existing_file(path: Path) -> Path:
     if not path.exists():
         raise InputError(f"image file not found: {path}")
     if path.is_dir():
         raise InputError(f"image path is a directory, not a file: {path}")
+    return path
+
+
+def _read_file(path: Path) -> Image.Image:
+    _existing_file(path)
     try:
         opened = _open_lazily(path)
     except OSError as exc:
