@@ -133,8 +133,8 @@ class Engine:
         if not images:
             raise InputError("no images given")
         cfg = self.config.image
-        return prepare_batch(images, cfg.image_size if size is None else size, mode=resize, mean=cfg.mean, std=cfg.std,
-                             patch_size=cfg.patch_size, bgr=bgr)
+        return prepare_batch(images, cfg.image_size if size is None else size, mode=resize, mean=cfg.mean,
+                             std=cfg.std, patch_size=cfg.patch_size, bgr=bgr)
 
     def encode_image(self, images, size=None, resize: str = "squash", bgr: bool = False) -> ImageFeatures:
         """Returns ImageFeatures: ``patch`` float32 [B, h, w, D] and ``pooled`` [B, D], L2-normalised."""
