@@ -19,7 +19,8 @@ from tolerances import TOLERANCES  # noqa: E402
 
 def _files_by_precision(onnx_dir):
     files = json.loads((onnx_dir / "manifest.json").read_text())["files"]
-    return {(entry["graph"], entry["precision"]): onnx_dir / name for name, entry in files.items()}
+    return {(entry["graph"], entry["precision"]): onnx_dir / name for name, entry in files.items()
+            if "graph" in entry}
 
 
 def _session(path):

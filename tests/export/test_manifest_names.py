@@ -40,3 +40,18 @@ def test_symbolic_links_are_refused(tmp_path, tiny_onnx_dir):
     (copy / "spiece.model").symlink_to(outside)
     with pytest.raises(ModelDirError, match="symbolic link"):
         clippy_rt.load(copy, backend="onnxruntime")
+
+
+@pytest.mark.parametrize("name", ["spiece.model", "config.json"])
+def test_tokenizer_and_config_are_hashed(tmp_path, tiny_onnx_dir, name):
+    manifest = json.loads((tiny_onnx_dir / "manifest.json").read_text())
+    assert {"config.json", "spiece.model"} <= set(manifest["files"])
+    copy = shutil.copytree(tiny_onnx_dir, tmp_path / "copy")
+    data = bytearray((copy / name).read_bytes())
+    if name == "spiece.model":
+        data[len(data) // 2] ^= 0x01  # same size, other bytes
+    else:
+        data += b"\n"  # the same config, other bytes
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(ModelDirError, match="does not match its sha256|truncated or was replaced"):
+        clippy_rt.load(copy, backend="onnxruntime")

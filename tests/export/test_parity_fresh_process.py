@@ -28,7 +28,8 @@ CHILD = textwrap.dedent("""
 
     onnx_dir, model_dir = sys.argv[1], sys.argv[2]
     manifest = json.load(open(onnx_dir + "/manifest.json"))
-    files = {(e["graph"], e["precision"]): onnx_dir + "/" + n for n, e in manifest["files"].items()}
+    files = {(e["graph"], e["precision"]): onnx_dir + "/" + n for n, e in manifest["files"].items()
+             if "graph" in e}
     model, info = load_model(model_dir)
     ids, mask = load_tokenizer(info.tokenizer, info.config).encode(parity_prompts(info.config))
     with torch.no_grad():
