@@ -7,6 +7,7 @@ which is renamed into place only when complete, so a failure leaves nothing behi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -123,14 +124,26 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # Some writers (safetensors) create their files 0600; give every file the mode a
-    # plain open() would: 0666 less the umask.
-    for written in tmp.rglob("*"):
-        if written.is_file():
-            os.chmod(written, 0o666 & ~current_umask())
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        # Some writers (safetensors) create their files 0600; give every file the mode a
+        # plain open() would: 0666 less the umask.
+        for written in tmp.rglob("*"):
+            if written.is_file():
+                os.chmod(written, 0o666 & ~current_umask())
+        if overwrite and out.is_dir():
+            shutil.rmtree(out)
+        # rename() replaces an empty directory only: if another process finished writing
+        # ``out`` meanwhile, its complete result stays and this one is discarded.
+        os.rename(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise ModelDirError(f"{out} was written by another process while this one ran; its result "
+                                f"was kept and this one discarded") from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_model_dir(out: Path, config: ClippyConfig, state: Mapping[str, torch.Tensor], tokenizer: Path,
