@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -117,7 +118,10 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ModelDirError(f"{out} exists and is not empty (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    remove_abandoned_staging(out)
+    # The writer's process id is in the name, so that a later run can tell an abandoned
+    # staging directory (its writer was killed) from one still being written.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
         directory_mode_from_umask(tmp)
         yield tmp
@@ -144,6 +148,32 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_abandoned_staging(out: Path) -> List[Path]:
+    """Remove staging directories of ``out`` whose writing process no longer exists (it was
+    killed with SIGKILL, or the machine went down); returns what was removed."""
+    removed = []
+    prefix = f".{out.name}."
+    for candidate in Path(out).parent.glob(f"{glob.escape(prefix)}*.partial"):
+        # Exactly "<pid>.<random>.partial" after the prefix: ".out.v2.<pid>..." belongs to "out.v2".
+        parts = candidate.name[len(prefix):].split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        if candidate.is_dir() and not _process_exists(int(parts[0])):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def save_model_dir(out: Path, config: ClippyConfig, state: Mapping[str, torch.Tensor], tokenizer: Path,

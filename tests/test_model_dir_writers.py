@@ -54,3 +54,25 @@ def test_an_empty_directory_is_replaced(tmp_path):
         (staging / "result.txt").write_text("done")
     assert (out / "result.txt").read_text() == "done"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_abandoned_staging_is_removed_by_the_next_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its process id now names no process: a writer killed with SIGKILL
+    out = tmp_path / "out"
+    abandoned = tmp_path / f".out.{child.pid}.x1.partial"
+    abandoned.mkdir()
+    (abandoned / "weights.safetensors").write_bytes(b"half")
+    live = tmp_path / f".out.{os.getpid()}.x2.partial"  # a writer still running: kept
+    live.mkdir()
+    other = tmp_path / f".other.{child.pid}.x3.partial"  # another output's: not this run's to judge
+    other.mkdir()
+    dotted = tmp_path / f".out.7.{child.pid}.x4.partial"  # the staging of an output named "out.7"
+    dotted.mkdir()
+    with atomic_directory(out) as staging:
+        (staging / "result.txt").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, other.name, dotted.name])
