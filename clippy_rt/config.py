@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from . import limits
 from .errors import ConfigError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -45,6 +46,9 @@ class ImageTowerConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "patch_size", "width", "depth", "heads", "mlp_dim", "pos_grid", "image_size")
+        _at_most(self, depth=limits.MAX_DEPTH, width=limits.MAX_WIDTH, mlp_dim=limits.MAX_WIDTH,
+                 heads=limits.MAX_HEADS, image_size=limits.MAX_INPUT_SIDE, patch_size=limits.MAX_INPUT_SIDE,
+                 pos_grid=limits.MAX_INPUT_SIDE)
         if self.width % self.heads:
             raise ConfigError(f"image width {self.width} is not divisible by heads {self.heads}")
         if self.pooling not in POOLINGS:
@@ -79,6 +83,10 @@ class TextTowerConfig:
     def __post_init__(self) -> None:
         _positive(self, "vocab_size", "d_model", "d_kv", "d_ff", "heads", "depth",
                   "relative_buckets", "relative_max_distance", "max_length", "projection_dim")
+        _at_most(self, depth=limits.MAX_DEPTH, d_model=limits.MAX_WIDTH, d_kv=limits.MAX_WIDTH,
+                 d_ff=limits.MAX_WIDTH, projection_dim=limits.MAX_WIDTH, heads=limits.MAX_HEADS,
+                 vocab_size=limits.MAX_VOCAB, max_length=limits.MAX_TEXT_LENGTH,
+                 relative_buckets=limits.MAX_RELATIVE_BUCKETS, relative_max_distance=limits.MAX_TEXT_LENGTH)
         if self.ffn not in FFN_KINDS:
             raise ConfigError(f"text ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
         if self.max_length < 2:
@@ -107,12 +115,25 @@ class ClippyConfig:
             raise ConfigError(
                 f"image embedding width {self.image.width} does not match text embedding width "
                 f"{self.text.embed_dim}: the towers must share one embedding space")
-        if "{}" not in self.prompt_template:
+        if self.parameter_estimate() > limits.MAX_PARAMETERS:
+            raise ConfigError(f"this config describes about {self.parameter_estimate():,} parameters, more "
+                              f"than the {limits.MAX_PARAMETERS:,} clippy-rt loads")
+        if not isinstance(self.prompt_template, str) or "{}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}")
 
     @property
     def embed_dim(self) -> int:
         return self.image.width
+
+    def parameter_estimate(self) -> int:
+        """Weights of both towers, to within norms and biases."""
+        image, text = self.image, self.text
+        vit = image.depth * (4 * image.width ** 2 + 2 * image.width * image.mlp_dim)
+        inner = text.heads * text.d_kv
+        ffn_inputs = 2 if text.ffn == "gated-gelu" else 1
+        t5 = (text.depth * (4 * text.d_model * inner + (ffn_inputs + 1) * text.d_model * text.d_ff)
+              + text.vocab_size * text.d_model + text.d_model * text.projection_dim)
+        return vit + t5
 
     def to_dict(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -154,6 +175,13 @@ def _positive(obj: Any, *names: str) -> None:
         value = getattr(obj, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def _at_most(obj: Any, **bounds: int) -> None:
+    for name, bound in bounds.items():
+        value = getattr(obj, name)
+        if value > bound:
+            raise ConfigError(f"{type(obj).__name__}.{name} is {value:,}, above the limit of {bound:,}")
 
 
 def _known(cls: type, data: Dict[str, Any], what: str) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ import torch
 
 from .config import ClippyConfig, ImageTowerConfig, TextTowerConfig
 from .errors import CheckpointError
+from .numerics import check_weights
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -111,11 +112,13 @@ def infer_image_config(vit: Mapping[str, torch.Tensor], base: ImageTowerConfig,
         mlp = vit["blocks.0.mlp.fc1.weight"].shape[0]
     except KeyError as exc:
         raise CheckpointError(f"image tower weights lack {exc.args[0]!r}: not a timm ViT state dict") from None
+    if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or heads < 1):
+        raise CheckpointError(f"ViT heads must be a positive integer, got {heads!r}")
     grid = math.isqrt(positions)
     if grid * grid != positions:
         raise CheckpointError(f"pos_embed has {positions} patch positions, not a square grid")
     return replace(base, patch_size=patch, width=width, depth=_count_blocks(vit, r"blocks\.(\d+)\."),
-                   heads=heads or max(1, width // 64), mlp_dim=mlp, pos_grid=grid)
+                   heads=max(1, width // 64) if heads is None else heads, mlp_dim=mlp, pos_grid=grid)
 
 
 def infer_text_config(text: Mapping[str, torch.Tensor], base: TextTowerConfig) -> TextTowerConfig:
@@ -186,6 +189,9 @@ def from_reference_checkpoint(path: Path, base: ClippyConfig, *, heads: Optional
     text, bad_t5 = convert_hf_t5(t5_raw)
     if "text.2.linear.weight" in state:
         text["projection.weight"] = state["text.2.linear.weight"]
+    check_weights({**vit, **text}, str(path))
+    if "logit_scale" in state:
+        check_weights({"logit_scale": state["logit_scale"]}, str(path))
     known = ("visual.trunk.", "text.0.auto_model.", "text.2.linear.weight", "logit_scale")
     unexpected = ([f"visual.trunk.{k}" for k in bad_vit] + [f"text.0.auto_model.{k}" for k in bad_t5]
                   + [k for k in state if not k.startswith(known)])
@@ -243,6 +249,8 @@ def from_timm_and_sentence_transformer(vit_path: Path, st_dir: Path, base: Clipp
         if "linear.bias" in dense:
             raise CheckpointError(f"{dense_file} has a bias; Sentence-T5's Dense layer has none")
         text["projection.weight"] = dense["linear.weight"]
+    check_weights(vit, str(vit_path))
+    check_weights(text, str(st_dir))
 
     text_base = base.text
     ffn = str(hf_config.get("feed_forward_proj", "relu"))

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .images import MODES, Prepared, Size, _input_size, plan_resize
+from .images import MODES, Prepared, Size, check_input_size, plan_resize
 
 PREPROCESS_CHOICES = ("auto", "host", "device", "kernel")
 RESAMPLERS = ("bicubic", "bilinear")
@@ -198,7 +198,7 @@ def prepare_frames(frames, size: Size, *, mode: str = "squash", mean: Sequence[f
     InputError / TypeError naming the bad frame; nothing is uploaded before every frame
     has been checked.
     """
-    height, width = _input_size(size, patch_size)
+    height, width = check_input_size(size, patch_size)
     device = concrete_device(device)
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -26,7 +26,8 @@ from .backends.base import PRECISIONS, image_feed, split_image_outputs, text_fee
 from .config import ClippyConfig
 from .device_prep import frames_of, prepare_frames, resampler_of, to_host, use_device_path
 from .errors import BackendUnavailableError, InputError
-from .images import Prepared, as_pixel_batch, prepare_batch  # noqa: F401  (Prepared: re-exported)
+from .images import Prepared, as_pixel_batch, check_input_size, prepare_batch  # noqa: F401  (Prepared: re-exported)
+from .numerics import check_finite
 from .results import ImageFeatures, PreparedBatch, Segmentation, class_label_dtype  # noqa: F401
 from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
 from .text_cache import TextCache
@@ -98,15 +99,18 @@ class Engine:
         "kernel" is the device path with the fused bilinear kernel (fastest, not PIL's
         filter). "device" and "kernel" take uint8 frames only.
         """
-        if isinstance(images, torch.Tensor) and images.is_floating_point():
-            return PreparedBatch(as_pixel_batch(images, self.config.image.patch_size), [])
         if resize not in RESIZE_MODES:
             raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        if size is not None:
+            check_input_size(size, self.config.image.patch_size)
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            return PreparedBatch(as_pixel_batch(images, self.config.image.patch_size), [])
         cfg = self.config.image
+        size = cfg.image_size if size is None else size
         if use_device_path(images, preprocess, self.device):
             # Pixels in the torch tower's dtype; exported graphs (ONNX, TensorRT) take float32.
             return PreparedBatch(*prepare_frames(
-                images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
+                images, size, mode=resize, mean=cfg.mean, std=cfg.std,
                 patch_size=cfg.patch_size, bgr=bgr, device=self.device,
                 dtype=getattr(self, "dtype", torch.float32), resample=resampler_of(preprocess)))
         frames = frames_of(images)
@@ -116,7 +120,7 @@ class Engine:
             images = [images]
         if not images:
             raise InputError("no images given")
-        return PreparedBatch(*prepare_batch(images, size or cfg.image_size, mode=resize, mean=cfg.mean,
+        return PreparedBatch(*prepare_batch(images, size, mode=resize, mean=cfg.mean,
                                             std=cfg.std, patch_size=cfg.patch_size, bgr=bgr))
 
     def image_tower(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +140,8 @@ class Engine:
         else:
             pixels, prepared = self.prepare(images, size, resize, bgr, preprocess)
         patch, pooled = self.image_tower(pixels)
+        check_finite(patch, "patch features")
+        check_finite(pooled, "image embeddings")
         patch_size = self.config.image.patch_size
         h, w = pixels.shape[-2] // patch_size, pixels.shape[-1] // patch_size
         patch = patch.reshape(patch.shape[0], h, w, patch.shape[-1])
@@ -178,6 +184,7 @@ class Engine:
         if missing:
             input_ids, attention_mask = self.tokenizer.encode(missing)
             embeds = self._text_forward(input_ids, attention_mask).float()
+            check_finite(embeds, "text embeddings")
             found.update(self.text_cache.put(missing, embeds))
         # Built from this call's own lookups: a concurrent clear or eviction cannot
         # remove an embedding between the lookup and the stack.
@@ -232,7 +239,7 @@ class Engine:
                        top_k: int = 5) -> List[List[Tuple[str, float]]]:
         """Per image, the ``top_k`` classes of ``prompt_set`` as (class, probability), best
         first: probs = softmax(exp(logit_scale) * class logits of <pooled, text>)."""
-        if not isinstance(top_k, int) or top_k < 1:
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         pooled = features.pooled.float().to(text.device)
         logits = class_logits(pooled @ text.T, prompt_set) * torch.exp(torch.tensor(self.logit_scale))
@@ -278,7 +285,7 @@ class Engine:
                  size=None, resize: str = "crop", bgr: bool = False):
         """Zero-shot classification. One image -> [(label, probability), ...] (top_k, best
         first); a list -> one such list per image. probs = softmax(exp(logit_scale) * <e, T>)."""
-        if not isinstance(top_k, int) or top_k < 1:
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         single = _is_single(images)
         prompt_set = build_prompt_set(labels, template)

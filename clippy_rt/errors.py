@@ -28,3 +28,7 @@ class BackendUnavailableError(ClippyError, RuntimeError):
 
 class ServerError(ClippyError, RuntimeError):
     """A server could not be reached, or failed on a request it accepted (HTTP 5xx)."""
+
+
+class NumericsError(ClippyError, ArithmeticError):
+    """A computation produced NaN or infinity (corrupt weights or input, or an overflow)."""

@@ -18,22 +18,29 @@ Three ways to fit the input frame (``mode``):
 Decoding follows PIL's own conversions except where they lose data: 16-bit grayscale is
 scaled to 8 bits (v -> round(v / 257)) instead of clipped at 255, palette images go through
 RGBA. Alpha is dropped, not composited: the colour stored under a transparent pixel is what
-the model sees (as with PIL's ``convert("RGB")`` and OpenCV's BGRA -> RGB). EXIF orientation
-is not applied, as in the reference pipeline.
+the model sees (as with PIL's ``convert("RGB")`` and OpenCV's BGRA -> RGB). A file's EXIF
+orientation is applied (``ImageOps.exif_transpose``), so labels line up with the image as
+viewers show it; arrays and PIL images passed in are taken as they are.
+
+Sizes are bounded (``clippy_rt.limits``): a decoded image holds at most MAX_IMAGE_PIXELS
+pixels (checked from the header, before decoding), a model input at most MAX_INPUT_SIDE
+pixels a side and MAX_INPUT_PATCHES patches.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
+from . import limits
 from .errors import InputError
 
 MODES = ("squash", "crop", "letterbox")
@@ -82,6 +89,7 @@ def load_image(source: ImageSource, *, bgr: bool = False) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         name = getattr(source, "filename", "") or "the PIL image"
+        _check_pixels(source.size, name)
         try:
             # Image.open is lazy: force decoding so a truncated file fails here.
             source.load()
@@ -99,33 +107,93 @@ def load_image(source: ImageSource, *, bgr: bool = False) -> Image.Image:
                     f"{type(source).__name__}")
 
 
+def _open_lazily(path: Path) -> Image.Image:
+    """``Image.open`` (header only). PIL's decompression-bomb warning is silenced: the
+    size is checked against MAX_IMAGE_PIXELS, which is lower, before anything is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def probe_image(path: Union[str, os.PathLike]) -> Tuple[int, int]:
+    """(width, height) of an image file as it will be decoded (EXIF orientation applied),
+    read from its header without decoding the pixels.
+
+    Raises ``InputError`` for a missing, unreadable or oversized file. Damage in the pixel
+    data is found only by ``load_image``.
+    """
+    path = _existing_file(Path(path))
+    try:
+        with _open_lazily(path) as opened:
+            _check_pixels(opened.size, str(path))
+            width, height = opened.size
+            try:
+                turned = opened.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            except Exception:  # noqa: BLE001 - a malformed EXIF block is ignored when decoding too
+                turned = False
+    except InputError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror if exc.strerror else _reason(exc)
+        raise InputError(f"cannot read image file {path}: {reason}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise many types
+        raise InputError(f"cannot read image file {path}: {_reason(exc)}") from None
+    return (height, width) if turned else (width, height)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_file(path: Path) -> Image.Image:
+def _existing_file(path: Path) -> Path:
     if not path.exists():
         raise InputError(f"image file not found: {path}")
     if path.is_dir():
         raise InputError(f"image path is a directory, not a file: {path}")
+    return path
+
+
+def _read_file(path: Path) -> Image.Image:
+    _existing_file(path)
     try:
-        opened = Image.open(path)
+        opened = _open_lazily(path)
     except OSError as exc:
         reason = exc.strerror if exc.strerror else _reason(exc)
         raise InputError(f"cannot read image file {path}: {reason}") from None
     except Exception as exc:
         raise InputError(f"cannot read image file {path}: {_reason(exc)}") from None
     try:
+        _check_pixels(opened.size, str(path))
         try:
             # Decoding errors of PIL's plugins are of many types (OSError for truncation,
             # SyntaxError, EOFError, ValueError, struct.error, zlib.error, ...).
             opened.load()
         except Exception as exc:
             raise InputError(f"cannot decode image file {path}: {_reason(exc)}") from None
-        return _to_rgb(opened, str(path))
+        return _to_rgb(_upright(opened), str(path))
     finally:
         opened.close()
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation tag says (itself when there is none)."""
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: keep the stored orientation
+        return image
+
+
+def _check_pixels(size: Tuple[int, int], name: str) -> None:
+    width, height = size
+    if width * height > limits.MAX_IMAGE_PIXELS:
+        raise InputError(f"{name} is {width}x{height} pixels (width x height), more than the "
+                         f"{limits.MAX_IMAGE_PIXELS:,} pixels clippy-rt decodes")
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
@@ -156,6 +224,7 @@ def _array_to_rgb(array: np.ndarray, bgr: bool) -> Image.Image:
                          f"[H, W, 4], got {tuple(array.shape)}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"image array is empty: shape {tuple(array.shape)}")
+    _check_pixels((array.shape[1], array.shape[0]), "the image array")
     if array.ndim == 2:
         return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
     rgb = array[:, :, 2::-1] if bgr else array[:, :, :3]
@@ -166,7 +235,9 @@ def _array_to_rgb(array: np.ndarray, bgr: bool) -> Image.Image:
 # Geometry
 
 
-def _input_size(size: Size, patch_size: int) -> Tuple[int, int]:
+def check_input_size(size: Size, patch_size: int) -> Tuple[int, int]:
+    """A model input size (an int or (H, W)) -> (H, W), checked: positive multiples of
+    ``patch_size``, at most MAX_INPUT_SIDE a side and MAX_INPUT_PATCHES patches; else InputError."""
     if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
         raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
     if isinstance(size, int) and not isinstance(size, bool):
@@ -179,7 +250,18 @@ def _input_size(size: Size, patch_size: int) -> Tuple[int, int]:
     if height <= 0 or width <= 0 or height % patch_size or width % patch_size:
         raise InputError(f"input size must be positive multiples of the patch size {patch_size}, "
                          f"got {height}x{width} (height x width)")
+    _check_input_bounds(height, width, patch_size)
     return height, width
+
+
+def _check_input_bounds(height: int, width: int, patch_size: int) -> None:
+    if max(height, width) > limits.MAX_INPUT_SIDE:
+        raise InputError(f"input size {height}x{width} (height x width) is above the limit of "
+                         f"{limits.MAX_INPUT_SIDE} pixels a side")
+    patches = (height // patch_size) * (width // patch_size)
+    if patches > limits.MAX_INPUT_PATCHES:
+        raise InputError(f"input size {height}x{width} makes {patches:,} patches of {patch_size} pixels, "
+                         f"above the limit of {limits.MAX_INPUT_PATCHES:,}")
 
 
 def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -298,7 +380,7 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     whose ``pixels`` are float32 [3, H, W]. Raises ``InputError`` for a bad size or mode and
     for an image smaller than one patch.
     """
-    height, width = _input_size(size, patch_size)
+    height, width = check_input_size(size, patch_size)
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     mean_t, std_t = _check_mean_std(mean, std)
@@ -377,4 +459,7 @@ def as_pixel_batch(tensor: torch.Tensor, patch_size: int) -> torch.Tensor:
     if height < patch_size or width < patch_size or height % patch_size or width % patch_size:
         raise InputError(f"pixel height and width must be positive multiples of the patch size "
                          f"{patch_size}, got {height}x{width} (height x width)")
+    _check_input_bounds(height, width, patch_size)
+    if not bool(torch.isfinite(tensor).all()):
+        raise InputError("the pixel tensor holds NaN or infinite values")
     return tensor

@@ -39,14 +39,31 @@ def _check_text(text: object, what: str) -> str:
     return text.strip()
 
 
+def check_template(template: Optional[str]) -> None:
+    """None, or a string with one ``{}`` where the prompt goes; else InputError."""
+    if template is None:
+        return
+    if not isinstance(template, str):
+        raise InputError(f"template must be a string holding '{{}}', got {type(template).__name__}")
+    if "{}" not in template:
+        raise InputError(f"template {template!r} has no '{{}}' where the prompt goes, "
+                         f"e.g. 'a photo of {{article}} {{}}'")
+
+
 def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> PromptSet:
     """Normalise a list of prompts, a ``{class: [prompt, ...]}`` mapping, or a PromptSet.
 
     With ``template`` (e.g. ``"a photo of {article} {}"``) each prompt is filled into it.
-    Raises InputError for an empty set, an empty prompt or class, or a duplicate class.
+    A PromptSet's prompts are filled in as well. Raises InputError for an empty set, an
+    empty prompt or class, a duplicate class, or a template that is not a string holding
+    ``{}``.
     """
+    check_template(template)
     if isinstance(prompts, PromptSet):
-        return prompts
+        if template is None:
+            return prompts
+        return PromptSet(prompts.classes, tuple(format_prompt(template, p) for p in prompts.prompts),
+                         prompts.prompt_class)
     if isinstance(prompts, str):
         raise InputError("prompts must be a list of strings or a {class: [prompts]} mapping, got one string; "
                          "wrap it in a list")
@@ -73,7 +90,7 @@ def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> Pr
             raise InputError(f"class {name!r} has no prompts")
         classes.append(name)
         for text in synonyms:
-            texts.append(format_prompt(template, text) if template else text)
+            texts.append(format_prompt(template, text) if template is not None else text)
             owners.append(index)
     return PromptSet(tuple(classes), tuple(texts), tuple(owners))
 

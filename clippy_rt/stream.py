@@ -38,7 +38,7 @@ import torch
 
 from .device_prep import PREPROCESS_CHOICES, _as_tensor, concrete_device, frames_of
 from .errors import InputError
-from .images import MODES, _input_size, plan_resize
+from .images import MODES, check_input_size, plan_resize
 from .prompts import PromptSet, PromptsLike, build_prompt_set
 from .results import Segmentation
 
@@ -87,7 +87,7 @@ class Stream:
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
             raise InputError(f"warmup must be a positive integer, got {warmup!r}")
         self.engine = engine
-        self.input_size = _input_size(size or cfg.image_size, cfg.patch_size)
+        self.input_size = check_input_size(size or cfg.image_size, cfg.patch_size)
         self.resize = resize
         self.batch = batch
         self.bgr = bool(bgr)

@@ -416,11 +416,14 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = 
 
             export_seg_head(tmp / SEG_HEAD.filename(), opset)
             files[SEG_HEAD.filename()] = {"graph": SEG_HEAD.name, "precision": "fp32"}
+        config.save(tmp / CONFIG_FILE)
+        shutil.copyfile(info.tokenizer, tmp / info.tokenizer.name)
+        # Every file is listed and hashed, the tokenizer and config.json included.
+        files[CONFIG_FILE] = {}
+        files[info.tokenizer.name] = {}
         for filename, entry in files.items():
             entry["bytes"] = (tmp / filename).stat().st_size
             entry["sha256"] = sha256_file(tmp / filename)
-        config.save(tmp / CONFIG_FILE)
-        shutil.copyfile(info.tokenizer, tmp / info.tokenizer.name)
 
         log(f"checking parity with ONNX Runtime at {', '.join(f'{h}x{w}' for h, w in sizes)}")
         runners = {precision: (OrtRunner(tmp / IMAGE.filename(precision), IMAGE, config),

@@ -19,11 +19,18 @@ import torch
 
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", help="run the long soak tests (minutes each)")
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
+    soak = config.getoption("--soak")
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none on this machine"))
+        if "soak" in item.keywords and not soak:
+            item.add_marker(pytest.mark.skip(reason="long soak: run with pytest --soak"))
 
 
 @pytest.fixture(scope="session")
@@ -33,4 +40,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     random_init("tiny", out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported with float16 graphs (parity checked at 32x32, batches 1 and 2)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from clippy_rt.export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    export_onnx(tiny_model_dir, out, fp16=True, check_sizes=[32, (32, 48)], check_batches=[1, 2],
+                seg_head=False)
     return out

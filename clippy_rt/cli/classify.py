@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_arguments, print_json, progress, random_warning, size_arg
+from .common import add_model_arguments, positive_int, print_json, progress, random_warning, size_arg
 
 
 def add_arguments(parser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--labels", required=True, help='labels, e.g. "cat,dog,car|automobile"')
     parser.add_argument("--template", default=None,
                         help='prompt template, e.g. "a photo of {article} {}" (default: labels verbatim)')
-    parser.add_argument("--top-k", type=int, default=5, help="how many labels to report (default: 5)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="how many labels to report (default: 5)")
     parser.add_argument("--size", type=size_arg, default=None, help="model input size (default: the model's)")
     parser.add_argument("--resize", default="crop", choices=["squash", "crop", "letterbox"],
                         help="how images are fitted to the input size (default: crop)")
@@ -28,9 +28,9 @@ def run(args) -> int:
 
     import clippy_rt
     from clippy_rt.images import load_image
-    from clippy_rt.prompts import parse_cli_prompts
+    from clippy_rt.prompts import build_prompt_set, parse_cli_prompts
 
-    label_set = parse_cli_prompts(args.labels)
+    label_set = build_prompt_set(parse_cli_prompts(args.labels), args.template)
     images = [load_image(Path(p)) for p in args.images]
     engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     warning = random_warning(engine)
@@ -38,7 +38,7 @@ def run(args) -> int:
         print(warning, file=sys.stderr)
     results = []
     for path, image in progress(list(zip(args.images, images)), "classify", enabled=not args.json):
-        top = engine.classify(image, label_set, top_k=args.top_k, template=args.template, size=args.size,
+        top = engine.classify(image, label_set, top_k=args.top_k, size=args.size,
                               resize=args.resize)
         results.append({"image": str(path), "top": [{"label": l, "probability": p} for l, p in top]})
     if args.json:

@@ -22,6 +22,17 @@ def int_list(text: str) -> List[int]:
     return values
 
 
+def positive_int(text: str) -> int:
+    """``"12"`` -> 12; zero, negatives and non-integers are refused."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def str_list(text: str) -> List[str]:
     values = [part.strip() for part in text.split(",") if part.strip()]
     if not values:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from .common import positive_int
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="reference training checkpoint (torch pickle)")
@@ -20,10 +22,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vit", type=Path, help="timm ViT state dict (.pth or .safetensors)")
     parser.add_argument("--sentence-transformer", type=Path, help="sentence-transformers directory")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
-    parser.add_argument("--vit-heads", type=int, default=None, help="ViT attention heads (default: width/64)")
-    parser.add_argument("--relative-max-distance", type=int, default=None,
+    parser.add_argument("--vit-heads", type=positive_int, default=None, help="ViT attention heads (default: width/64)")
+    parser.add_argument("--relative-max-distance", type=positive_int, default=None,
                         help="T5 relative attention max distance (default: from config.json, else 128)")
-    parser.add_argument("--max-length", type=int, default=None, help="text max length in tokens")
+    parser.add_argument("--max-length", type=positive_int, default=None, help="text max length in tokens")
     parser.add_argument("--pool-exclude-cls", action="store_true",
                         help="leave the class token out of the max pooling (default: include it)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

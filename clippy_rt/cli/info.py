@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import print_json
@@ -16,7 +15,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from clippy_rt.api import resolve_model_path
     from clippy_rt.errors import ModelDirError
-    from clippy_rt.formats.kinds import ENGINE, MODEL, artifact_kind, metadata_file
+    from clippy_rt.formats.kinds import ENGINE, MODEL, artifact_kind
 
     path = resolve_model_path(args.path)
     if not path.is_dir():
@@ -37,13 +36,16 @@ def run(args) -> int:
             "total": sum(p.numel() for p in model.parameters()),
         }
         info["tokenizer"] = md.tokenizer.name
+    elif kind == ENGINE:
+        from clippy_rt.formats.engine_dir import read_sidecar
+
+        info["kind"], info["manifest"] = "tensorrt", read_sidecar(path)
+        info["random_weights"] = bool(info["manifest"].get("config", {}).get("random_weights", False))
     else:
-        sidecar = metadata_file(path, kind)
-        info["kind"] = "tensorrt" if kind == ENGINE else kind
-        try:
-            info["manifest"] = json.loads(sidecar.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelDirError(f"{sidecar} is not valid JSON: {exc}") from None
+        from clippy_rt.formats.onnx_dir import read_onnx_dir
+
+        # The whole check, checksums included: info is how a user vets a directory.
+        info["kind"], info["manifest"] = kind, read_onnx_dir(path, verify_checksums=True).manifest
         info["random_weights"] = bool(info["manifest"].get("config", {}).get("random_weights", False))
     if args.json:
         print_json(info)

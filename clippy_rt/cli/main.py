@@ -72,11 +72,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from clippy_rt.errors import ClippyError
 
+    from .signals import Terminated, terminate_unwinds
+
     try:
-        return int(args._module.run(args) or 0)
+        with terminate_unwinds():
+            return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
         print("clippy-rt: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("clippy-rt: terminated", file=sys.stderr)
+        return 143
+    except MemoryError:
+        if getattr(args, "debug", False):
+            raise
+        print(f"clippy-rt {args.command}: error: out of memory", file=sys.stderr)
+        return 1
     except (ClippyError, OSError, ValueError, TypeError, RuntimeError) as exc:
         if getattr(args, "debug", False):
             raise

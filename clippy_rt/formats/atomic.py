@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Union
+from typing import Any, BinaryIO, Callable, Iterator, List, Union
 
 from ..errors import InputError, ModelDirError
 
@@ -54,19 +56,93 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
 
 @contextlib.contextmanager
 def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; rename it to ``out`` only if the block succeeds."""
+    """Yield a temporary sibling of ``out``; rename it to ``out`` only if the block succeeds.
+
+    Two writers of one ``out`` leave one complete result: the second to finish is refused
+    (``ModelDirError``) and its staging directory removed. Files and directories get the
+    modes a plain ``open`` / ``mkdir`` would (the umask is honoured). Staging directories
+    left by a killed writer are removed by the next write to the same ``out``.
+    """
     out = Path(out)
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    remove_abandoned_staging(out)
+    # The writer's process id is in the name, so that a later run can tell an abandoned
+    # staging directory (its writer was killed) from one still being written.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
+        directory_mode_from_umask(tmp)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        # Some writers (safetensors) create their files 0600; give every file the mode a
+        # plain open() would: 0666 less the umask.
+        for written in tmp.rglob("*"):
+            if written.is_file():
+                os.chmod(written, 0o666 & ~current_umask())
+        if overwrite and out.is_dir():
+            shutil.rmtree(out)
+        # rename() replaces an empty directory only: if another process finished writing
+        # ``out`` meanwhile, its complete result stays and this one is discarded.
+        os.rename(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise ModelDirError(f"{out} was written by another process while this one ran; its result "
+                                f"was kept and this one discarded") from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_abandoned_staging(out: Path) -> List[Path]:
+    """Remove staging directories of ``out`` whose writing process no longer exists (it was
+    killed with SIGKILL, or the machine went down); returns what was removed."""
+    removed = []
+    prefix = f".{out.name}."
+    for candidate in Path(out).parent.glob(f"{glob.escape(prefix)}*.partial"):
+        # Exactly "<pid>.<random>.partial" after the prefix: ".out.v2.<pid>..." belongs to "out.v2".
+        parts = candidate.name[len(prefix):].split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        if candidate.is_dir() and not _process_exists(int(parts[0])):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way to read it is to set it; restore it at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def directory_mode_from_umask(path: PathLike) -> None:
+    """Give a directory made by ``tempfile.mkdtemp`` (mode 0700) the mode a plain
+    ``mkdir`` would have: 0777 less the umask."""
+    os.chmod(path, 0o777 & ~current_umask())
 
 
 def check_output_dir(out: Path, overwrite: bool = False) -> None:

@@ -16,6 +16,7 @@ import torch
 from ..config import ClippyConfig
 from ..errors import CheckpointError, ModelDirError
 from ..models import ClippyModel
+from ..numerics import check_weights
 from .atomic import atomic_directory
 
 CONFIG_FILE = "config.json"
@@ -80,6 +81,7 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
 
 def build_model(config: ClippyConfig, state: Mapping[str, torch.Tensor], where: str) -> ClippyModel:
     """A model of ``config`` holding ``state``, in eval mode; errors list every bad key."""
+    check_weights(state, where)
     with torch.device("meta"):
         skeleton = ClippyModel(config)
     check_state_dict(skeleton, state, where)

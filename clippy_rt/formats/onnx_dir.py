@@ -106,7 +106,7 @@ def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
     if ClippyConfig.load(config_path) != config:
         raise ModelDirError(f"{config_path} does not match the config in {MANIFEST_FILE}: the directory was "
                             f"edited after export; re-export it")
-    tokenizer = path / str(manifest["tokenizer"])
+    tokenizer = _listed_file(path, manifest["tokenizer"], manifest_path)
     if not tokenizer.is_file():
         raise ModelDirError(f"{path} has no tokenizer file {manifest['tokenizer']!r} (listed in {MANIFEST_FILE})")
     if not isinstance(manifest["files"], dict) or not all(isinstance(e, dict) for e in manifest["files"].values()):
@@ -126,9 +126,22 @@ def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
             raise ModelDirError(f"{manifest_path}: the {name} graph's tensors {declared} do not match this "
                                 f"clippy-rt's I/O spec {graph.describe(config)}; re-export the model")
     for filename, entry in manifest["files"].items():
-        check_file(path / filename, entry, verify_checksums)
+        check_file(_listed_file(path, filename, manifest_path), entry, verify_checksums)
     return OnnxDir(path=path, manifest=manifest, config=config, tokenizer=tokenizer,
                    logit_scale=float(manifest["logit_scale"]))
+
+
+def _listed_file(folder: Path, name: object, manifest_path: Path) -> Path:
+    """``folder / name`` for a file the manifest lists; the name must be a plain file name
+    and the file no symbolic link, so nothing outside the directory is ever read."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or name != Path(name).name):
+        raise ModelDirError(f"{manifest_path} lists {name!r}: file names must be plain names of files in "
+                            f"the directory")
+    if (folder / name).is_symlink():
+        raise ModelDirError(f"{folder / name} is a symbolic link; the files of an ONNX directory must be "
+                            f"inside it")
+    return folder / name
 
 
 def check_file(file: Path, entry: Mapping[str, object], verify_checksum: bool,
