@@ -385,7 +385,7 @@ def _file_digest(path: Path, memo_dir: Optional[Path]) -> str:
     value = _sha256_file(path)
     memo[name] = {"stamp": stamp, "sha256": value}
     try:
-        from .fileio import atomic_write
+        from .formats.atomic import atomic_write
         atomic_write(memo_path, lambda handle: handle.write(json.dumps(memo, indent=1).encode("utf-8")))
     except OSError:
         pass  # the digest is only a shortcut; the next start hashes again
