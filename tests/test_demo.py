@@ -1,4 +1,4 @@
-"""The shipped model: loads offline, scores what it is recorded to score, drives the demo."""
+"""The shipped model: loads offline, segments unseen scenes above fixed floors, drives the demo."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from PIL import Image
 
 import clippy_rt
 import clippy_rt.demo as demo
-from clippy_rt.datasets.synthetic import EVAL_SEED_BASE, class_names
+from clippy_rt.datasets.synthetic import EVAL_SEED_BASE, class_names, eval_prompts, generate_scene
 from clippy_rt.errors import InputError, ModelDirError
-from clippy_rt.evaluate import evaluate, synthetic_set
+from clippy_rt.metrics import ConfusionMatrix
 
 
 @pytest.fixture()
@@ -25,26 +25,51 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_shipped_model_loads_offline_and_scores_its_recorded_figure(offline):
-    record = demo.demo_results()["test_set"]
-    # Training draws seeds below EVAL_SEED_BASE only: these scenes were never seen.
-    assert record["seed"] >= EVAL_SEED_BASE
+# 40 scenes never seen in training (training draws seeds below EVAL_SEED_BASE only; these
+# lie far from the 500 reported ones).
+SCORED_SEED = EVAL_SEED_BASE + 7_000_000
+SCORED_SCENES = 40
+
+# Floors for the shipped model on those scenes, under what it scored when it was shipped
+# (mIoU 18.6 %, background IoU 89.7 %, mean shape IoU 6.8 %, best shape 19.9 %, worst
+# 1.5 %). Labelling everything background scores 11.9 % mIoU here (background IoU
+# 83.5 %); the model shipped before this one scored 15.4 % mIoU, background IoU 73.4 %,
+# triangle 0.
+MIN_MIOU = 0.16
+MIN_BACKGROUND_IOU = 0.80
+MIN_MEAN_SHAPE_IOU = 0.045
+MIN_BEST_SHAPE_IOU = 0.15
+
+
+def test_shipped_model_loads_offline_and_segments_unseen_scenes(offline):
     engine = clippy_rt.load("demo")
     assert engine.config.image.pooling == "max"
     assert not engine.random_weights
-    result = evaluate(engine, synthetic_set(record["n"], record["seed"]), batch_size=25)
-    assert result.num_images == record["n"] == 50
-    # The same images through the same engine: only library/CPU rounding may move it.
-    assert result.miou == pytest.approx(record["miou"], abs=0.02)
-    assert result.pixel_accuracy == pytest.approx(record["pixel_accuracy"], abs=0.02)
+    names = class_names()
+    scenes = [generate_scene(SCORED_SEED + i, 64) for i in range(SCORED_SCENES)]
+    matrix = ConfusionMatrix(len(names), ignore_index=None)
+    for start in range(0, SCORED_SCENES, 20):
+        batch = scenes[start:start + 20]
+        results = engine.segment([Image.fromarray(s.image) for s in batch], eval_prompts())
+        for scene, result in zip(batch, results):
+            assert result.prompts == tuple(names)
+            matrix.update(result.labels.numpy(), scene.labels)
+    iou = matrix.iou()
+    assert matrix.miou() >= MIN_MIOU
+    assert iou[0] >= MIN_BACKGROUND_IOU
+    assert float(np.mean(iou[1:])) >= MIN_MEAN_SHAPE_IOU
+    # Every shape is named right somewhere, and one of them well: no class is given up.
+    assert iou[1:].min() > 0.01
+    assert iou[1:].max() >= MIN_BEST_SHAPE_IOU
 
 
 def test_shipped_model_is_small_and_complete():
     folder = demo.demo_model_dir()
     total = sum(path.stat().st_size for path in folder.iterdir())
-    assert total <= 15 * 2**20
+    assert total <= 20 * 2**20
     results = demo.demo_results()
     assert results["eval_500"]["n"] == 500
+    assert results["eval_500"]["seed"] == EVAL_SEED_BASE
     assert 0.0 <= results["eval_500"]["miou"] <= 1.0
 
 
