@@ -73,8 +73,15 @@ def run(args) -> int:
             if result.crop_box is not None:
                 top, left, height, width = result.crop_box
                 shown = image.crop((left, top, left + width, top + height))
-            save_label_png(result.labels, args.out / f"{path.stem}.labels.png", len(result.prompts))
-            save_overlay(shown, result.labels, list(result.prompts), args.out / f"{path.stem}.overlay.png")
+            labels_path = args.out / f"{path.stem}.labels.png"
+            save_label_png(result.labels, labels_path, len(result.prompts))
+            try:
+                save_overlay(shown, result.labels, list(result.prompts), args.out / f"{path.stem}.overlay.png")
+            except BaseException:
+                # An image's results are its two files or none: an interrupt between them
+                # must not leave a labels PNG without its overlay.
+                labels_path.unlink(missing_ok=True)
+                raise
         report.append({
             "image": str(path),
             "size": [int(result.labels.shape[0]), int(result.labels.shape[1])],
