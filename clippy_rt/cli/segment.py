@@ -73,8 +73,15 @@ def run(args) -> int:
             if result.crop_box is not None:
                 top, left, height, width = result.crop_box
                 shown = image.crop((left, top, left + width, top + height))
-            save_label_png(result.labels, args.out / f"{path.stem}.labels.png", len(result.prompts))
-            save_overlay(shown, result.labels, list(result.prompts), args.out / f"{path.stem}.overlay.png")
+            pair = (args.out / f"{path.stem}.labels.png", args.out / f"{path.stem}.overlay.png")
+            try:
+                save_label_png(result.labels, pair[0], len(result.prompts))
+                save_overlay(shown, result.labels, list(result.prompts), pair[1])
+            except BaseException:
+                # An image's two files appear together or not at all (Ctrl-C between the two).
+                for written in pair:
+                    written.unlink(missing_ok=True)
+                raise
         report.append({
             "image": str(path),
             "size": [int(result.labels.shape[0]), int(result.labels.shape[1])],
