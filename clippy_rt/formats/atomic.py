@@ -30,26 +30,30 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
         raise InputError(f"cannot write {path}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temporaries(path)
-    while True:
-        # The writer's process id is in the name, so that a later write can tell a temporary
-        # abandoned by a killed writer from one still being written.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
+    temporary = None
     try:
+        while True:
+            # The writer's process id is in the name, so that a later write can tell a temporary
+            # abandoned by a killed writer from one still being written; no other process makes
+            # such a name, so it is named before it is created and the cleanup below never
+            # misses one (an interrupt right after os.open).
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+            try:
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileExistsError:
+                continue
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
+        if temporary is not None:
+            try:
+                os.unlink(temporary)
+            except FileNotFoundError:
+                pass
         raise
     return path
 
