@@ -14,7 +14,6 @@ encode the prompts again; --no-text-cache turns that off.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -70,10 +69,6 @@ class _Progress:
         self.stream.flush()
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run(args) -> int:
     import clippy_rt
     from clippy_rt.errors import InputError
@@ -93,14 +88,10 @@ def run(args) -> int:
         enable_disk_cache(engine, args.text_cache_dir)
     processor = FrameProcessor(engine, args.prompts, size=args.size, resize=args.resize, template=args.template,
                                batch=args.batch)
-    # SIGTERM unwinds like Ctrl-C, so the partial output is removed.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        report = process_bag(processor, args.bag, args.topic, args.out, overlay=args.overlay,
-                             overwrite=args.overwrite, on_progress=_Progress(not args.quiet),
-                             log=lambda line: print(f"warning: {line}", file=sys.stderr))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # SIGINT and SIGTERM unwind (see cli/signals.py), so the partial output is removed.
+    report = process_bag(processor, args.bag, args.topic, args.out, overlay=args.overlay,
+                         overwrite=args.overwrite, on_progress=_Progress(not args.quiet),
+                         log=lambda line: print(f"warning: {line}", file=sys.stderr))
     skipped = f", skipped {report.skipped} unreadable" if report.skipped else ""
     print(f"wrote {report.frames} frames ({len(report.classes)} classes{skipped}) to {report.out}")
     return 0

@@ -73,14 +73,14 @@ def run(args) -> int:
             if result.crop_box is not None:
                 top, left, height, width = result.crop_box
                 shown = image.crop((left, top, left + width, top + height))
-            labels_path = args.out / f"{path.stem}.labels.png"
-            save_label_png(result.labels, labels_path, len(result.prompts))
+            pair = (args.out / f"{path.stem}.labels.png", args.out / f"{path.stem}.overlay.png")
             try:
-                save_overlay(shown, result.labels, list(result.prompts), args.out / f"{path.stem}.overlay.png")
+                save_label_png(result.labels, pair[0], len(result.prompts))
+                save_overlay(shown, result.labels, list(result.prompts), pair[1])
             except BaseException:
-                # An image's results are its two files or none: an interrupt between them
-                # must not leave a labels PNG without its overlay.
-                labels_path.unlink(missing_ok=True)
+                # An image's two files appear together or not at all (Ctrl-C between the two).
+                for written in pair:
+                    written.unlink(missing_ok=True)
                 raise
         report.append({
             "image": str(path),

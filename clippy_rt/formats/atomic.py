@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, List, Union
 
@@ -21,30 +22,38 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """Call ``write(handle)`` on a temporary file next to ``path``, then rename it to ``path``.
 
     The parent directory is created if needed. The temporary file is created with the
-    usual permissions (0666 less the umask) and removed if ``write`` raises. Returns ``path``.
+    usual permissions (0666 less the umask) and removed if ``write`` raises; temporaries of
+    ``path`` left by a writer that was killed with SIGKILL are removed first. Returns ``path``.
     """
     path = Path(path)
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
+    remove_abandoned_temporaries(path)
+    temporary = None
     try:
+        while True:
+            # The writer's process id is in the name, so that a later write can tell a temporary
+            # abandoned by a killed writer from one still being written; no other process makes
+            # such a name, so it is named before it is created and the cleanup below never
+            # misses one (an interrupt right after os.open).
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+            try:
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileExistsError:
+                continue
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
+        if temporary is not None:
+            try:
+                os.unlink(temporary)
+            except FileNotFoundError:
+                pass
         raise
     return path
 
@@ -82,6 +91,7 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
         for written in tmp.rglob("*"):
             if written.is_file():
                 os.chmod(written, 0o666 & ~current_umask())
+        _wait_at_publish_barrier()
         if overwrite and out.is_dir():
             shutil.rmtree(out)
         # rename() replaces an empty directory only: if another process finished writing
@@ -98,6 +108,27 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+PUBLISH_BARRIER_ENV = "CLIPPY_RT_PUBLISH_BARRIER"
+
+
+def _wait_at_publish_barrier(timeout: float = 600.0) -> None:
+    """A hook for tests that make writers overlap on purpose: when the environment variable
+    ``CLIPPY_RT_PUBLISH_BARRIER`` names a folder, a writer whose staging directory is complete
+    creates ``<folder>/<pid>.ready`` and waits for ``<folder>/<pid>.go`` before moving its
+    result into place. Unset (always, outside tests), it does nothing."""
+    folder = os.environ.get(PUBLISH_BARRIER_ENV)
+    if not folder:
+        return
+    folder = Path(folder)
+    (folder / f"{os.getpid()}.ready").touch()
+    go = folder / f"{os.getpid()}.go"
+    deadline = time.monotonic() + timeout
+    while not go.exists():
+        if time.monotonic() > deadline:
+            raise ModelDirError(f"{PUBLISH_BARRIER_ENV}: no {go.name} in {folder} after {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def remove_abandoned_staging(out: Path) -> List[Path]:
     """Remove staging directories of ``out`` whose writing process no longer exists (it was
     killed with SIGKILL, or the machine went down); returns what was removed."""
@@ -110,6 +141,26 @@ def remove_abandoned_staging(out: Path) -> List[Path]:
             continue
         if candidate.is_dir() and not _process_exists(int(parts[0])):
             shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def remove_abandoned_temporaries(path: PathLike) -> List[Path]:
+    """Remove the temporary files of ``atomic_write(path)`` whose writing process no longer
+    exists (it was killed with SIGKILL, or the machine went down); returns what was removed."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}."
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        # Exactly "<pid>.<hex>.tmp" after the prefix: ".a.5.<pid>.<hex>.tmp" belongs to "a.5".
+        parts = candidate.name[len(prefix):].split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        if candidate.is_file() and not _process_exists(int(parts[0])):
+            try:
+                os.unlink(candidate)
+            except FileNotFoundError:  # another writer removed it first
+                continue
             removed.append(candidate)
     return removed
 

@@ -16,13 +16,12 @@ nothing appears at the output path on failure or interrupt.
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from ..errors import BackendUnavailableError, InputError
+from ..formats.atomic import atomic_write
 from . import messages
 from .processor import FrameProcessor, outputs_for
 
@@ -127,24 +126,20 @@ def process_bag(processor: FrameProcessor, source, topic: str, out, *, overlay: 
     reader = _open_reader(highlevel, typesys, source)
     try:
         connections, total = _image_connections(reader, source, topic)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.{secrets.token_hex(6)}.partial")
-        try:
-            with open(partial, "xb") as handle:
-                report = _write(reader, connections, total, processor, handle, writer_module, typesys,
-                                overlay, on_progress, log)
-                handle.flush()
-                os.fsync(handle.fileno())
+        result = []
+
+        def write(handle):
+            report = _write(reader, connections, total, processor, handle, writer_module, typesys, overlay,
+                            on_progress, log)
             if report.frames == 0:
                 raise InputError(f"no frame of {topic} could be decoded ({report.skipped} skipped: "
                                  f"{report.skipped_reasons[0] if report.skipped_reasons else 'unknown'})")
-            os.replace(partial, out)
-        except BaseException:
-            try:
-                os.unlink(partial)
-            except FileNotFoundError:
-                pass
-            raise
+            result.append(report)
+
+        # A temporary beside ``out``, renamed into place once complete; removed on failure or
+        # interruption, and by the next write of ``out`` if this process is killed.
+        atomic_write(out, write)
+        report = result[0]
     finally:
         reader.close()
     report.out = out

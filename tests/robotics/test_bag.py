@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -209,10 +211,9 @@ def test_existing_out_needs_overwrite(engine, tmp_path):
     assert len(read_outputs(out)["/clippy_rt/labels"]) == 1
 
 
-def test_sigterm_mid_run_leaves_nothing_at_out(engine, tmp_path):
-    import signal
-    import subprocess
-
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGINT, 130, "clippy-rt: interrupted"),
+                                                (signal.SIGTERM, 143, "clippy-rt: terminated")])
+def test_signal_mid_run_leaves_nothing_at_out(engine, tmp_path, signum, code, line):
     source = write_mcap(tmp_path / "in.mcap", [raw_image(f) for f in _frames(200)],
                         extra_topic=False)
     out_dir = tmp_path / "out"
@@ -222,13 +223,26 @@ def test_sigterm_mid_run_leaves_nothing_at_out(engine, tmp_path):
          "--prompts", PROMPTS, "--out", str(out_dir / "labels.mcap"), "--no-text-cache", "--overlay"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for line in process.stderr:           # wait until frames are being written
-            if line.startswith("bag: "):
+        for progress in process.stderr:           # wait until frames are being written
+            if progress.startswith("bag: "):
                 break
-        process.send_signal(signal.SIGTERM)
+        assert len(list(out_dir.iterdir())) == 1  # the temporary being written
+        process.send_signal(signum)
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130
-    assert err.strip().splitlines()[-1] == "clippy-rt: interrupted"
+    assert process.returncode == code, err
+    assert err.strip().splitlines()[-1] == line and "Traceback" not in err, err
     assert list(out_dir.iterdir()) == []
+
+
+def test_temporary_of_a_killed_run_is_removed_by_the_next(engine, tmp_path):
+    source = write_mcap(tmp_path / "in.mcap", [raw_image(f) for f in _frames(2)])
+    out = tmp_path / "labels.mcap"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its process id names no process now, as for a run killed with SIGKILL
+    stray = tmp_path / f".labels.mcap.{dead.pid}.0123456789ab.tmp"
+    stray.write_bytes(b"half a bag")
+    process_bag(FrameProcessor(engine, PROMPTS), source, "/camera/image_raw", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mcap", "labels.mcap"]
+    assert len(read_outputs(out)["/clippy_rt/labels"]) == 2
