@@ -348,10 +348,12 @@ def timing_section(title: str, result: Dict) -> str:
     return "\n".join(parts)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the gpu-check markers of ``path`` (append them if absent), atomically."""
+def write_section(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the ``begin`` / ``end`` markers of ``path`` (the gpu-check
+    section by default; append them if absent), atomically."""
     from clippy_rt.fileio import atomic_write
 
+    BEGIN, END = begin, end
     block = f"{BEGIN}\n{text}\n{END}"
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if BEGIN in old and END in old:

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from PIL import Image  # noqa: F401  (the reference pre-processing goes through PIL)
 
     import clippy_rt
-    from clippy_rt.bench.runner import bench_prompts
+    from clippy_rt.bench.plan import bench_prompts
     from clippy_rt.images import prepare_batch
     from clippy_rt.kernels.seg_head import seg_head_reference_procedure
     from clippy_rt.random_init import random_init
@@ -194,15 +194,10 @@ BEGIN, END = "<!-- gpu-pipeline:begin -->", "<!-- gpu-pipeline:end -->"
 def write_section(path: Path, text: str) -> None:
     """Replace the text between the gpu-pipeline markers of ``path`` (append them if absent);
     the file is replaced in one step."""
-    from clippy_rt.fileio import atomic_write
+    sys.path.insert(0, str(HERE))
+    from gpu_check import write_section as write_marked_section
 
-    block = f"{BEGIN}\n{text}\n{END}"
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + block + "\n"
-    atomic_write(path, lambda handle: handle.write(new.encode("utf-8")))
+    write_marked_section(path, text, BEGIN, END)
 
 
 if __name__ == "__main__":

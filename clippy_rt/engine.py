@@ -148,22 +148,6 @@ class Engine:
         if dtype is not None:
             patch, pooled = patch.to(dtype), pooled.to(dtype)
         return ImageFeatures(patch=patch, pooled=pooled, prepared=list(prepared))
-        if resize not in RESIZE_MODES:
-            raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-        cfg = self.config.image
-        if use_device_path(images, preprocess, self.device):
-            # Pixels in the torch tower's dtype; exported graphs (ONNX, TensorRT) take float32.
-            return prepare_frames(images, size or cfg.image_size, mode=resize, mean=cfg.mean, std=cfg.std,
-                                  patch_size=cfg.patch_size, bgr=bgr, device=self.device,
-                                  dtype=getattr(self, "dtype", torch.float32),
-                                  resample=resampler_of(preprocess))
-        frames = frames_of(images)
-        if frames is not None:
-            images = [f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise InputError("no images given")
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Returns L2-normalised text embeddings, float32 [K, D] on the engine's device.
