@@ -145,7 +145,8 @@ def test_ref_chunked_equals_whole(monkeypatch):
     patch, text = make_inputs(2, 5, 6, 16, 40)
     text[29] = text[3]  # a tie that crosses a chunk boundary
     whole = seg_head_ref(patch, text, (13, 17), return_scores=True, temperature=30.0)
-    monkeypatch.setattr(seg_head_module, "_REF_CHUNK_ELEMENTS", 2 * 13 * 17 * 7)  # chunks of 7 prompts
+    monkeypatch.setattr(importlib.import_module("clippy_rt.kernels.seg_head_ref"), "_REF_CHUNK_ELEMENTS",
+                        2 * 13 * 17 * 7)  # chunks of 7 prompts
     chunked = seg_head_ref(patch, text, (13, 17), return_scores=True, temperature=30.0)
     torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=0)
     torch.testing.assert_close(chunked[1], whole[1], rtol=1e-6, atol=0)
