@@ -12,8 +12,12 @@ and seconds, every answer checked against a local engine's labels.
 Reports throughput, latency p50/p95/p99 (client side: request sent to answer parsed),
 errors (HTTP error answers), lost requests (sent, never answered: connection dropped or
 timed out), mismatches (answers whose labels differ from the local engine's for the same
-image and prompts), the batch sizes the replica saw, and the local engine's best batched
-``segment`` throughput on this machine (``--baseline``) for comparison.
+image and prompts), the batch sizes the replica saw, the CPU seconds of each process in the
+namespace, and, for comparison (``--baseline``), the local engine's best batched ``segment``
+throughput on this machine (decoded images in, label tensors out: no request decoding or
+reply encoding) and the same request work the replica does (``Replica.parse`` and
+``Replica.run_batch`` plus JSON encoding, at that best batch size and thread count) run in
+this process without Ray or HTTP.
 """
 
 from __future__ import annotations
@@ -110,6 +114,39 @@ def baseline(model: str, images, prompts, thread_counts: List[int], seconds: flo
     threads, batch = max(rates, key=rates.get)
     return {"frames_per_s": {f"threads {t}, batch {b}": round(v, 2) for (t, b), v in rates.items()},
             "best_threads": threads, "best_batch": batch, "best_frames_per_s": round(rates[(threads, batch)], 2)}
+
+
+def replica_baseline(model: str, payloads: List[bytes], prompts, threads: int, batch: int,
+                     seconds: float = 4.0) -> Dict[str, object]:
+    """Requests/s of the server's own request work without Ray or HTTP, in this process:
+    ``Replica.parse`` of each JSON body (base64 and PNG decode) and ``Replica.run_batch``
+    (engine call, labels PNG, fractions) on batches of ``batch``, with ``threads`` torch
+    threads, as the local baseline's best; plus JSON encoding of each reply."""
+    import base64
+
+    import torch
+
+    import clippy_rt
+    from clippy_rt.serve.replica import Replica
+
+    torch.set_num_threads(threads)
+    replica = Replica(clippy_rt.load(model))
+    bodies = [json.dumps({"image": base64.b64encode(payloads[i % len(payloads)]).decode("ascii"),
+                          "prompts": prompts}).encode() for i in range(batch)]
+
+    def one_batch() -> None:
+        requests = [replica.parse("segment", json.loads(body)) for body in bodies]
+        for _, reply in replica.run_batch(requests):
+            json.dumps(reply)
+
+    one_batch()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one_batch()
+        done += batch
+    rate = done / (time.perf_counter() - start)
+    return {"threads": threads, "batch": batch, "requests_per_s": round(rate, 2),
+            "ms_per_request": round(1000.0 / rate, 3)}
 
 
 def namespace_cpu_seconds() -> Dict[str, float]:
@@ -276,6 +313,10 @@ def main(argv=None) -> int:
     references = [reference_engine.segment(p, prompts).labels for p in pictures]
     del reference_engine
     payloads = [encode_image_file(p) for p in paths]
+    if args.baseline:
+        local = report["local_baseline"]
+        report["replica_in_process"] = replica_baseline(model, payloads, prompts, local["best_threads"],
+                                                        local["best_batch"])
 
     server = start_server(args.start_server, args.url, args.server_args) if args.start_server else None
     try:
@@ -311,7 +352,7 @@ def main(argv=None) -> int:
         text = json.dumps(report, indent=1).encode()
         atomic_write(args.json, lambda handle: handle.write(text))
     print(json.dumps({key: report.get(key) for key in
-                      ("load", "local_baseline", "throughput_vs_local", "replica_stats_after",
+                      ("load", "local_baseline", "replica_in_process", "throughput_vs_local", "replica_stats_after",
                        "cpu_seconds_during_load")}, indent=1))
     print(MARKDOWN_HEADER)
     print(markdown_row(report, args.server_args))

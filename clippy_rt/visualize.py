@@ -7,6 +7,7 @@ nothing) and no partial image.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple, Union
 
@@ -50,6 +51,12 @@ def palette(n: int) -> List[RGB]:
     return colours
 
 
+@functools.lru_cache(maxsize=1)
+def _flat_palette() -> bytes:
+    """``palette(MAX_PALETTE_CLASSES)`` as the 768 bytes PIL's putpalette takes, built once."""
+    return bytes(channel for colour in palette(MAX_PALETTE_CLASSES) for channel in colour)
+
+
 def _label_array(labels: Any) -> np.ndarray:
     if isinstance(labels, torch.Tensor):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -82,7 +89,7 @@ def label_image(labels: Any, n_classes: int) -> Image.Image:
         height, width = labels.shape
         image = Image.frombytes("P", (width, height),
                                 np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
-        image.putpalette([channel for colour in palette(MAX_PALETTE_CLASSES) for channel in colour])
+        image.putpalette(_flat_palette())
         return image
     height, width = labels.shape
     return Image.frombytes("I;16", (width, height),

@@ -5,6 +5,7 @@ a ``Replica``. Importing this module imports Ray; use ``clippy_rt.serve.build_ap
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from typing import Any, List
@@ -46,6 +47,10 @@ class ClippyDeployment:
             replica_id = ""
         self.replica = Replica(engine, model=str(options.model), max_pixels=options.max_pixels,
                                replica_id=replica_id, node_id=context.get_node_id())
+        # The model, Ray and torch leave a large heap of long-lived objects: move them out
+        # of the collector's reach so each request's garbage collections stay cheap.
+        gc.collect()
+        gc.freeze()
         self.handle_batch.set_max_batch_size(options.max_batch)
         self.handle_batch.set_batch_wait_timeout_s(options.batch_wait_ms / 1000.0)
 
