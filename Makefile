@@ -1,26 +1,49 @@
-# make test: install into .venv and run the test suite (CPU).
+# make test: install into .venv with the locked versions and run the test suite (CPU).
+# make test-latest: the same suite on the newest releases (.venv-latest), then what moved.
+# make lock: write the lock from .venv-latest (after test-latest passed).
 # make demo: install, then segment the example images with the shipped model.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LATEST_VENV ?= .venv-latest
+LATEST_PY := $(LATEST_VENV)/bin/python
+# Exact versions the suite passed with (pip constraints); `make test LOCK=` installs without them.
+LOCK ?= tests/constraints.txt
+LOCK_FLAG := $(if $(LOCK),-c $(LOCK))
 # torch and torchvision are pinned as a matching pair for the test references (timm needs
 # torchvision); on a GPU or Jetson machine install your platform's torch first (README).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo-out
 
-.PHONY: install test test-all demo bench native clean
+.PHONY: install test test-latest lock test-all demo bench native clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q $(LOCK_FLAG) $(TORCH_PINS)
+	$(PY) -m pip install -q $(LOCK_FLAG) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# A fresh environment every time, so nothing is left over from the locked one.
+test-latest:
+	$(PYTHON) -m venv --clear $(LATEST_VENV)
+	$(LATEST_PY) -m pip install -q --upgrade pip
+	$(LATEST_PY) -m pip install -q --upgrade torch torchvision
+	$(LATEST_PY) -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST_PY) tools/env_lock.py diff $(LOCK)
+	$(LATEST_PY) -m pytest -q; status=$$?; \
+	$(LATEST_PY) tools/env_lock.py diff $(LOCK); \
+	if [ $$status -ne 0 ]; then echo "make test-latest: the suite failed on the newest releases; the packages that moved are listed above"; fi; \
+	exit $$status
+
+lock:
+	@test -x $(LATEST_PY) || { echo "make lock: run make test-latest first (it builds $(LATEST_VENV))"; exit 2; }
+	$(LATEST_PY) tools/env_lock.py write $(LOCK)
 
 demo: install
 	$(PY) -m clippy_rt.demo --out $(DEMO_OUT)

@@ -1,6 +1,6 @@
 """Lazy Triton loading and backend selection shared by the kernel files.
 
-Triton is optional: ``import clippy_rt.kernels`` never imports it. It is imported
+Triton is optional: importing a kernel module never imports it. It is imported
 the first time a kernel is launched, and the kernel functions are wrapped then.
 
 Triton fixes its mode when ``triton.language`` is first imported: with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,16 @@ def test_wheel_contains_kernels_export_and_data(tmp_path):
                      "clippy_rt/serve/deployment.py", "clippy_rt/client.py"):
         assert expected in names, expected
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
+    # Installed, the namespace subpackages import from the installed copy, outside the checkout.
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, cwd=tmp_path)
+    code = ("import clippy_rt.kernels.seg_head as s, clippy_rt.export.io_spec as e\n"
+            "print(s.__file__); print(e.__file__)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(site))).stdout
+    assert [Path(line) for line in out.split()] == [site / "clippy_rt" / "kernels" / "seg_head.py",
+                                                    site / "clippy_rt" / "export" / "io_spec.py"]
 
 
 def test_import_without_optional_dependencies():
