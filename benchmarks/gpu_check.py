@@ -5,22 +5,30 @@
 
 Steps, each in a child process under its own time limit (so a hang costs one step, not
 the run) and all within --budget-s seconds (default 460: the check is sized for a GPU
-machine lent for about 8 minutes):
+machine lent for about 8 minutes). A step gets its cap (STEP_CAPS) when the caps fit in
+the budget, else STEP_MINIMUM plus a share of the rest in proportion to its cap; time an
+earlier step left unused goes to the next one, no step gets more than is left once the
+later steps' shares are set aside, and a step left with less than STEP_MINIMUM seconds is
+skipped (see planned_limits and step_limit):
 
-1. ``native``: builds the CUDA C++ library for this GPU's architecture only (CMake, into
-   build-gpu-check/) and runs its C++ test program.
-2. ``tests``: ``pytest tests/kernels`` with compiled Triton kernels (TRITON_INTERPRET=0),
-   so the ``gpu`` and ``slow`` cases run on the device, and the native cases use the
-   library from step 1.
+1. ``native``: builds the CUDA C++ library for this GPU's architecture only (CMake, from
+   the source tree into build-gpu-check/) and runs its C++ test program. With
+   --native-lib the given library is used instead and nothing is built
+   (``benchmarks/gpu_all.sh`` builds it once for its tests and this check).
+2. ``tests``: ``pytest tests/kernels`` with compiled Triton kernels (TRITON_INTERPRET is
+   removed from the children's environment), so the ``gpu`` and ``slow`` cases run on the
+   device, and the native cases use the library from step 1.
 3. ``seg_head``, ``patch_pool``, ``preprocess``: timings with ``triton.testing.do_bench``
    (medians, after warm-up) of each kernel next to plain torch, and for the seg head the
    CUDA C++ library and MODEL.md's reference procedure where its scratch memory fits.
 
 Every timing is reported as achieved bandwidth on the bytes the operation must move
 (its inputs read once, its outputs written once) and as a share of the device-to-device
-copy bandwidth measured in the same run. With --write the tables replace the text
-between the gpu-check markers of that file. Exits 0 with a message where there is no
-CUDA device.
+copy bandwidth measured in the same run. With --write the section replaces the text
+between the gpu-check markers of that file after every step, so a run stopped part-way
+keeps the steps it finished (the steps still to run are listed). --dry-run prints the
+plan (and with --write puts it in that section). Exits 0 with a message where there is
+no CUDA device.
 """
 
 from __future__ import annotations
@@ -46,10 +54,11 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 BUILD_DIR = REPO / "build-gpu-check"
 
-# Step caps in seconds; a step also never gets more than what is left of the budget minus
-# the minimum the later steps need.
+# Step caps in seconds (planned_limits and step_limit share a smaller budget).
 STEP_CAPS = {"native": 80, "tests": 220, "seg_head": 100, "patch_pool": 30, "preprocess": 30}
-STEP_MINIMUM = 20
+# A step with less time than this is skipped: a child process needs a few seconds for
+# importing torch and Triton and for the copy-bandwidth measurement alone.
+STEP_MINIMUM = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +99,14 @@ PREPROCESS_CASES = [(8, (720, 1280), 1024), (8, (1080, 1920), 448), (32, (480, 6
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", type=Path, default=None,
-                        help="put the section in this markdown file, between gpu-check markers")
+    parser.add_argument("--write", type=Path, action="append", default=[],
+                        help="put the section in this markdown file, between gpu-check markers "
+                             "(after every step; may be given more than once)")
     parser.add_argument("--budget-s", type=float, default=460.0, help="wall-clock budget of the whole check")
     parser.add_argument("--skip-tests", action="store_true", help="do not run pytest")
     parser.add_argument("--skip-native", action="store_true", help="do not build or time the CUDA C++ library")
+    parser.add_argument("--native-lib", type=Path, default=None,
+                        help="time this build of libclippy_rt_native.so instead of building one")
     parser.add_argument("--quick", action="store_true", help="one configuration per kernel (checks the script)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and byte counts, run nothing")
     parser.add_argument("--memory-budget-gb", type=float, default=40.0,
@@ -103,6 +115,59 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=argparse.SUPPRESS)  # internal: one timing step, JSON to --json
     parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def step_plan(args) -> List[str]:
+    """The steps this run takes, in order."""
+    skip = set()
+    if args.skip_native or args.native_lib is not None:
+        skip.add("native")
+    if args.skip_tests:
+        skip.add("tests")
+    return [name for name in STEP_CAPS if name not in skip]
+
+
+def planned_limits(plan: Sequence[str], budget_s: float, caps: Dict[str, float] = STEP_CAPS) -> Dict[str, float]:
+    """Seconds set aside for each step of ``plan``: its cap when the caps fit in ``budget_s``;
+    else STEP_MINIMUM plus a share of the rest in proportion to cap - STEP_MINIMUM; when not
+    even the minimums fit, STEP_MINIMUM for the first steps and 0 for the others. The shares
+    never add up to more than ``budget_s`` unless the caps do not."""
+    if sum(caps[name] for name in plan) <= budget_s:
+        return {name: float(caps[name]) for name in plan}
+    minimums = STEP_MINIMUM * len(plan)
+    if minimums <= budget_s:
+        spread = sum(caps[name] - STEP_MINIMUM for name in plan)
+        return {name: STEP_MINIMUM + (caps[name] - STEP_MINIMUM) * (budget_s - minimums) / spread for name in plan}
+    fitting = int(max(0.0, budget_s) // STEP_MINIMUM)
+    return {name: STEP_MINIMUM if index < fitting else 0.0 for index, name in enumerate(plan)}
+
+
+def step_limit(name: str, plan: Sequence[str], planned: Dict[str, float], left_s: float,
+               caps: Dict[str, float] = STEP_CAPS) -> float:
+    """Seconds step ``name`` may run when ``left_s`` seconds of the budget are left: its cap,
+    but no more than what is left once the later steps' planned shares are set aside (so
+    time an earlier step did not use goes to this one). 0.0 when that is under
+    STEP_MINIMUM: the step is skipped."""
+    later = sum(planned[other] for other in plan[plan.index(name) + 1:])
+    limit = min(float(caps[name]), left_s - later)
+    return limit if limit >= STEP_MINIMUM else 0.0
+
+
+def skipped_step(name: str, left_s: float, budget_s: float) -> Dict:
+    """The result of a step skipped for lack of time."""
+    status = (f"skipped: {max(0.0, left_s):.0f} s of the {budget_s:.0f} s budget left, less than this step's "
+              f"minimum {STEP_MINIMUM:.0f} s once the later steps' shares are set aside")
+    print(f"[gpu_check] {name}: {status}", flush=True)
+    return {"status": status, "seconds": 0.0, "output": "", "rows": []}
+
+
+def child_environment(library: Optional[Path]) -> Dict[str, str]:
+    """This process's environment for a child step, TRITON_INTERPRET removed (the children
+    run compiled kernels), with CLIPPY_RT_NATIVE_LIB naming ``library`` when there is one."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    if library is not None:
+        env["CLIPPY_RT_NATIVE_LIB"] = str(library)
+    return env
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,9 +215,7 @@ def build_native(timeout: float) -> Dict:
 
 
 def run_tests(timeout: float, library: Optional[Path]) -> Dict:
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    if library is not None:
-        env["CLIPPY_RT_NATIVE_LIB"] = str(library)
+    env = child_environment(library)
     command = [sys.executable, "-m", "pytest", str(REPO / "tests" / "kernels"), "-q", "-p", "no:cacheprovider",
                "-o", "addopts=", "-rfE"]
     result = run_step("tests", command, timeout, env)
@@ -164,7 +227,7 @@ def run_tests(timeout: float, library: Optional[Path]) -> Dict:
     return result
 
 
-def timing_step(name: str, args, timeout: float) -> Dict:
+def timing_step(name: str, args, timeout: float, library: Optional[Path]) -> Dict:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / f"{name}.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--json", str(out),
@@ -173,10 +236,7 @@ def timing_step(name: str, args, timeout: float) -> Dict:
             command.append("--quick")
         if args.skip_native:
             command.append("--skip-native")
-        env = dict(os.environ, TRITON_INTERPRET="0")
-        if (BUILD_DIR / "libclippy_rt_native.so").is_file() and not args.skip_native:
-            env["CLIPPY_RT_NATIVE_LIB"] = str(BUILD_DIR / "libclippy_rt_native.so")
-        result = run_step(name, command, timeout, env)
+        result = run_step(name, command, timeout, child_environment(None if args.skip_native else library))
         result["rows"] = json.loads(out.read_text()) if out.is_file() else []
     return result
 
@@ -309,7 +369,6 @@ def time_preprocess(args, copy_gbs: float) -> List[Dict]:
 
 
 def child_main(args) -> int:
-    os.environ["TRITON_INTERPRET"] = "0"
     copy_gbs = copy_bandwidth_gbs()
     step = {"seg_head": time_seg_head, "patch_pool": time_patch_pool, "preprocess": time_preprocess}[args.step]
     rows = [{"copy GB/s": round(copy_gbs)}] + step(args, copy_gbs)
@@ -363,6 +422,37 @@ def write_section(path: Path, text: str, begin: str = BEGIN, end: str = END) -> 
     atomic_write(path, lambda handle: handle.write(new.encode("utf-8")))
 
 
+class Report:
+    """The markdown section: a header, one part per finished step, and the steps not run
+    yet. It is rewritten in each of ``paths`` (between the gpu-check markers) after every
+    step, so a run stopped part-way still leaves its finished steps on disk."""
+
+    def __init__(self, paths: Sequence[Path], header: str, pending: Sequence[str],
+                 title: str = "## Kernel GPU check"):
+        self.paths = list(paths)
+        self.title = title
+        self.parts = [header]
+        self.pending = list(pending)
+
+    def add(self, text: str, step: Optional[str] = None) -> None:
+        """Append ``text`` (the outcome of ``step``, which is then no longer pending) and write."""
+        self.parts.append(text)
+        if step in self.pending:
+            self.pending.remove(step)
+        self.write()
+
+    def text(self) -> str:
+        parts = list(self.parts)
+        if self.pending:
+            parts.append("Steps not run (yet): " + ", ".join(self.pending)
+                         + ". If this line stays, the check was stopped before them.")
+        return "\n\n".join(parts)
+
+    def write(self) -> None:
+        for path in self.paths:
+            write_section(path, self.title + "\n\n" + self.text())
+
+
 def dry_run(args) -> str:
     budget = args.memory_budget_gb * 1e9
     rows = [{"output": case.size, "K": case.prompts, "batch": case.batch, "grid": f"{case.grid}x{case.grid}",
@@ -373,18 +463,37 @@ def dry_run(args) -> str:
              "reference scratch GB": (round(case.reference_scratch_bytes() / 1e9, 1)
                                       if case.reference_scratch_bytes() <= budget else "skipped")
              if case.reference else "-"} for case in seg_cases(args.quick)]
-    steps = ", ".join(f"{name} <= {cap} s" for name, cap in STEP_CAPS.items())
-    return (f"Steps (budget {args.budget_s:.0f} s): {steps}\n\n"
+    plan = step_plan(args)
+    planned = planned_limits(plan, args.budget_s)
+    steps = ", ".join(f"{name} {planned[name]:.0f} s" + ("" if planned[name] else " (skipped unless the "
+                                                                             "earlier steps leave time)")
+                      for name in plan)
+    native = (f"the CUDA C++ library is {args.native_lib} (given, not built here)" if args.native_lib is not None
+              else "no CUDA C++ library" if args.skip_native else "the CUDA C++ library is built first")
+    return (f"Steps (budget {args.budget_s:.0f} s, caps {', '.join(f'{k} {v}' for k, v in STEP_CAPS.items())}): "
+            f"{steps}; {native}.\n\n"
             "Seg-head configurations (float16 features, D = 768):\n\n" + markdown_table(rows))
+
+
+TITLES = {"seg_head": "Seg head (labels only unless noted; 'vs torch': plain torch matmul + F.interpolate "
+                      "of K maps + argmax; 'vs reference': MODEL.md's procedure)",
+          "patch_pool": "patch_pool (float16 tokens, D = 768)",
+          "preprocess": "preprocess (uint8 frames -> float16 NCHW)"}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.dry_run:
-        print(dry_run(args))
+        text = dry_run(args)
+        print(text)
+        if args.write:
+            Report(args.write, "Dry run (nothing measured): " + text, pending=[]).write()
         return 0
     if args.step is not None:
         return child_main(args)
+    if args.native_lib is not None and not args.native_lib.is_file():
+        print(f"gpu_check: --native-lib {args.native_lib} is not a file", file=sys.stderr)
+        return 2
     import torch
 
     if not torch.cuda.is_available():
@@ -397,41 +506,45 @@ def main(argv=None) -> int:
         print(f"gpu_check: triton is not installed ({exc}); `pip install triton`", file=sys.stderr)
         return 1
     start = time.perf_counter()
-    deadline = start + args.budget_s
-    plan = [name for name in STEP_CAPS if not (name == "native" and args.skip_native)
-            and not (name == "tests" and args.skip_tests)]
+    plan = step_plan(args)
+    planned = planned_limits(plan, args.budget_s)
+
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - start)
 
     def limit(name: str) -> float:
-        later = len(plan) - plan.index(name) - 1
-        return max(5.0, min(STEP_CAPS[name], deadline - time.perf_counter() - later * STEP_MINIMUM))
+        return step_limit(name, plan, planned, left())
 
-    parts = [f"GPU check, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-             f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-             f"CUDA {torch.version.cuda}, python {platform.python_version()}, {platform.platform()}. "
-             "Command: `python benchmarks/gpu_check.py --write benchmarks/RESULTS.md`. Float16 inputs, "
-             "D = 768; 'must move' = inputs read once and outputs written once; '% of copy' = achieved "
-             "bandwidth on those bytes over the device-to-device copy bandwidth measured in the same step."]
-    library = None
+    report = Report(args.write,
+                    f"GPU check, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
+                    f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+                    f"CUDA {torch.version.cuda}, python {platform.python_version()}, {platform.platform()}. "
+                    "Command: `python benchmarks/gpu_check.py --write benchmarks/RESULTS.md`. Float16 inputs, "
+                    "D = 768; 'must move' = inputs read once and outputs written once; '% of copy' = achieved "
+                    "bandwidth on those bytes over the device-to-device copy bandwidth measured in the same step.",
+                    pending=plan)
+    report.write()
+    library = args.native_lib
+    if library is not None:
+        report.add(f"CUDA C++ library: {library} (given with --native-lib; not built by this check)")
     if "native" in plan:
-        native = build_native(limit("native"))
-        parts.append(native["summary"])
+        seconds = limit("native")
+        native = build_native(seconds) if seconds else skipped_step("native", left(), args.budget_s)
+        report.add(native.get("summary", f"CUDA C++ library: {native['status']}"), "native")
         if (BUILD_DIR / "libclippy_rt_native.so").is_file() and native["status"] == "ok":
             library = BUILD_DIR / "libclippy_rt_native.so"
     if "tests" in plan:
-        tests = run_tests(limit("tests"), library)
-        parts.append(tests["summary"] + ("\n\n" + "\n".join(f"- {line}" for line in tests["failures"])
-                                         if tests["failures"] else ""))
-    titles = {"seg_head": "Seg head (labels only unless noted; 'vs torch': plain torch matmul + F.interpolate "
-                          "of K maps + argmax; 'vs reference': MODEL.md's procedure)",
-              "patch_pool": "patch_pool (float16 tokens, D = 768)",
-              "preprocess": "preprocess (uint8 frames -> float16 NCHW)"}
+        seconds = limit("tests")
+        tests = run_tests(seconds, library) if seconds else skipped_step("tests", left(), args.budget_s)
+        failures = tests.get("failures") or []
+        report.add(tests.get("summary", f"pytest tests/kernels: {tests['status']}")
+                   + ("\n\n" + "\n".join(f"- {line}" for line in failures) if failures else ""), "tests")
     for name in ("seg_head", "patch_pool", "preprocess"):
-        parts.append(timing_section(titles[name], timing_step(name, args, limit(name))))
-    parts.append(f"Total gpu_check time: {time.perf_counter() - start:.0f} s")
-    text = "\n\n".join(parts)
-    print(text)
-    if args.write is not None:
-        write_section(args.write, "## Kernel GPU check\n\n" + text)
+        seconds = limit(name)
+        result = timing_step(name, args, seconds, library) if seconds else skipped_step(name, left(), args.budget_s)
+        report.add(timing_section(TITLES[name], result), name)
+    report.add(f"Total gpu_check time: {time.perf_counter() - start:.0f} s")
+    print(report.text())
     return 0
 
 

@@ -22,8 +22,11 @@ with a fixed vocabulary), B uint8 480x640 RGB frames as numpy arrays on the host
 
 Host wall time per call after a warm-up, CUDA synchronised; p50 / p90 in ms and frames/s.
 Writes ``gpu_pipeline.json`` and ``gpu_pipeline.md`` to --out, and with --write puts the
-table in a markdown file between gpu-pipeline markers (benchmarks/RESULTS.md has them).
-Exits 0 with a message when there is no CUDA device.
+table in a markdown file between gpu-pipeline markers (benchmarks/RESULTS.md has them),
+after every batch size, so a run stopped part-way keeps the batches it finished. With
+--budget-s no row starts once that many seconds have passed since the start (the rows
+left are named in the table's heading). --dry-run writes the plan in those files
+instead, without a GPU. Exits 0 with a message when there is no CUDA device.
 """
 
 from __future__ import annotations
@@ -54,7 +57,21 @@ def parse_args(argv=None):
     parser.add_argument("--write", type=Path, default=None,
                         help="put the table in this markdown file, between gpu-pipeline markers")
     parser.add_argument("--reference-repeats", type=int, default=5, help="timed calls of the slow reference row")
-    return parser.parse_args(argv)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no row after this many seconds (the files keep the rows measured)")
+    parser.add_argument("--dry-run", action="store_true", help="write the plan (rows, batches) and measure nothing")
+    args = parser.parse_args(argv)
+    try:
+        args.batch_sizes = [int(part) for part in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches takes comma-separated integers, got {args.batches!r}")
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        parser.error(f"--batches takes positive integers, got {args.batches!r}")
+    return args
+
+
+ROWS = ("reference", "segment", "segment-kernel", "segment-tensor", "stream", "stream-kernel", "timm-fp16-patch",
+        "tower-ours", "tower-timm", "tower-ours-graph", "tower-timm-graph")
 
 
 def timed(fn, repeats: int, warmup: int):
@@ -86,11 +103,52 @@ def graphed(fn):
     return graph.replay
 
 
+def markdown(environment, rows, note: str = "") -> str:
+    """The table of ``rows`` (p50 / p90 ms, frames/s, speed-up over the reference row of the
+    same batch size), under a heading naming the machine and ``note``."""
+    reference = {row["batch"]: row["p50_ms"] for row in rows if row["row"] == "reference"}
+    lines = [f"GPU pipeline: {environment['gpu']}, torch {environment['torch']}, Triton {environment['triton']}, "
+             f"timm {environment['timm']}; 480x640 uint8 frames, input 448, K = 21, fp16 unless said."
+             + (f" {note}" if note else ""), "",
+             "| row | B | p50 ms | p90 ms | frames/s | vs reference |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        ratio = f"{reference[row['batch']] / row['p50_ms']:.1f}x" if row["batch"] in reference else "-"
+        lines.append(f"| {row['row']} | {row['batch']} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | "
+                     f"{row['frames_per_s']:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def write_outputs(args, environment, rows, note: str = "") -> str:
+    """Write gpu_pipeline.json / .md to --out (and the section of --write); returns the table."""
+    table = markdown(environment, rows, note)
+    (args.out / "gpu_pipeline.json").write_text(json.dumps({"environment": environment, "rows": rows, "note": note},
+                                                           indent=2))
+    (args.out / "gpu_pipeline.md").write_text(table + "\n")
+    if args.write is not None:
+        write_section(args.write, "### GPU pipeline table\n\n" + table)
+    return table
+
+
+def dry_run(args) -> int:
+    environment = {"gpu": "(dry run, no GPU)", "torch": torch.__version__, "timm": "-", "triton": "-",
+                   "frame": list(FRAME), "size": SIZE, "prompts": PROMPTS}
+    plan = ", ".join(f"B={batch}: {len(ROWS)} rows" for batch in args.batch_sizes)
+    note = (f"Dry run, nothing measured. Plan: {plan} ({', '.join(ROWS)}); {args.repeats} timed calls after "
+            f"{args.warmup} warm-up calls per row, {args.reference_repeats} for the reference"
+            + (f"; no row starts after {args.budget_s:.0f} s." if args.budget_s is not None else "."))
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(write_outputs(args, environment, [], note))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
     if not torch.cuda.is_available():
         print("gpu_pipeline: no CUDA device here; nothing measured")
         return 0
+    start = time.perf_counter()
     import timm
     from PIL import Image  # noqa: F401  (the reference pre-processing goes through PIL)
 
@@ -105,6 +163,13 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
+    environment = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+                   "frame": list(FRAME), "size": SIZE, "prompts": PROMPTS}
+    try:
+        import triton
+        environment["triton"] = triton.__version__
+    except ImportError:
+        environment["triton"] = None
     workdir = Path(tempfile.mkdtemp(prefix="gpu-pipeline-"))
     random_init("clippy-b16", workdir / "model", seed=0)
     engine = clippy_rt.load(workdir / "model", device="cuda", precision="fp16")
@@ -116,14 +181,24 @@ def main(argv=None) -> int:
     timm_fp16, ours_fp16 = build(SIZE, device, torch.float16)
     rng = np.random.default_rng(0)
     rows = []
+    not_run = []
 
-    def record(name, batch, stats):
+    def record(name, batch, run):
+        """Time run() as row ``name`` unless the budget is spent (then the row is noted as not run)."""
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            not_run.append(f"{name} B={batch}")
+            return
+        stats = run()
         stats = dict(stats, row=name, batch=batch, frames_per_s=batch * 1000.0 / stats["p50_ms"])
         rows.append(stats)
         print(f"{name:>18} B={batch}: p50 {stats['p50_ms']:.2f} ms, p90 {stats['p90_ms']:.2f} ms, "
               f"{stats['frames_per_s']:.0f} frames/s", flush=True)
 
-    for batch in [int(b) for b in args.batches.split(",")]:
+    def note() -> str:
+        return (f"Not run: the {args.budget_s:.0f} s budget was spent before {', '.join(not_run)}."
+                if not_run else "")
+
+    for batch in args.batch_sizes:
         frames = [rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(batch)]
         pixels_host, _ = prepare_batch(frames, SIZE, mean=cfg.mean, std=cfg.std, patch_size=cfg.patch_size)
         pixels = pixels_host.to(device)
@@ -138,14 +213,19 @@ def main(argv=None) -> int:
                     logits.argmax(dim=1).cpu()
                     logits.max(dim=1).values.cpu()
 
-        record("reference", batch, timed(reference, args.reference_repeats, 1))
-        record("segment", batch, timed(lambda: engine.segment(frames, prompts, size=SIZE), args.repeats, args.warmup))
-        record("segment-kernel", batch, timed(lambda: engine.segment(frames, prompts, size=SIZE, preprocess="kernel"),
-                                              args.repeats, args.warmup))
-        record("segment-tensor", batch, timed(lambda: engine.segment(pixels, prompts), args.repeats, args.warmup))
+        record("reference", batch, lambda: timed(reference, args.reference_repeats, 1))
+        record("segment", batch, lambda: timed(lambda: engine.segment(frames, prompts, size=SIZE), args.repeats,
+                                               args.warmup))
+        record("segment-kernel", batch, lambda: timed(
+            lambda: engine.segment(frames, prompts, size=SIZE, preprocess="kernel"), args.repeats, args.warmup))
+        record("segment-tensor", batch, lambda: timed(lambda: engine.segment(pixels, prompts), args.repeats,
+                                                      args.warmup))
         for name, choice in (("stream", "device"), ("stream-kernel", "kernel")):
-            stream = engine.stream(prompts, size=SIZE, batch=batch, preprocess=choice)
-            record(name, batch, timed(lambda: stream(frames), args.repeats, args.warmup))
+            def stream_row(choice=choice):
+                stream = engine.stream(prompts, size=SIZE, batch=batch, preprocess=choice)
+                return timed(lambda: stream(frames), args.repeats, args.warmup)
+
+            record(name, batch, stream_row)
         pixels_half = pixels.half()
 
         def timm_patch():
@@ -154,37 +234,19 @@ def main(argv=None) -> int:
                 patch = torch.nn.functional.normalize(tokens[:, 1:], dim=-1)
                 (patch @ text_half.T).argmax(dim=-1)
 
-        record("timm-fp16-patch", batch, timed(timm_patch, args.repeats, args.warmup))
+        record("timm-fp16-patch", batch, lambda: timed(timm_patch, args.repeats, args.warmup))
         with torch.inference_mode():
-            record("tower-ours", batch, timed(lambda: ours_fp16.forward_features(pixels_half), args.repeats,
-                                              args.warmup))
-            record("tower-timm", batch, timed(lambda: timm_fp16.forward_features(pixels_half), args.repeats,
-                                              args.warmup))
-            record("tower-ours-graph", batch, timed(graphed(lambda: ours_fp16.forward_features(pixels_half)),
-                                                    args.repeats, args.warmup))
-            record("tower-timm-graph", batch, timed(graphed(lambda: timm_fp16.forward_features(pixels_half)),
-                                                    args.repeats, args.warmup))
+            record("tower-ours", batch, lambda: timed(lambda: ours_fp16.forward_features(pixels_half), args.repeats,
+                                                      args.warmup))
+            record("tower-timm", batch, lambda: timed(lambda: timm_fp16.forward_features(pixels_half), args.repeats,
+                                                      args.warmup))
+            record("tower-ours-graph", batch, lambda: timed(
+                graphed(lambda: ours_fp16.forward_features(pixels_half)), args.repeats, args.warmup))
+            record("tower-timm-graph", batch, lambda: timed(
+                graphed(lambda: timm_fp16.forward_features(pixels_half)), args.repeats, args.warmup))
+        write_outputs(args, environment, rows, note())
 
-    environment = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "timm": timm.__version__,
-                   "frame": list(FRAME), "size": SIZE, "prompts": PROMPTS}
-    try:
-        import triton
-        environment["triton"] = triton.__version__
-    except ImportError:
-        environment["triton"] = None
-    (args.out / "gpu_pipeline.json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=2))
-    reference = {row["batch"]: row["p50_ms"] for row in rows if row["row"] == "reference"}
-    lines = [f"GPU pipeline: {environment['gpu']}, torch {environment['torch']}, Triton {environment['triton']}, "
-             f"timm {environment['timm']}; 480x640 uint8 frames, input 448, K = 21, fp16 unless said.", "",
-             "| row | B | p50 ms | p90 ms | frames/s | vs reference |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        ratio = reference[row["batch"]] / row["p50_ms"]
-        lines.append(f"| {row['row']} | {row['batch']} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | "
-                     f"{row['frames_per_s']:.0f} | {ratio:.1f}x |")
-    (args.out / "gpu_pipeline.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    if args.write is not None:
-        write_section(args.write, "### GPU pipeline table\n\n" + "\n".join(lines))
+    print(write_outputs(args, environment, rows, note()))
     return 0
 
 
