@@ -10,6 +10,7 @@ LATEST_PY := $(LATEST_VENV)/bin/python
 # Exact versions the suite passed with (pip constraints); `make test LOCK=` installs without them.
 LOCK ?= tests/constraints.txt
 LOCK_FLAG := $(if $(LOCK),-c $(LOCK))
+BUILD_LOCK_FLAG := $(if $(LOCK),--build-constraint $(LOCK))
 # torch and torchvision are pinned as a matching pair for the test references (timm needs
 # torchvision); on a GPU or Jetson machine install your platform's torch first (README).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
@@ -19,9 +20,9 @@ DEMO_OUT ?= demo-out
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(LOCK_FLAG) --upgrade pip
 	$(PY) -m pip install -q $(LOCK_FLAG) $(TORCH_PINS)
-	$(PY) -m pip install -q $(LOCK_FLAG) -e '.[test]'
+	$(PY) -m pip install -q $(LOCK_FLAG) $(BUILD_LOCK_FLAG) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -9,8 +9,10 @@ The lock is a pip constraints file (``name==version`` lines), read by ``make tes
 there and prints ``diff`` against the lock, so a failure there names the packages that moved;
 ``make lock`` then writes the lock from that environment.
 
-Installed distributions are read with importlib.metadata; the project itself and the
-packaging tools (pip, setuptools, wheel) are never pinned, as in ``pip freeze``.
+Installed distributions are read with importlib.metadata; everything but the project itself
+is pinned, pip and setuptools included: ``make test`` installs pip from the lock, and passes
+the lock as ``--build-constraint`` too, so the isolated build of the project uses the locked
+setuptools.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-NOT_PINNED = {"clippy-rt", "pip", "setuptools", "wheel"}
+NOT_PINNED = {"clippy-rt"}
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*(?:#.*)?$")
 
 
@@ -90,8 +92,10 @@ def describe(changes: List[Tuple[str, Optional[str], Optional[str]]], lock_path:
 
 
 HEADER = """Versions of the test environment known to pass `make test` (pip constraints: exact pins).
-`make test` and .ci/run install with `pip install -c tests/constraints.txt`, so a new release
-elsewhere cannot change what the suite runs against. Recorded on {date} with Python {python}
+`make test` and .ci/run install pip, then everything else with `pip install -c
+tests/constraints.txt --build-constraint tests/constraints.txt` (the second for the
+setuptools that builds the project), so a new release elsewhere cannot change what the suite
+runs against. Recorded on {date} with Python {python}
 on {machine} Linux, CPU only; another Python or platform may lack some of these wheels
 (then run `make test LOCK=` to install without the lock).
 Refresh: `make test-latest` (the suite on the newest releases, in .venv-latest, then the list
