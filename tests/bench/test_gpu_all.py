@@ -156,6 +156,31 @@ def test_too_small_a_deadline_skips_steps_and_still_packages(tmp_path):
 
 
 @needs_bash
+def test_a_failing_step_sets_the_exit_status_and_the_steps_that_need_it_do_not_run(tmp_path):
+    # The install step fails with a status of its own (7); the run must end with that status,
+    # not with the 1 of the steps skipped after it.
+    python = tmp_path / "python-failing-install"
+    python.write_text("#!/usr/bin/env bash\n"
+                      'case " $* " in *" install "*" --target "*) echo "install refused" >&2; exit 7 ;; esac\n'
+                      f'exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    wheel = tmp_path / "clippy_rt-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=str(python), TMPDIR=str(tmp_path))
+    env.pop("GPU_ALL_DEADLINE_S", None)
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(wheel)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 7, result.stdout[-3000:] + result.stderr[-2000:]
+    assert re.search(r"^   install: exit 7 after \d+ s$", result.stdout, re.M), result.stdout
+    for step in STEPS[2:]:
+        assert re.search(rf"^== {step}: skipped: needs ", result.stdout, re.M), step
+    names = {path.name for path in out.iterdir()}
+    assert len(names) <= MAX_FILES and ARCHIVE in names and "SUMMARY.md" in names, names
+    assert "install refused" in _archived_text(out, "install.log")
+
+
+@needs_bash
 def test_plan_shares_are_clipped_to_the_deadline(tmp_path):
     previous = None
     for deadline in (20, 60, 100, 150, 300, 480, 900):
