@@ -32,6 +32,7 @@ import numpy as np
 from .errors import InputError
 from .images import load_image
 from .metrics import ConfusionMatrix
+from .validate import check_positive_int
 
 __all__ = [
     "EvalResult",
@@ -113,10 +114,10 @@ class EvalResult:
 class _SyntheticSamples(Sequence):
     """Generated scenes as ``(image uint8 [S, S, 3], labels uint8 [S, S])`` pairs."""
 
-    def __init__(self, n: int, seed: int, size: int) -> None:
+    def __init__(self, n: int, seed: int, size: int, style: str = "patterned") -> None:
         from .datasets.synthetic import SyntheticScenes
 
-        self._scenes = SyntheticScenes(n, seed=seed, size=size)
+        self._scenes = SyntheticScenes(n, seed=seed, size=size, style=style)
 
     def __len__(self) -> int:
         return len(self._scenes)
@@ -139,15 +140,17 @@ class _VOCSamples(Sequence):
 
 
 def synthetic_set(n: int = 500, seed: Optional[int] = None, *, image_size: int = 64,
-                  shape_templates: Sequence[str] = ("{article} {shape}",)) -> EvalSet:
+                  shape_templates: Sequence[str] = ("{article} {shape}",),
+                  style: str = "patterned") -> EvalSet:
     """``n`` generated scenes from ``seed`` (default: the first held-out seed) at
-    ``image_size`` pixels, with ``eval_prompts(shape_templates)`` (background = one prompt
-    per background kind)."""
+    ``image_size`` pixels in ``style`` ("patterned" or "plain"), with
+    ``eval_prompts(shape_templates)`` (background = one prompt per background kind)."""
     from .datasets.synthetic import EVAL_SEED_BASE, eval_prompts
 
     seed = EVAL_SEED_BASE if seed is None else seed
-    samples = _SyntheticSamples(n, seed, image_size)
-    return EvalSet(name=f"synthetic:{n}:{seed}", samples=samples,
+    samples = _SyntheticSamples(n, seed, image_size, style)
+    prefix = "synthetic" if style == "patterned" else f"synthetic-{style}"
+    return EvalSet(name=f"{prefix}:{n}:{seed}", samples=samples,
                    prompts=eval_prompts(shape_templates), ignore_index=None)
 
 
@@ -161,7 +164,7 @@ def voc_set(root, split: str = "val", template: str = "a photo of {article} {}")
 
 
 def open_dataset(spec: str, *, split: str = "val") -> EvalSet:
-    """``synthetic``, ``synthetic:N``, ``synthetic:N:SEED`` or ``voc:PATH`` -> an EvalSet.
+    """``synthetic[:N[:SEED]]``, ``synthetic-plain[:N[:SEED]]`` or ``voc:PATH`` -> an EvalSet.
 
     Raises:
         InputError: another prefix, a malformed spec, or a VOC folder that is incomplete.
@@ -173,12 +176,13 @@ def open_dataset(spec: str, *, split: str = "val") -> EvalSet:
         if not root:
             raise InputError("voc:PATH needs a folder path after 'voc:'")
         return voc_set(root, split)
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        from .datasets.synthetic import parse_spec
+    if spec.split(":")[0] in ("synthetic", "synthetic-plain"):
+        from .datasets.synthetic import parse_dataset_spec
 
-        n, seed = parse_spec(spec)
-        return synthetic_set(n, seed)
-    raise InputError(f"unknown dataset {spec!r}: expected 'synthetic[:N[:SEED]]' or 'voc:PATH'")
+        n, seed, style = parse_dataset_spec(spec)
+        return synthetic_set(n, seed, style=style)
+    raise InputError(f"unknown dataset {spec!r}: expected 'synthetic[:N[:SEED]]', "
+                     "'synthetic-plain[:N[:SEED]]' or 'voc:PATH'")
 
 
 def _batches(count: int, batch_size: int) -> List[range]:
@@ -208,8 +212,7 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
         InputError: an empty set, a bad batch size, or a target whose shape differs from
             its image or holds a value outside the classes (other than ``ignore_index``).
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     count = len(eval_set.samples)
     if count == 0:
         raise InputError(f"the evaluation set {eval_set.name} is empty")

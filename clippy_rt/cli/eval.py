@@ -1,8 +1,9 @@
 """Zero-shot segmentation accuracy of a model: mIoU, per-class IoU, pixel accuracy.
 
-Datasets: "synthetic[:N[:SEED]]" (generated scenes; default 500 held-out scenes; the
-background class is the max over one prompt per background kind, each shape "a {shape}")
-or "voc:PATH" (a PASCAL VOC folder: JPEGImages/, SegmentationClass/,
+Datasets: "synthetic[:N[:SEED]]" (generated scenes, each shape class with its own fill
+pattern; default 500 held-out scenes), "synthetic-plain[:N[:SEED]]" (the same scenes with
+flat fills; in both, the background class is the max over one prompt per background
+kind, each shape "a {shape}") or "voc:PATH" (a PASCAL VOC folder: JPEGImages/, SegmentationClass/,
 ImageSets/Segmentation/SPLIT.txt; 21 classes prompted "a photo of a/an {class}", label
 255 ignored). With a backend or precision other than torch fp32, the same images are
 also segmented by torch fp32 and the label agreement between the two is reported; the
@@ -26,7 +27,8 @@ from .common import add_model_arguments, print_json, progress, random_warning, s
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--dataset", default="synthetic",
-                        help="synthetic[:N[:SEED]] or voc:PATH (default: synthetic = 500 held-out scenes)")
+                        help="synthetic[:N[:SEED]], synthetic-plain[:N[:SEED]] or voc:PATH "
+                             "(default: synthetic = 500 held-out scenes)")
     parser.add_argument("--split", default="val", help="VOC split file name (default: val)")
     parser.add_argument("--size", type=size_arg, default=None,
                         help="model input size, S or HxW, multiples of the patch size (default: the model's)")
@@ -74,11 +76,11 @@ def run(args) -> int:
     import sys
 
     import clippy_rt
-    from clippy_rt.errors import InputError
+    from clippy_rt.backends import is_reference
     from clippy_rt.evaluate import evaluate, open_dataset
+    from clippy_rt.validate import check_positive_int
 
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    check_positive_int("--batch-size", args.batch_size)
     eval_set = open_dataset(args.dataset, split=args.split)
     engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     warning = random_warning(engine)
@@ -87,7 +89,7 @@ def run(args) -> int:
     reference = None
     reference_preprocess = args.preprocess
     # The engine's own values: --device and --precision default per backend.
-    if engine.backend != "torch" or engine.precision != "fp32":
+    if not is_reference(engine.backend, engine.precision):
         reference = clippy_rt.load(_reference_dir(args), backend="torch", device=str(engine.device),
                                    precision="fp32")
     if args.preprocess in ("device", "kernel"):

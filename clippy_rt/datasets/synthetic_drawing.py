@@ -203,3 +203,67 @@ _BACKGROUND_PAINTERS: dict[str, Callable[[np.random.Generator, int], np.ndarray]
     "stripes": _stripes,
     "sky": _sky,
 }
+
+
+# --------------------------------------------------------------------------------------
+# Fill patterns of the patterned scenes: bool [H, W], True where an object shows its
+# second (dark) tone
+# --------------------------------------------------------------------------------------
+# Patterns are laid on a grid of PATTERN_UNITS x PATTERN_UNITS units over the image (2
+# pixels per unit at 64 px), so a scene looks the same at every size. Every pattern is
+# periodic with a period of at most 3 units, so an 8-pixel patch of a 64-pixel scene
+# holds at least one period: a patch inside an object shows which pattern it carries.
+
+PATTERN_UNITS = 32
+# The second tone is the object's colour times this factor.
+PATTERN_DARK = 0.4
+
+
+def _unit_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x) in pattern units, each float32 [size, size]."""
+    y, x = _pixel_grid(size)
+    scale = PATTERN_UNITS / size
+    return y * scale, x * scale
+
+
+def _plain(rng: np.random.Generator, size: int) -> np.ndarray:
+    return np.zeros((size, size), dtype=bool)
+
+
+def _checked(rng: np.random.Generator, size: int) -> np.ndarray:
+    y, x = _unit_grid(size)
+    return (np.floor(y) + np.floor(x)) % 2 == 1
+
+
+def _striped(rng: np.random.Generator, size: int) -> np.ndarray:
+    # Diagonal bands, 3 units apart along each axis.
+    y, x = _unit_grid(size)
+    return np.mod(x + y, 3.0) < 1.5
+
+
+def _dotted(rng: np.random.Generator, size: int) -> np.ndarray:
+    y, x = _unit_grid(size)
+    dy, dx = np.mod(y, 3.0) - 1.5, np.mod(x, 3.0) - 1.5
+    return dy * dy + dx * dx <= 0.9 * 0.9
+
+
+def _speckled(rng: np.random.Generator, size: int) -> np.ndarray:
+    # Random cells of one unit: drawn from the scene's stream, so the seed fixes them.
+    cells = rng.random((PATTERN_UNITS, PATTERN_UNITS)) < 0.5
+    y, x = _unit_grid(size)
+    return cells[np.minimum(y.astype(np.intp), PATTERN_UNITS - 1), np.minimum(x.astype(np.intp), PATTERN_UNITS - 1)]
+
+
+def _grid_lined(rng: np.random.Generator, size: int) -> np.ndarray:
+    y, x = _unit_grid(size)
+    return (np.mod(y, 3.0) < 1.0) | (np.mod(x, 3.0) < 1.0)
+
+
+_PATTERN_PAINTERS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "plain": _plain,
+    "checked": _checked,
+    "striped": _striped,
+    "dotted": _dotted,
+    "speckled": _speckled,
+    "grid-lined": _grid_lined,
+}

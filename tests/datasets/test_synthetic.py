@@ -11,12 +11,15 @@ from clippy_rt.datasets.synthetic import (
     BACKGROUNDS,
     COLOURS,
     EVAL_SEED_BASE,
+    SHAPE_PATTERNS,
     SHAPES,
+    STYLES,
     TRAIN_SEED_BASE,
     SyntheticScenes,
     class_names,
     eval_prompts,
     generate_scene,
+    parse_dataset_spec,
     parse_spec,
 )
 from clippy_rt.errors import InputError
@@ -27,6 +30,11 @@ NUM_SCENES = 200
 @pytest.fixture(scope="module")
 def scenes():
     return [generate_scene(seed) for seed in range(NUM_SCENES)]
+
+
+@pytest.fixture(scope="module")
+def plain_scenes():
+    return [generate_scene(seed, style="plain") for seed in range(NUM_SCENES)]
 
 
 def _plural(shape):
@@ -84,9 +92,15 @@ def test_caption_seed_changes_only_the_caption():
     assert generate_scene(42, caption_seed=42).caption == base.caption
 
 
-def test_labels_are_the_drawn_pixels(scenes):
+def _dark(rgb):
+    return np.array([round(0.4 * c) for c in rgb], dtype=np.uint8)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_labels_are_the_drawn_pixels(scenes, plain_scenes, style):
     colour_of = {name: np.array(rgb, dtype=np.uint8) for name, rgb in COLOURS.items()}
-    for scene in scenes:
+    for scene in scenes if style == "patterned" else plain_scenes:
+        assert scene.style == style
         labels, image = scene.labels, scene.image
         assert set(np.unique(labels).tolist()) <= set(range(len(SHAPES) + 1))
         for class_index in range(1, len(SHAPES) + 1):
@@ -99,7 +113,10 @@ def test_labels_are_the_drawn_pixels(scenes):
             matches = np.zeros(region.shape, dtype=bool)
             for colour in allowed:
                 matches |= np.all(image == colour_of[colour], axis=-1)
-            # Every pixel labelled with a shape has the colour of an object of that shape.
+                if style == "patterned":
+                    matches |= np.all(image == _dark(colour_of[colour]), axis=-1)
+            # Every pixel labelled with a shape has the colour of an object of that shape
+            # (or, patterned, its dark tone).
             assert np.all(matches[region])
         # Background pixels never carry an object colour exactly.
         background = image[labels == 0]
@@ -107,7 +124,10 @@ def test_labels_are_the_drawn_pixels(scenes):
             assert not np.any(np.all(background == rgb, axis=-1))
         # Every object keeps a visible part of at least 0.4% of the image.
         for shape, colour in set(scene.objects):
-            visible = (labels == SHAPES.index(shape) + 1) & np.all(image == colour_of[colour], axis=-1)
+            visible = np.all(image == colour_of[colour], axis=-1)
+            if style == "patterned":
+                visible |= np.all(image == _dark(colour_of[colour]), axis=-1)
+            visible &= labels == SHAPES.index(shape) + 1
             assert visible.sum() >= 0.004 * labels.size
 
 
@@ -302,3 +322,151 @@ def test_class_names_and_eval_prompts():
         eval_prompts(("a photo",))
     with pytest.raises(InputError):
         eval_prompts(("{shape} {colour}",))
+
+
+# --------------------------------------------------------------------------------------
+# Fill patterns
+# --------------------------------------------------------------------------------------
+
+PATTERN_WORDS = ("plain", "check", "stripe", "strip", "dot", "speck", "grid", "pattern", "line")
+
+
+def _expected_dark_64(pattern):
+    """Where each pattern shows its dark tone on a 64-pixel scene (2 pixels per pattern
+    unit), from integer pixel indices; None for the speckle, which is random."""
+    y, x = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    if pattern == "plain":
+        return np.zeros((64, 64), dtype=bool)
+    if pattern == "checked":
+        # 2 x 2-pixel cells, alternating.
+        return (y // 2 + x // 2) % 2 == 1
+    if pattern == "striped":
+        # Diagonal bands: x + y (in pixels) runs through a 6-pixel period, dark first half.
+        return (x + y + 1) % 6 < 3
+    if pattern == "dotted":
+        # A dot of 12 pixels (4 x 4 less its corners) in every 6 x 6 cell.
+        cy, cx = y % 6, x % 6
+        inside = (cy >= 1) & (cy <= 4) & (cx >= 1) & (cx <= 4)
+        corner = ((cy == 1) | (cy == 4)) & ((cx == 1) | (cx == 4))
+        return inside & ~corner
+    if pattern == "grid-lined":
+        # 2-pixel lines every 6 pixels, both directions.
+        return (y % 6 < 2) | (x % 6 < 2)
+    return None
+
+
+def _dark_pixels(scene):
+    """bool [H, W]: object pixels drawn in their object's dark tone."""
+    dark = np.zeros(scene.labels.shape, dtype=bool)
+    for shape, colour in scene.objects:
+        region = scene.labels == SHAPES.index(shape) + 1
+        dark |= region & np.all(scene.image == _dark(COLOURS[colour]), axis=-1)
+    return dark
+
+
+def test_every_shape_class_has_its_own_pattern():
+    assert set(SHAPE_PATTERNS) == set(SHAPES)
+    assert len(set(SHAPE_PATTERNS.values())) == len(SHAPES)
+
+
+def test_patterns_match_their_definition(scenes):
+    seen = Counter()
+    for scene in scenes:
+        dark = _dark_pixels(scene)
+        for shape in {s for s, _ in scene.objects}:
+            region = scene.labels == SHAPES.index(shape) + 1
+            expected = _expected_dark_64(SHAPE_PATTERNS[shape])
+            if expected is None:
+                # Speckle: constant on 2 x 2-pixel cells, about half of them dark.
+                cells = dark.reshape(32, 2, 32, 2).transpose(0, 2, 1, 3).reshape(32, 32, 4)
+                inside = region.reshape(32, 2, 32, 2).transpose(0, 2, 1, 3).reshape(32, 32, 4).all(-1)
+                assert np.all(cells[inside] == cells[inside][:, :1])
+                continue
+            np.testing.assert_array_equal(dark[region], expected[region], err_msg=f"{shape} {scene.caption}")
+            seen[shape] += 1
+    assert set(seen) == set(SHAPES) - {"cross"}
+
+
+def test_speckle_is_random_and_fixed_by_the_seed(scenes):
+    fractions, patterns = [], set()
+    for scene in scenes:
+        region = scene.labels == SHAPES.index("cross") + 1
+        if region.sum() >= 100:
+            dark = _dark_pixels(scene)
+            fractions.append(dark[region].mean())
+            patterns.add(dark[region].tobytes())
+    assert len(fractions) >= 10 and len(patterns) == len(fractions)
+    assert 0.35 < np.mean(fractions) < 0.65
+    seed = next(i for i, s in enumerate(scenes) if ("cross" in {o for o, _ in s.objects}))
+    np.testing.assert_array_equal(generate_scene(seed).image, scenes[seed].image)
+
+
+def test_patterns_scale_with_the_image():
+    # A pattern unit is 2 pixels at 64 and 4 at 128: an axis-aligned pattern (checks,
+    # grid lines) at 128 pixels is the 64-pixel one enlarged twice, wherever both scenes
+    # label the same object.
+    checked = 0
+    for seed in range(60):
+        small, large = generate_scene(seed, 64), generate_scene(seed, 128)
+        if small.objects != large.objects:
+            continue
+        dark_small, dark_large = _dark_pixels(small), _dark_pixels(large)
+        for shape in {s for s, _ in small.objects} & {"square", "ring"}:
+            index = SHAPES.index(shape) + 1
+            both = (small.labels.repeat(2, 0).repeat(2, 1) == index) & (large.labels == index)
+            np.testing.assert_array_equal(dark_large[both], dark_small.repeat(2, 0).repeat(2, 1)[both])
+            checked += 1
+    assert checked >= 20
+
+
+def test_styles_share_layout_labels_and_caption(scenes, plain_scenes):
+    for patterned, plain in zip(scenes, plain_scenes):
+        np.testing.assert_array_equal(patterned.labels, plain.labels)
+        assert patterned.objects == plain.objects and patterned.caption == plain.caption
+        assert patterned.background == plain.background
+        background = patterned.labels == 0
+        np.testing.assert_array_equal(patterned.image[background], plain.image[background])
+        # Plain scenes have no dark tones; patterned ones do, except where only circles show.
+        assert not _dark_pixels(plain).any()
+        if {s for s, _ in patterned.objects} - {"circle"}:
+            assert _dark_pixels(patterned).any()
+
+
+def test_captions_never_name_the_pattern(scenes):
+    for scene in scenes:
+        # The striped background's phrases ("a pattern of stripes") name the background.
+        rest = scene.caption
+        for phrase in sorted(BACKGROUND_PHRASES[scene.background], key=len, reverse=True):
+            rest = rest.replace(phrase, " ")
+        for word in re.findall(r"[a-z]+", rest):
+            assert not word.startswith(PATTERN_WORDS), scene.caption
+
+
+def test_style_is_checked_and_kept():
+    with pytest.raises(InputError):
+        generate_scene(0, style="dotted")
+    with pytest.raises(InputError):
+        SyntheticScenes(3, style="flat")
+    scenes = SyntheticScenes(3, seed=EVAL_SEED_BASE, style="plain")
+    assert scenes.style == "plain" and scenes[0].style == "plain"
+    np.testing.assert_array_equal(scenes[1].image, generate_scene(EVAL_SEED_BASE + 1, style="plain").image)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("synthetic", (500, EVAL_SEED_BASE, "patterned")),
+        ("synthetic:30:77", (30, 77, "patterned")),
+        ("synthetic-plain", (500, EVAL_SEED_BASE, "plain")),
+        ("synthetic-plain:40", (40, EVAL_SEED_BASE, "plain")),
+    ],
+)
+def test_parse_dataset_spec(spec, expected):
+    assert parse_dataset_spec(spec) == expected
+    assert parse_spec(spec) == expected[:2]
+
+
+@pytest.mark.parametrize("spec", ["synthetic-plan", "synthetic-plain:", "plain:5", "synthetic-plain:0"])
+def test_parse_dataset_spec_rejects_malformed(spec):
+    with pytest.raises(InputError):
+        parse_dataset_spec(spec)
