@@ -181,7 +181,7 @@ def test_readme_states_the_limits():
 
     from clippy_rt import limits
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
     for figure in (f"at most {limits.MAX_DEPTH} blocks", f"widths up to {limits.MAX_WIDTH:,}",
                    f"{limits.MAX_INPUT_SIDE:,} pixels a side", f"{limits.MAX_INPUT_PATCHES:,} patches",
                    f"8192 x 8192 pixels"):

@@ -60,7 +60,7 @@ def main() -> int:
         started = time.monotonic()
         report["health"] = wait_for_health(server)
         report["startup_s"] = round(time.monotonic() - started, 1)
-        from clippy_rt.client import Client
+        from clippy_rt.serve.client import Client
 
         client = Client(URL, timeout=120, retries=2)
         if mode == "single":
@@ -149,7 +149,7 @@ def single_scenario(client, spec, inputs, out, report):
 
 
 def readme_curl():
-    """Run README's curl examples (port changed to this server's) from the repository root;
+    """Run the curl examples of docs/serving.md (port changed to this server's) from the repository root;
     the parsed JSON answers, or a reason why they could not run."""
     import re
     import shutil
@@ -157,7 +157,7 @@ def readme_curl():
     if shutil.which("curl") is None or shutil.which("base64") is None:
         return "curl or base64 is missing"
     root = Path(__file__).resolve().parents[2]
-    section = (root / "README.md").read_text().split("## Serving over HTTP\n", 1)[1].split("\n## ", 1)[0]
+    section = (root / "docs" / "serving.md").read_text()
     answers = []
     for line in re.findall(r"^\$ (curl .*)$", section, flags=re.M):
         command = line.replace("127.0.0.1:8000", f"127.0.0.1:{PORT}")
