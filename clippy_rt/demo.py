@@ -12,7 +12,8 @@ held-out figures.
 writes, per image, ``<stem>.labels.png`` (pixel value = class index, in the order of
 ``clippy_rt.datasets.synthetic.class_names()``), ``<stem>.overlay.png`` and
 ``<stem>.figure.png`` (input | labels | overlay, enlarged), and ``demo.png``: every
-image's figure stacked.
+image's figure stacked under a header that names the columns and gives the colour of every
+class.
 """
 
 from __future__ import annotations
@@ -80,6 +81,41 @@ def figure(image: Image.Image, labels: np.ndarray, class_names: Sequence[str],
     return canvas
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size only
+        return ImageFont.load_default()
+
+
+def header(width: int, panel_width: int, class_names: Sequence[str], gap: int = 4) -> Image.Image:
+    """The sheet's header: a title, the legend of every class (colour swatch and name, in
+    label order) and the titles of the three columns of ``figure`` (panels of
+    ``panel_width`` pixels, ``gap`` apart). Returns an RGB image ``width`` pixels wide."""
+    from PIL import ImageDraw
+
+    from .visualize import palette
+
+    title_font, font = _font(16), _font(13)
+    line = 22
+    image = Image.new("RGB", (width, 3 * line + 12), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 2), "Zero-shot segmentation by the demo model: each pixel takes the class whose prompt fits best",
+              fill=(0, 0, 0), font=title_font)
+    left = 4
+    for name, colour in zip(class_names, palette(len(class_names))):
+        top = line + 4
+        draw.rectangle([left, top, left + 14, top + 14], fill=colour, outline=(0, 0, 0))
+        draw.text((left + 19, top), name, fill=(0, 0, 0), font=font)
+        left += 19 + int(draw.textlength(name, font=font)) + 14
+    titles = ("input", "labels (colour = class)", "labels over the input")
+    for column, title in enumerate(titles):
+        draw.text((column * (panel_width + gap) + 4, 2 * line + 8), title, fill=(0, 0, 0), font=font)
+    return image
+
+
 def run_demo(out: Path, images: Optional[Sequence[Path]] = None, model: str = "demo") -> List[Path]:
     """Segment ``images`` (default: the repository's examples) and write the outputs into
     ``out`` (see the module doc). Returns the written paths, ``demo.png`` last."""
@@ -111,9 +147,12 @@ def run_demo(out: Path, images: Optional[Sequence[Path]] = None, model: str = "d
         written.append(atomic_write(out / f"{stem}.figure.png", lambda h, r=row: r.save(h, format="PNG")))
         rows.append(row)
     gap = 6
-    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + gap * (len(rows) - 1)),
+    width = max(r.width for r in rows)
+    top_bar = header(width, pictures[0].width * FIGURE_SCALE, names)
+    sheet = Image.new("RGB", (width, top_bar.height + sum(r.height for r in rows) + gap * (len(rows) - 1)),
                       (255, 255, 255))
-    top = 0
+    sheet.paste(top_bar, (0, 0))
+    top = top_bar.height
     for row in rows:
         sheet.paste(row, (0, top))
         top += row.height + gap

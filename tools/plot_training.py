@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from clippy_rt.fileio import atomic_write
+from clippy_rt.formats.atomic import atomic_write
 
 
 def read_curve(log: Path) -> list:
