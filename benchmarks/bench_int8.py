@@ -103,7 +103,7 @@ def latency_part(args, workdir: Path, threads: int) -> Dict[str, object]:
     from clippy_rt.backends.onnxruntime import load_onnxruntime
     from clippy_rt.bench.stats import median, summarize
     from clippy_rt.export.onnx import export_onnx
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
 
     model_dir = args.model_dir
     if model_dir is None:
@@ -169,7 +169,7 @@ def format_latency(part: Dict[str, object]) -> str:
 def agreement_part(args, workdir: Path, threads: int) -> Dict[str, object]:
     import clippy_rt
     from clippy_rt.backends.onnxruntime import load_onnxruntime
-    from clippy_rt.demo import demo_model_dir
+    from clippy_rt.formats.model_dir import demo_model_dir
     from clippy_rt.evaluate import evaluate, synthetic_set
     from clippy_rt.export.onnx import export_onnx
 

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from clippy_rt.formats.io_spec import IMAGE
     from clippy_rt.export.onnx import export_towers
     from clippy_rt.formats.model_dir import load_model
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)

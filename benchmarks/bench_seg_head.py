@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from clippy_rt.bench.environment import machine_summary
 from clippy_rt.bench.stats import summarize
 from clippy_rt.bench.timer import TimingPolicy, measure
-from clippy_rt.kernels.seg_head import seg_head, seg_head_reference_procedure
+from clippy_rt.kernels.seg_head import seg_head
+from clippy_rt.kernels.seg_head_ref import seg_head_reference_procedure
 
 PATCH = 16
 WIDTH = 768
@@ -69,13 +70,13 @@ def time_ms(fn, repeats: int, warmup: int, device: str):
     return measure(lambda marks: fn(), policy, device=device).host_ms
 
 
-def fused_head(backend: str):
+def fused_head(impl: str):
     """(patch, text, out_size) -> (labels, scores) for the chosen implementation."""
-    if backend == "native":
+    if impl == "native":
         from clippy_rt.kernels.native import seg_head_native
 
         return seg_head_native
-    return lambda patch, text, out_size: seg_head(patch, text, out_size, backend=backend)
+    return lambda patch, text, out_size: seg_head(patch, text, out_size, impl=impl)
 
 
 def run(args) -> str:

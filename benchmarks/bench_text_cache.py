@@ -28,7 +28,9 @@ import torch
 import clippy_rt
 from clippy_rt.bench.environment import collect_environment
 from clippy_rt.bench.stats import summarize
-from clippy_rt.text_cache import TextCache, enable_disk_cache, model_identity
+from clippy_rt.formats.identity import artifact_identity
+from clippy_rt.formats.kinds import MODEL
+from clippy_rt.text_cache import TextCache, enable_disk_cache
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     try:
         model = args.model
         if model is None:
-            from clippy_rt.random_init import random_init
+            from clippy_rt.formats.random_init import random_init
             model = random_init(args.arch, work / "model", seed=0)
         engine = clippy_rt.load(model)
         store_dir = work / "cache"
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
             samples["restart, disk"].append(_timed(lambda: (enable_disk_cache(engine, store_dir),
                                                             engine.encode_text(VOC_CLASSES))))
             samples["memory hit"].append(_timed(lambda: engine.encode_text(VOC_CLASSES)))
-            samples["weight digest, first time"].append(_timed(lambda: model_identity(model, "torch")))
+            samples["weight digest, first time"].append(_timed(lambda: artifact_identity(model, MODEL)))
         environment = collect_environment()
         weights_mb = (Path(model) / "weights.safetensors").stat().st_size / 1e6
         print(f"Machine: {environment['platform']}, CPU {environment['cpu'].get('model')} "

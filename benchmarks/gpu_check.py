@@ -286,7 +286,8 @@ def time_seg_head(args, copy_gbs: float) -> List[Dict]:
     import torch
     import torch.nn.functional as F
 
-    from clippy_rt.kernels.seg_head import seg_head, seg_head_ref, seg_head_reference_procedure
+    from clippy_rt.kernels.seg_head import seg_head
+    from clippy_rt.kernels.seg_head_ref import seg_head_ref, seg_head_reference_procedure
 
     native = None
     if not args.skip_native:
@@ -302,12 +303,12 @@ def time_seg_head(args, copy_gbs: float) -> List[Dict]:
         patch, text = patch.to("cuda", torch.float16), text.to("cuda", torch.float16)
         out = (case.size, case.size)
         # A benchmark of a wrong result is worthless: labels against the reference first.
-        labels, _ = seg_head(patch, text, out, backend="triton")
+        labels, _ = seg_head(patch, text, out, impl="triton")
         ref_labels, _ = seg_head_ref(patch, text, out)
         agree = (labels == ref_labels).float().mean().item()
         del ref_labels
-        ms = {"triton": bench_ms(lambda: seg_head(patch, text, out, backend="triton")),
-              "triton+scores": bench_ms(lambda: seg_head(patch, text, out, return_scores=True, backend="triton"))}
+        ms = {"triton": bench_ms(lambda: seg_head(patch, text, out, impl="triton")),
+              "triton+scores": bench_ms(lambda: seg_head(patch, text, out, return_scores=True, impl="triton"))}
         ms["native"] = bench_ms(lambda: native(patch, text, out)) if native is not None else None
         ms["torch"] = (bench_ms(lambda: torch_seg_head(patch, text, case.size))
                        if case.torch_scratch_bytes() <= budget else None)
@@ -335,7 +336,7 @@ def time_patch_pool(args, copy_gbs: float) -> List[Dict]:
     rows = []
     for batch, grid in POOL_CASES[:1] if args.quick else POOL_CASES:
         tokens = torch.randn(batch, 1 + grid * grid, WIDTH, device="cuda", dtype=torch.float16)
-        triton_ms = bench_ms(lambda: patch_pool(tokens, backend="triton"))
+        triton_ms = bench_ms(lambda: patch_pool(tokens, impl="triton"))
         torch_ms = bench_ms(lambda: patch_pool_ref(tokens))
         must = 2 * tokens.numel() * tokens.element_size()  # read the tokens, write the patches (+ tiny pooled)
         row = {"batch": batch, "tokens": f"1+{grid}x{grid}", "must move MB": round(must / 1e6, 1),
@@ -356,7 +357,7 @@ def time_preprocess(args, copy_gbs: float) -> List[Dict]:
         frames = torch.randint(0, 256, (batch, *frame, 3), dtype=torch.uint8, device="cuda")
         for antialias in (True, False):
             triton_ms = bench_ms(lambda: preprocess(frames, (size, size), MEAN, STD, antialias=antialias,
-                                                    out_dtype=torch.float16, backend="triton"))
+                                                    out_dtype=torch.float16, impl="triton"))
             torch_ms = bench_ms(lambda: preprocess_ref(frames, (size, size), MEAN, STD, antialias=antialias,
                                                        out_dtype=torch.float16))
             must = frames.numel() + batch * 3 * size * size * 2
@@ -410,7 +411,7 @@ def timing_section(title: str, result: Dict) -> str:
 def write_section(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the text between the ``begin`` / ``end`` markers of ``path`` (the gpu-check
     section by default; append them if absent), atomically."""
-    from clippy_rt.fileio import atomic_write
+    from clippy_rt.formats.atomic import atomic_write
 
     BEGIN, END = begin, end
     block = f"{BEGIN}\n{text}\n{END}"

@@ -155,8 +155,8 @@ def main(argv=None) -> int:
     import clippy_rt
     from clippy_rt.bench.plan import bench_prompts
     from clippy_rt.images import prepare_batch
-    from clippy_rt.kernels.seg_head import seg_head_reference_procedure
-    from clippy_rt.random_init import random_init
+    from clippy_rt.kernels.seg_head_ref import seg_head_reference_procedure
+    from clippy_rt.formats.random_init import random_init
 
     sys.path.insert(0, str(HERE))
     from bench_vit import build

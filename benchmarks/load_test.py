@@ -204,7 +204,7 @@ def wait_healthy(client, server: Optional[subprocess.Popen]) -> dict:
 def run_load(url: str, payloads: List[bytes], references, prompts, clients: int, total: int,
              duration: float, timeout: float) -> Dict[str, object]:
     """Send ``total`` requests (or stop after ``duration`` s) from ``clients`` threads."""
-    from clippy_rt.client import Client
+    from clippy_rt.serve.client import Client
     from clippy_rt.errors import InputError, ServerError
 
     lock = threading.Lock()
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
     from clippy_rt.bench.environment import collect_environment
-    from clippy_rt.client import Client
+    from clippy_rt.serve.client import Client
     from clippy_rt.images import load_image
     from clippy_rt.serve.protocol import encode_image_file
 
@@ -347,7 +347,7 @@ def main(argv=None) -> int:
         best = report["local_baseline"]["best_frames_per_s"]
         report["throughput_vs_local"] = round(load["throughput_per_s"] / best, 3) if best else None
     if args.json:
-        from clippy_rt.fileio import atomic_write
+        from clippy_rt.formats.atomic import atomic_write
 
         text = json.dumps(report, indent=1).encode()
         atomic_write(args.json, lambda handle: handle.write(text))

@@ -393,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backends = ["torch", "onnxruntime"] + (["tensorrt"] if args.engine_dir is not None else [])
     notes: List[str] = []
     from clippy_rt.config import ClippyConfig
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
 
     with tempfile.TemporaryDirectory(prefix="clippy-rt-run-all-") as tmp:
         arch = "tiny" if args.quick else args.arch

@@ -7,7 +7,8 @@ libraries: Triton, ONNX Runtime and TensorRT are imported when first used.
 
 from .api import load
 from .config import ClippyConfig, ImageTowerConfig, TextTowerConfig, architecture
-from .engine import Engine, ImageFeatures, Segmentation
+from .engine import Engine
+from .results import ImageFeatures, Segmentation
 from .errors import (BackendUnavailableError, CheckpointError, ClippyError, ConfigError, InputError,
                      ModelDirError)
 

@@ -11,10 +11,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 from . import limits
 from .errors import ConfigError
+from .validate import check_positive_int
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -172,9 +173,7 @@ class ClippyConfig:
 
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+        check_positive_int(f"{type(obj).__name__}.{name}", getattr(obj, name), error=ConfigError)
 
 
 def _at_most(obj: Any, **bounds: int) -> None:

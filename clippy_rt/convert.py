@@ -26,6 +26,7 @@ import torch
 from .config import ClippyConfig, ImageTowerConfig, TextTowerConfig
 from .errors import CheckpointError
 from .numerics import check_weights
+from .validate import check_positive_int
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -112,8 +113,8 @@ def infer_image_config(vit: Mapping[str, torch.Tensor], base: ImageTowerConfig,
         mlp = vit["blocks.0.mlp.fc1.weight"].shape[0]
     except KeyError as exc:
         raise CheckpointError(f"image tower weights lack {exc.args[0]!r}: not a timm ViT state dict") from None
-    if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or heads < 1):
-        raise CheckpointError(f"ViT heads must be a positive integer, got {heads!r}")
+    if heads is not None:
+        check_positive_int("ViT heads", heads, error=CheckpointError)
     grid = math.isqrt(positions)
     if grid * grid != positions:
         raise CheckpointError(f"pos_embed has {positions} patch positions, not a square grid")

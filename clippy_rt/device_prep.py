@@ -17,8 +17,8 @@ through pinned memory. Two resamplers (``resample``):
 - ``"bilinear"``: ``clippy_rt.kernels.preprocess``, one fused pass (bilinear,
   antialiased when shrinking, normalised, written in the model's dtype): the Triton
   kernel on CUDA, its torch reference ``preprocess_ref`` elsewhere. Fastest; not PIL's
-  filter, so labels differ from the host path's near class boundaries (README, "Device
-  pre-processing", gives the measured agreement).
+  filter, so labels differ from the host path's near class boundaries (docs/streams.md
+  gives the measured agreement).
 
 Accepted frames (one, a list, or a batch): numpy uint8 [H, W], [H, W, 1], [H, W, 3] or
 [H, W, 4] and [B, H, W, C]; torch uint8 [H, W, C] or [B, H, W, C] on any device (HWC,
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .images import MODES, Prepared, Size, check_input_size, plan_resize
+from .images import RESIZE_MODES, Prepared, Size, check_input_size, plan_resize
 
 PREPROCESS_CHOICES = ("auto", "host", "device", "kernel")
 RESAMPLERS = ("bicubic", "bilinear")
@@ -89,7 +89,7 @@ def resampler_of(preprocess: str) -> str:
     return "bilinear" if preprocess == "kernel" else "bicubic"
 
 
-def _as_tensor(frame, index: int) -> torch.Tensor:
+def as_frame_tensor(frame, index: int) -> torch.Tensor:
     """One frame -> a uint8 [H, W, C] torch tensor (a view where possible), C in 1, 3, 4."""
     if isinstance(frame, np.ndarray):
         if frame.dtype != np.uint8:
@@ -159,12 +159,12 @@ def resample_like_pil(batch: torch.Tensor, out_size: Tuple[int, int], bgr: bool 
 
 
 def _resample(group: torch.Tensor, out_size, mean, std, bgr: bool, dtype: torch.dtype, resample: str,
-              backend: str) -> torch.Tensor:
+              impl: str) -> torch.Tensor:
     """Resize and normalise [B, H0, W0, 3] uint8 -> [B, 3, H, W] ``dtype``."""
     from .kernels.preprocess import preprocess
 
     if resample == "bilinear":
-        return preprocess(group, out_size, mean, std, bgr=bgr, antialias=True, out_dtype=dtype, backend=backend)
+        return preprocess(group, out_size, mean, std, bgr=bgr, antialias=True, out_dtype=dtype, impl=impl)
     pixels = resample_like_pil(group, out_size, bgr)
     mean_t, std_t = _channel_constants(tuple(mean), tuple(std), pixels.device)
     return pixels.div_(255.0).sub_(mean_t).div_(std_t).to(dtype)
@@ -187,21 +187,21 @@ def _rgb_view(batch: torch.Tensor) -> torch.Tensor:
 
 def prepare_frames(frames, size: Size, *, mode: str = "squash", mean: Sequence[float], std: Sequence[float],
                    patch_size: int, bgr: bool = False, device: torch.device = torch.device("cpu"),
-                   dtype: torch.dtype = torch.float32, resample: str = "bicubic", backend: str = "auto"
+                   dtype: torch.dtype = torch.float32, resample: str = "bicubic", impl: str = "auto"
                    ) -> Tuple[torch.Tensor, List[Prepared]]:
     """Frames (one, a list, or [B, H, W, C]) -> (pixels [B, 3, H, W] of ``dtype`` on
     ``device``, per-frame ``Prepared`` whose ``pixels`` are views of that batch).
 
     Frames of one size are resampled together. ``resample``: "bicubic" or "bilinear" (see
-    the module doc); ``backend`` is passed to ``clippy_rt.kernels.preprocess`` for
+    the module doc); ``impl`` is passed to ``clippy_rt.kernels.preprocess`` for
     "bilinear" ("auto": Triton on CUDA, torch elsewhere). Raises
     InputError / TypeError naming the bad frame; nothing is uploaded before every frame
     has been checked.
     """
     height, width = check_input_size(size, patch_size)
     device = concrete_device(device)
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in RESIZE_MODES:
+        raise InputError(f"mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     if resample not in RESAMPLERS:
         raise InputError(f"resample must be one of {', '.join(RESAMPLERS)}, got {resample!r}")
     mean, std = [float(v) for v in mean], [float(v) for v in std]
@@ -210,7 +210,7 @@ def prepare_frames(frames, size: Size, *, mode: str = "squash", mean: Sequence[f
         items = list(frames) if isinstance(frames, (list, tuple)) else [frames]
     if not items:
         raise InputError("no frames given")
-    tensors = [_as_tensor(frame, index) for index, frame in enumerate(items)]
+    tensors = [as_frame_tensor(frame, index) for index, frame in enumerate(items)]
     for index, tensor in enumerate(tensors):
         if tensor.shape[0] < patch_size or tensor.shape[1] < patch_size:
             raise InputError(f"frame {index} is {tensor.shape[1]}x{tensor.shape[0]} pixels (width x height), "
@@ -225,7 +225,7 @@ def prepare_frames(frames, size: Size, *, mode: str = "squash", mean: Sequence[f
     for shape, indices in groups.items():
         plan = plan_resize(shape[:2], (height, width), mode)
         group = _rgb_view(upload([tensors[i] for i in indices], device))
-        resized = _resample(group, plan.resize_to, mean, std, bgr and shape[2] != 1, dtype, resample, backend)
+        resized = _resample(group, plan.resize_to, mean, std, bgr and shape[2] != 1, dtype, resample, impl)
         top, left = plan.offset
         if mode == "crop":
             pixels = resized[:, :, top:top + height, left:left + width]

@@ -1,16 +1,18 @@
 """The ``Engine`` API shared by every backend, as public stages.
 
-    prepare       images -> PreparedBatch (pixels float32 [B, 3, H, W] + how each was resized)
+    prepare       images -> PreparedBatch (pixels [B, 3, H, W] + how each was resized)
     encode_image  PreparedBatch (or images) -> ImageFeatures (patch [B, h, w, D], pooled [B, D])
     encode_text   prompts -> text embeddings float32 [K, D] (cached per prompt)
-    decode        ImageFeatures + text + PromptSet -> [Segmentation] (seg head + class mapping)
+    label         patch features + text rows (+ class map) -> labels, scores [B, H, W] on the device
+    decode        ImageFeatures + text + PromptSet -> [Segmentation] (``label`` per output size)
     decode_classes  ImageFeatures + text + PromptSet -> top-k (class, probability) per image
 
 ``segment`` and ``classify`` compose them; so does anything outside the engine (the
-benchmark, streaming). A backend supplies two runners (``clippy_rt.backends.base``):
-``image_runner`` for the image graph and ``text_runner`` for the text graph of the I/O
-spec, so the torch, ONNX Runtime and TensorRT backends validate the same way and return
-identical types. What the towers compute: docs/MODEL.md.
+benchmark, streaming, serving, robotics). An engine is composed of two runners
+(``clippy_rt.runner``): ``image_runner`` for the image graph and ``text_runner`` for the
+text graph of the I/O spec, so the torch, ONNX Runtime and TensorRT backends
+(``clippy_rt.backends``) validate the same way and return identical types. What the
+towers compute: docs/MODEL.md.
 """
 
 from __future__ import annotations
@@ -19,21 +21,20 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 
-from .backends.base import PRECISIONS, image_feed, split_image_outputs, text_feed, text_output
 from .config import ClippyConfig
 from .device_prep import frames_of, prepare_frames, resampler_of, to_host, use_device_path
 from .errors import BackendUnavailableError, InputError
-from .images import Prepared, as_pixel_batch, check_input_size, prepare_batch  # noqa: F401  (Prepared: re-exported)
+from .formats.identity import artifact_identity
+from .images import RESIZE_MODES, as_pixel_batch, check_input_size, prepare_batch
 from .numerics import check_finite
-from .results import ImageFeatures, PreparedBatch, Segmentation, class_label_dtype  # noqa: F401
-from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits, prompts_to_classes
+from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits
+from .results import ImageFeatures, PreparedBatch, Segmentation, class_label_dtype, is_single
+from .runner import Runner, image_feed, split_image_outputs, text_feed, text_output
 from .text_cache import TextCache
 from .tokenizer import Tokenizer
-
-RESIZE_MODES = ("squash", "crop", "letterbox")
+from .validate import check_positive_int
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -49,28 +50,40 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     return device
 
 
-def resolve_precision(precision: str) -> torch.dtype:
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
-
-
 class Engine:
-    """Base engine. Subclasses set ``backend``, ``image_runner`` and ``text_runner``."""
+    """An image runner and a text runner (``clippy_rt.runner``) composed into the staged API.
 
-    backend = "abstract"
+    Built by a backend's loader (``clippy_rt.load``); ``backend`` is that backend's record
+    (``clippy_rt.backends.BackendRecord``): the engine keeps its name, the dtype its image
+    graph takes pixels in, whether a stream may capture CUDA graphs, and the artifact kind
+    its identity is computed for. ``model`` is the torch module behind the runners, where
+    the backend has one (None for exported graphs).
+    """
 
-    def __init__(self, config: ClippyConfig, tokenizer: Tokenizer, logit_scale: float,
-                 device: torch.device, precision: str, source: Path) -> None:
-        self.config = config
+    def __init__(self, image_runner: Runner, text_runner: Runner, tokenizer: Tokenizer, config: ClippyConfig,
+                 *, backend, device: torch.device, precision: str, logit_scale: float,
+                 source: Path, text_cache: Optional[TextCache] = None, model=None) -> None:
+        self.image_runner = image_runner
+        self.text_runner = text_runner
         self.tokenizer = tokenizer
-        self.logit_scale = float(logit_scale)
+        self.config = config
+        self.backend = backend.name
+        self.cuda_graphs = backend.cuda_graphs
+        self.pixel_dtype = backend.pixel_dtype(precision)
+        self._artifact_kind = backend.artifact_kind
         self.device = device
         self.precision = precision
+        self.logit_scale = float(logit_scale)
         self.source = Path(source)
-        self.text_cache = TextCache(device=device)
+        self.model = model
+        self.text_cache = text_cache if text_cache is not None else TextCache()
+        self.text_cache.device = device
 
-    # -- backend hooks: the two runners ---------------------------------------------------
+    def identity(self, memo_dir: Optional[Path] = None) -> str:
+        """The sha256 naming the loaded artifact (``clippy_rt.formats.identity``); the on-disk
+        text cache is keyed by it. ``memo_dir`` remembers weight digests between runs."""
+        return artifact_identity(self.source, self._artifact_kind, memo_dir)
+
     def _image_forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return split_image_outputs(self.image_runner.infer_torch(image_feed(pixels)))
 
@@ -84,7 +97,7 @@ class Engine:
 
     def __repr__(self) -> str:
         random = ", random weights" if self.random_weights else ""
-        return (f"{type(self).__name__}(arch={self.config.arch!r}, backend={self.backend!r}, "
+        return (f"Engine(arch={self.config.arch!r}, backend={self.backend!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r}{random})")
 
     def prepare(self, images, size=None, resize: str = "squash", bgr: bool = False,
@@ -112,7 +125,7 @@ class Engine:
             return PreparedBatch(*prepare_frames(
                 images, size, mode=resize, mean=cfg.mean, std=cfg.std,
                 patch_size=cfg.patch_size, bgr=bgr, device=self.device,
-                dtype=getattr(self, "dtype", torch.float32), resample=resampler_of(preprocess)))
+                dtype=self.pixel_dtype, resample=resampler_of(preprocess)))
         frames = frames_of(images)
         if frames is not None:
             images = [f.cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]
@@ -178,20 +191,38 @@ class Engine:
         """Forget the cached text embeddings (with ``disk``, the on-disk store's too)."""
         self.text_cache.clear(disk=disk)
 
-    def decode(self, features: ImageFeatures, text: torch.Tensor, prompt_set: PromptSet,
-               seg_backend: str = "auto", device_output: bool = False) -> List["Segmentation"]:
-        """Segmentation of each image: the seg head (``clippy_rt.kernels.seg_head``) on the
-        patch features (in their own dtype: float16 features are read as they are) and the
-        prompts' embeddings ``text`` [P, D], then each prompt mapped to its class in
-        ``prompt_set``. Labels come at each image's ``out_size`` (the pixel tensor's size for
-        pre-processed input), uint8 up to 255 classes; they and the scores are copied to the
-        host through pinned memory, or stay on the device with ``device_output=True``.
-        ``timings_ms`` is left empty."""
+    def label(self, patch: torch.Tensor, text: torch.Tensor, out_size: Tuple[int, int], window=None,
+              class_map: Optional[torch.Tensor] = None,
+              seg_head_impl: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+        """The seg head on patch features [B, h, w, D] of images that share one output size and
+        window, against text rows [P, D], each row mapped to its class by ``class_map`` [P]
+        (None: row j is class j). Returns (labels [B, H, W] class indices, in ``class_map``'s
+        dtype or the kernel's, scores float32 [B, H, W]) on the text's device; ``decode``
+        casts labels to ``class_label_dtype``. Capturable in a CUDA graph."""
         from .kernels.seg_head import seg_head
 
+        labels, scores = seg_head(patch.to(text.device), text, out_size, window=window, return_scores=True,
+                                  impl=seg_head_impl)
+        if class_map is not None:
+            labels = class_map.to(labels.device)[labels.long()]
+        return labels, scores.float()
+
+    def decode(self, features: ImageFeatures, text: torch.Tensor, prompt_set: PromptSet,
+               seg_head_impl: str = "auto", device_output: bool = False,
+               class_map: Optional[torch.Tensor] = None) -> List[Segmentation]:
+        """Segmentation of each image: ``label`` on the patch features (in their own dtype:
+        float16 features are read as they are) and the text rows ``text`` [P, D] (by default
+        the embeddings of ``prompt_set.prompts``; ``class_map`` [P] maps rows to classes,
+        by default ``prompt_set.class_map()``). Labels come at each image's ``out_size`` (the
+        pixel tensor's size for pre-processed input), in ``class_label_dtype`` of the class
+        count; they and the scores are copied to the host through pinned memory, or stay on
+        the device with ``device_output=True``. ``timings_ms`` is left empty."""
         patch_size = self.config.image.patch_size
         count, h, w = features.patch.shape[:3]
         prepared = features.prepared
+        if class_map is None and prompt_set.has_synonyms:
+            class_map = prompt_set.class_map()
+        dtype = class_label_dtype(len(prompt_set.classes))
         # Images that share an output size and window (frames of one camera) go through
         # the seg head in one call.
         groups: Dict[tuple, List[int]] = {}
@@ -204,13 +235,8 @@ class Engine:
         results: List[Optional[Segmentation]] = [None] * count
         for (out_size, window), indices in groups.items():
             patch = features.patch if len(indices) == count else features.patch[indices]
-            patch = patch.to(text.device)
-            labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True,
-                                      backend=seg_backend)
-            if prompt_set.has_synonyms:
-                labels = prompts_to_classes(labels, prompt_set)
-            labels = labels.to(class_label_dtype(len(prompt_set.classes)))
-            scores = scores.float()
+            labels, scores = self.label(patch, text, out_size, window, class_map, seg_head_impl)
+            labels = labels.to(dtype)
             if not device_output:
                 labels, scores = to_host(labels, scores)
             for row, index in enumerate(indices):
@@ -223,8 +249,7 @@ class Engine:
                        top_k: int = 5) -> List[List[Tuple[str, float]]]:
         """Per image, the ``top_k`` classes of ``prompt_set`` as (class, probability), best
         first: probs = softmax(exp(logit_scale) * class logits of <pooled, text>)."""
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+        check_positive_int("top_k", top_k)
         pooled = features.pooled.float().to(text.device)
         logits = class_logits(pooled @ text.T, prompt_set) * torch.exp(torch.tensor(self.logit_scale))
         probs = logits.softmax(dim=-1).cpu()
@@ -234,7 +259,7 @@ class Engine:
                 for vrow, irow in zip(values, indices)]
 
     def segment(self, images, prompts: PromptsLike, size=None, template: Optional[str] = None,
-                resize: str = "squash", bgr: bool = False, seg_backend: str = "auto",
+                resize: str = "squash", bgr: bool = False, seg_head_impl: str = "auto",
                 preprocess: str = "auto", device_output: bool = False):
         """Open-vocabulary segmentation. One image -> Segmentation; a list -> a list of them.
 
@@ -245,7 +270,7 @@ class Engine:
         copied to the host through pinned memory, or stay on the device with
         ``device_output=True``. ``preprocess``: see ``prepare``.
         """
-        single = _is_single(images)
+        single = is_single(images)
         prompt_set = build_prompt_set(prompts, template)
         timings = {}
         start = time.perf_counter()
@@ -259,7 +284,7 @@ class Engine:
         self.synchronize()
         timings["image"] = _ms(start)
         start = time.perf_counter()
-        results = self.decode(features, text, prompt_set, seg_backend, device_output)
+        results = self.decode(features, text, prompt_set, seg_head_impl, device_output)
         timings["postprocess"] = _ms(start)
         for result in results:
             result.timings_ms = dict(timings)
@@ -269,9 +294,8 @@ class Engine:
                  size=None, resize: str = "crop", bgr: bool = False):
         """Zero-shot classification. One image -> [(label, probability), ...] (top_k, best
         first); a list -> one such list per image. probs = softmax(exp(logit_scale) * <e, T>)."""
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-        single = _is_single(images)
+        check_positive_int("top_k", top_k)
+        single = is_single(images)
         prompt_set = build_prompt_set(labels, template)
         text = self.encode_text(list(prompt_set.prompts))
         features = self.encode_image(images, size, resize, bgr, dtype=None)
@@ -292,11 +316,6 @@ class Engine:
         """Wait for the engine's device work (a no-op on the CPU); for timing."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def _is_single(images) -> bool:
-    return not isinstance(images, (list, tuple)) and not (
-        isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4)
 
 
 def _ms(start: float) -> float:

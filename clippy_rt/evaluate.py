@@ -32,6 +32,7 @@ import numpy as np
 from .errors import InputError
 from .images import load_image
 from .metrics import ConfusionMatrix
+from .validate import check_positive_int
 
 __all__ = [
     "EvalResult",
@@ -211,8 +212,7 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
         InputError: an empty set, a bad batch size, or a target whose shape differs from
             its image or holds a value outside the classes (other than ``ignore_index``).
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     count = len(eval_set.samples)
     if count == 0:
         raise InputError(f"the evaluation set {eval_set.name} is empty")

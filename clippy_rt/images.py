@@ -42,8 +42,12 @@ from PIL import Image, ImageOps
 
 from . import limits
 from .errors import InputError
+from .validate import check_positive_int
 
-MODES = ("squash", "crop", "letterbox")
+# The resize modes, defined once: squash to the size, crop the centre, or letterbox (pad).
+RESIZE_MODES = ("squash", "crop", "letterbox")
+# The modes whose labels cover the whole input frame (outputs that must match the frame).
+WHOLE_FRAME_MODES = tuple(mode for mode in RESIZE_MODES if mode != "crop")
 
 ImageSource = Union[Image.Image, np.ndarray, str, os.PathLike]
 Size = Union[int, Tuple[int, int]]
@@ -238,8 +242,7 @@ def _array_to_rgb(array: np.ndarray, bgr: bool) -> Image.Image:
 def check_input_size(size: Size, patch_size: int) -> Tuple[int, int]:
     """A model input size (an int or (H, W)) -> (H, W), checked: positive multiples of
     ``patch_size``, at most MAX_INPUT_SIDE a side and MAX_INPUT_PATCHES patches; else InputError."""
-    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
-        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    check_positive_int("patch_size", patch_size)
     if isinstance(size, int) and not isinstance(size, bool):
         height = width = size
     elif (isinstance(size, (tuple, list)) and len(size) == 2
@@ -354,7 +357,7 @@ def plan_resize(original: Tuple[int, int], input_size: Tuple[int, int], mode: st
         return ResizePlan(original, input_size, mode, (new_h, new_w), (top, left), (crop_h0, crop_w0),
                           crop_box=(top0, left0, crop_h0, crop_w0))
     if mode != "letterbox":
-        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InputError(f"mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     new_h, new_w = fit_size(original, (height, width))
     top, left = (height - new_h) // 2, (width - new_w) // 2
     window = None
@@ -381,8 +384,8 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     for an image smaller than one patch.
     """
     height, width = check_input_size(size, patch_size)
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in RESIZE_MODES:
+        raise InputError(f"mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     mean_t, std_t = _check_mean_std(mean, std)
     picture = load_image(image, bgr=bgr)
     w0, h0 = picture.size
@@ -437,8 +440,7 @@ def as_pixel_batch(tensor: torch.Tensor, patch_size: int) -> torch.Tensor:
     must be multiples of ``patch_size`` and at least one patch. The tensor is returned as
     is (a view for 3-D input), with no copy or dtype change.
     """
-    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
-        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    check_positive_int("patch_size", patch_size)
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of normalised pixels [B, 3, H, W], got "
                         f"{type(tensor).__name__}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -29,6 +29,13 @@ class PromptSet:
     def class_index(self) -> torch.Tensor:
         """int64 [P]: the class of each prompt."""
         return torch.tensor(self.prompt_class, dtype=torch.long)
+
+    def class_map(self, rows: Optional[int] = None) -> torch.Tensor:
+        """int64 [rows]: the class of each prompt, then prompt 0's class for the padding rows
+        up to ``rows`` (a text matrix padded with copies of prompt 0's embedding)."""
+        owners = list(self.prompt_class)
+        owners += owners[:1] * ((rows or len(owners)) - len(owners))
+        return torch.tensor(owners, dtype=torch.long)
 
 
 def _check_text(text: object, what: str) -> str:
@@ -121,10 +128,3 @@ def class_logits(prompt_logits: torch.Tensor, prompt_set: PromptSet) -> torch.Te
     shape = (*prompt_logits.shape[:-1], len(prompt_set.classes))
     out = torch.full(shape, float("-inf"), dtype=prompt_logits.dtype, device=prompt_logits.device)
     return out.scatter_reduce(-1, index.expand_as(prompt_logits), prompt_logits, reduce="amax")
-
-
-def prompts_to_classes(labels: torch.Tensor, prompt_set: PromptSet) -> torch.Tensor:
-    """Map prompt indices to class indices (int64); the identity without synonyms."""
-    if not prompt_set.has_synonyms:
-        return labels.long()
-    return prompt_set.class_index().to(labels.device)[labels.long()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .images import Prepared
@@ -60,5 +61,14 @@ class Segmentation:
 
 
 def class_label_dtype(num_classes: int) -> torch.dtype:
-    """The dtype of ``Segmentation.labels``: uint8 up to 255 classes, int64 beyond."""
+    """The dtype of ``Segmentation.labels``, defined here only: uint8 up to 255 classes, int64
+    beyond. (The seg head kernel stores wider labels as int32, its own detail; the engine
+    and the stream cast with this rule.)"""
     return torch.uint8 if num_classes <= 255 else torch.int64
+
+
+def is_single(images) -> bool:
+    """Whether a stage's input is one image (not a list, tuple or [B, H, W, C] batch): the
+    call then returns one result rather than a list."""
+    return not isinstance(images, (list, tuple)) and not (
+        isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4)

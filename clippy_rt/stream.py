@@ -5,11 +5,12 @@
     segs = stream([f0, f1, f2])      # a list (any length; run `batch` frames at a time) -> list
     stream.set_prompts(new_prompts)  # the next call uses them
 
-Each call composes the engine's stages (``prepare`` -> ``encode_image`` in the tower's
-dtype -> the fused seg head) on frames of one size at a time, so labels equal
-``Engine.segment``'s on the same frames with the same ``preprocess`` choice.
+Each call composes the engine's public stages (``prepare`` -> ``encode_image`` in the
+tower's dtype -> ``decode``, whose ``label`` stage runs the fused seg head and maps prompts
+to classes) on frames of one size at a time, so labels equal ``Engine.segment``'s on the
+same frames with the same ``preprocess`` choice.
 
-On a CUDA engine with the torch backend and device pre-processing (the default for uint8
+On a CUDA engine whose backend runs its towers in torch (``engine.cuda_graphs``) and device pre-processing (the default for uint8
 frames), the whole image path of a chunk (pre-processing kernel, image tower, seg head,
 prompt -> class mapping) is captured in a CUDA graph per (chunk size, frame shape, prompt
 bucket) after ``warmup`` eager runs on a side stream, then replayed. The text embeddings
@@ -31,16 +32,17 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .device_prep import PREPROCESS_CHOICES, _as_tensor, concrete_device, frames_of
+from .device_prep import PREPROCESS_CHOICES, as_frame_tensor, concrete_device, frames_of
 from .errors import InputError
-from .images import MODES, check_input_size, plan_resize
+from .images import RESIZE_MODES, Prepared, check_input_size
 from .prompts import PromptSet, PromptsLike, build_prompt_set
-from .results import Segmentation
+from .results import Segmentation, class_label_dtype, is_single
+from .validate import check_positive_int
 
 # CUDA graphs kept at once (chunk sizes x frame shapes x prompt buckets); the oldest goes first.
 MAX_GRAPHS = 8
@@ -57,8 +59,8 @@ def prompt_bucket(num_prompts: int) -> int:
 @dataclass
 class _Prompts:
     prompt_set: PromptSet
-    text: torch.Tensor       # [bucket, D] float32: the K embeddings, then copies of the first
-    class_map: torch.Tensor  # [bucket] uint8 (int64 past 255): class of each row
+    text: torch.Tensor                  # [rows, D] float32 (graphs: K embeddings, then copies of the first)
+    class_map: Optional[torch.Tensor]   # [rows]: class of each row (None: row j is class j)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class _Graph:
     frames: torch.Tensor          # static input [n, H0, W0, C] uint8
     labels: torch.Tensor          # static outputs [n, H, W]
     scores: torch.Tensor
+    prepared: Prepared            # how each frame of this shape is resized (its crop box)
 
 
 class Stream:
@@ -78,14 +81,12 @@ class Stream:
                  bgr: bool = False, template: Optional[str] = None, device_output: bool = False,
                  preprocess: str = "auto", graphs: bool = True, warmup: int = 2) -> None:
         cfg = engine.config.image
-        if resize not in MODES:
-            raise InputError(f"resize must be one of {', '.join(MODES)}, got {resize!r}")
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise InputError(f"batch must be a positive integer, got {batch!r}")
+        if resize not in RESIZE_MODES:
+            raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        check_positive_int("batch", batch)
         if preprocess not in PREPROCESS_CHOICES:
             raise InputError(f"preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, got {preprocess!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-            raise InputError(f"warmup must be a positive integer, got {warmup!r}")
+        check_positive_int("warmup", warmup)
         self.engine = engine
         self.input_size = check_input_size(size or cfg.image_size, cfg.patch_size)
         self.resize = resize
@@ -96,7 +97,7 @@ class Stream:
         on_cuda = self.device.type == "cuda"
         self.preprocess = ("device" if on_cuda else "host") if preprocess == "auto" else preprocess
         self.uses_graphs = (bool(graphs) and on_cuda and self.preprocess in ("device", "kernel")
-                            and engine.backend == "torch")
+                            and engine.cuda_graphs)
         self.warmup = warmup
         self._graphs: "OrderedDict[tuple, _Graph]" = OrderedDict()
         self._buffers = {}  # bucket -> (text [bucket, D], class_map [bucket]) graph inputs
@@ -118,48 +119,41 @@ class Stream:
         leaving the current one in place."""
         prompt_set = build_prompt_set(prompts, template)
         embeds = self.engine.encode_text(list(prompt_set.prompts)).float()
+        if not self.uses_graphs:
+            self._prompts = _Prompts(prompt_set, embeds.to(self.device), None)
+            return
+        # A captured graph serves every prompt set of its bucket, synonyms or not: the text
+        # rows are padded to the bucket and always mapped (a bucket holds any class index).
         count = embeds.shape[0]
         bucket = prompt_bucket(count)
         text = torch.cat([embeds, embeds[:1].expand(bucket - count, -1)]).to(self.device)
-        owners = list(prompt_set.prompt_class)
-        owners += [owners[0]] * (bucket - count)
-        class_map = torch.tensor(owners, dtype=torch.uint8 if bucket <= 255 else torch.int64,
-                                 device=self.device)
-        if self.uses_graphs:
-            buffers = self._buffers.get(bucket)
-            if buffers is None:
-                buffers = self._buffers[bucket] = (torch.empty_like(text), torch.empty_like(class_map))
-            # Queued on the compute stream: earlier replays read the old prompts first.
-            buffers[0].copy_(text)
-            buffers[1].copy_(class_map)
-            text, class_map = buffers
+        class_map = prompt_set.class_map(bucket).to(self.device, class_label_dtype(bucket))
+        buffers = self._buffers.get(bucket)
+        if buffers is None:
+            buffers = self._buffers[bucket] = (torch.empty_like(text), torch.empty_like(class_map))
+        # Queued on the compute stream: earlier replays read the old prompts first.
+        buffers[0].copy_(text)
+        buffers[1].copy_(class_map)
+        text, class_map = buffers
         self._prompts = _Prompts(prompt_set, text, class_map)
 
     # -- frames --------------------------------------------------------------------------
     def __call__(self, frames):
         """One frame -> Segmentation; a list (or [B, H, W, C]) -> list of Segmentation."""
         start = time.perf_counter()
-        single = not isinstance(frames, (list, tuple)) and not (
-            isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim == 4)
+        single = is_single(frames)
         items = self._check(frames)
         prompts = self._prompts
         chunks = self._chunks(items)
         if self.uses_graphs:
-            outputs = self._run_graphs(chunks, prompts)
+            results = self._run_graphs(chunks, prompts)
         else:
-            outputs = [self._compute(self._eager_input(chunk), prompts) for chunk in chunks]
+            results = [seg for chunk in chunks for seg in self._run_eager(chunk, prompts)]
         if not self.device_output and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         elapsed = (time.perf_counter() - start) * 1000.0
-        results = []
-        classes = prompts.prompt_set.classes
-        for chunk, (labels, scores) in zip(chunks, outputs):
-            plan = plan_resize(tuple(chunk[0].shape[:2]), self.input_size, self.resize)
-            dtype = torch.uint8 if len(classes) <= 255 else torch.int64
-            labels = labels.to(dtype)
-            for row in range(labels.shape[0]):
-                results.append(Segmentation(labels=labels[row], scores=scores[row], prompts=classes,
-                                            crop_box=plan.crop_box, timings_ms={"stream": elapsed}))
+        for result in results:
+            result.timings_ms = {"stream": elapsed}
         return results[0] if single else results
 
     def _check(self, frames) -> List[torch.Tensor]:
@@ -177,7 +171,7 @@ class Stream:
             if not isinstance(item, (np.ndarray, torch.Tensor)):
                 raise TypeError(f"frame {index}: a stream takes uint8 frames (numpy or torch [H, W, C]), "
                                 f"got {type(item).__name__}")
-            tensor = _as_tensor(item, index)
+            tensor = as_frame_tensor(item, index)
             if tensor.shape[0] < patch or tensor.shape[1] < patch:
                 raise InputError(f"frame {index} is {tensor.shape[1]}x{tensor.shape[0]} pixels (width x "
                                  f"height), smaller than one {patch}x{patch} patch")
@@ -194,30 +188,27 @@ class Stream:
                 chunks.append([item])
         return chunks
 
-    def _eager_input(self, chunk: List[torch.Tensor]):
+    def _run_eager(self, chunk: List[torch.Tensor], prompts: _Prompts) -> List[Segmentation]:
+        """One chunk through the engine's stages: prepare, encode_image, decode."""
         if self.preprocess == "host":
-            return [frame.cpu().numpy() for frame in chunk]
-        return torch.stack([frame.to(self.device) for frame in chunk])
-
-    def _compute(self, frames, prompts: _Prompts) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The image path of one chunk: (labels [n, H, W] class indices, scores [n, H, W]);
-        on host results when ``device_output`` is off and nothing is captured."""
-        from .device_prep import to_host
-        from .kernels.seg_head import seg_head
-
+            frames = [frame.cpu().numpy() for frame in chunk]
+        else:
+            frames = torch.stack([frame.to(self.device) for frame in chunk])
         engine = self.engine
-        pixels, prepared = engine.prepare(frames, self.input_size, self.resize, self.bgr, self.preprocess)
-        features = engine.encode_image(pixels, dtype=None)
-        first = prepared[0]
-        text = prompts.text.to(features.patch.device)
-        labels, scores = seg_head(features.patch, text, first.out_size, window=first.window, return_scores=True)
-        # A captured graph serves every prompt set of its bucket, synonyms or not.
-        if self.uses_graphs or prompts.prompt_set.has_synonyms:
-            labels = prompts.class_map.to(labels.device)[labels.long()]
-        scores = scores.float()
-        if not self.device_output and not self.uses_graphs:
-            labels, scores = to_host(labels, scores)
-        return labels, scores
+        batch = engine.prepare(frames, self.input_size, self.resize, self.bgr, self.preprocess)
+        features = engine.encode_image(batch, dtype=None)
+        return engine.decode(features, prompts.text, prompts.prompt_set, device_output=self.device_output,
+                             class_map=prompts.class_map)
+
+    def _compute(self, frames: torch.Tensor, prompts: _Prompts) -> Tuple[torch.Tensor, torch.Tensor, Prepared]:
+        """The captured image path of one chunk of device frames: (labels [n, H, W] class
+        indices in the bucket's dtype, scores [n, H, W], how the frames were resized)."""
+        engine = self.engine
+        batch = engine.prepare(frames, self.input_size, self.resize, self.bgr, self.preprocess)
+        features = engine.encode_image(batch, dtype=None)
+        first = batch.prepared[0]
+        labels, scores = engine.label(features.patch, prompts.text, first.out_size, first.window, prompts.class_map)
+        return labels, scores, first
 
     # -- CUDA graphs ---------------------------------------------------------------------
     def _stage(self, chunk: List[torch.Tensor]):
@@ -249,16 +240,18 @@ class Stream:
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            labels, scores = self._compute(static, prompts)
+            labels, scores, prepared = self._compute(static, prompts)
         if len(self._graphs) >= MAX_GRAPHS:
             self._graphs.popitem(last=False)
-        entry = self._graphs[key] = _Graph(graph, static, labels, scores)
+        entry = self._graphs[key] = _Graph(graph, static, labels, scores, prepared)
         self.captures += 1
         return entry
 
-    def _run_graphs(self, chunks, prompts: _Prompts):
+    def _run_graphs(self, chunks, prompts: _Prompts) -> List[Segmentation]:
         current = torch.cuda.current_stream(self.device)
-        outputs = []
+        classes = prompts.prompt_set.classes
+        dtype = class_label_dtype(len(classes))
+        results = []
         staged = self._stage(chunks[0])
         for index, chunk in enumerate(chunks):
             frames, ready = staged
@@ -269,13 +262,14 @@ class Stream:
             entry.frames.copy_(frames)
             entry.graph.replay()
             if self.device_output:
-                outputs.append((entry.labels.clone(), entry.scores.clone()))
+                labels, scores = entry.labels.to(dtype, copy=True), entry.scores.clone()
             else:
-                labels = torch.empty(entry.labels.shape, dtype=entry.labels.dtype, pin_memory=True)
+                labels = torch.empty(entry.labels.shape, dtype=dtype, pin_memory=True)
                 scores = torch.empty(entry.scores.shape, dtype=entry.scores.dtype, pin_memory=True)
                 labels.copy_(entry.labels, non_blocking=True)
                 scores.copy_(entry.scores, non_blocking=True)
-                outputs.append((labels, scores))
+            results += [Segmentation(labels=labels[row], scores=scores[row], prompts=classes,
+                                     crop_box=entry.prepared.crop_box) for row in range(labels.shape[0])]
             if index + 1 < len(chunks):
                 staged = self._stage(chunks[index + 1])  # overlaps the replay just queued
-        return outputs
+        return results

@@ -7,7 +7,7 @@ their sha256, so a key never holds more than that many characters.
 
 With a ``directory``, embeddings are also kept on disk, so a restarted process does not
 re-encode its vocabulary. One SQLite file per model, named after the model's identity
-(``model_identity``: the sha256 of the weight files of the loaded artifact, its
+(``clippy_rt.formats.identity``: the sha256 of the weight files of the loaded artifact, its
 tokenizer and its config); rows are keyed by backend, precision and prompt. SQLite's
 locking and journal make concurrent writers (threads or processes) and a crash in the
 middle of a write safe. The file holds at most ``max_disk_entries`` rows (least recently
@@ -22,7 +22,6 @@ run while other threads look up and insert.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import threading
@@ -36,13 +35,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import InputError, ModelDirError
+from .errors import InputError
+from .validate import check_positive_int
 
 DEFAULT_MAX_ENTRIES = 4096
 DEFAULT_MAX_DISK_ENTRIES = 65536
 HASH_KEY_CHARS = 256
 SCHEMA_VERSION = 1
-_DIGEST_MEMO = "weight-digests.json"
 
 
 def prompt_key(prompt: str) -> str:
@@ -66,7 +65,7 @@ class TextCache:
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
                  device: Union[str, torch.device] = "cpu") -> None:
-        _check_positive("max_entries", max_entries)
+        check_positive_int("max_entries", max_entries)
         self.max_entries = max_entries
         self.device = torch.device(device)
         self._entries: "OrderedDict[str, torch.Tensor]" = OrderedDict()
@@ -147,7 +146,7 @@ class DiskStore:
     """
 
     def __init__(self, path: Path, scope: str, max_entries: int = DEFAULT_MAX_DISK_ENTRIES) -> None:
-        _check_positive("max_disk_entries", max_entries)
+        check_positive_int("max_disk_entries", max_entries)
         self.path = Path(path)
         self.scope = scope
         self.max_entries = max_entries
@@ -300,105 +299,13 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-def _check_positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-
-
-# -------------------------------------------------------------------------------------------
-# Model identity
-
-
-def model_identity(source: Union[str, os.PathLike], backend: str, memo_dir: Optional[Path] = None) -> str:
-    """A sha256 naming the model whose embeddings are cached: over the weight files of the
-    loaded artifact, its tokenizer file and its ``config.json``.
-
-    - torch: the model directory's ``weights.safetensors`` (hashed once; the digest is
-      remembered in ``memo_dir`` against the file's size, mtime and inode);
-    - onnxruntime: the sha256 of every file listed in ``manifest.json`` (the loader checks
-      them against the files);
-    - tensorrt: the sha256 of every plan listed in ``engine.json``.
-    """
-    source = Path(source)
-    parts = []
-    if backend == "torch":
-        parts.append(("weights.safetensors", _file_digest(source / "weights.safetensors", memo_dir)))
-        tokenizer = _tokenizer_file(source)
-    elif backend in ("onnxruntime", "tensorrt"):
-        listing = "manifest.json" if backend == "onnxruntime" else "engine.json"
-        try:
-            described = json.loads((source / listing).read_text())
-            files = described["files"] if backend == "onnxruntime" else described["plans"]
-            parts += sorted((str(name), str(entry["sha256"])) for name, entry in files.items())
-            tokenizer = source / str(described["tokenizer"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelDirError(f"{source / listing}: cannot read the file hashes ({exc})") from None
-    else:
-        raise InputError(f"no model identity for backend {backend!r}")
-    if tokenizer is not None and tokenizer.is_file():
-        parts.append(("tokenizer", _file_digest(tokenizer, None)))
-    config = source / "config.json"
-    if config.is_file():
-        parts.append(("config", hashlib.sha256(config.read_bytes()).hexdigest()))
-    digest = hashlib.sha256()
-    for name, value in parts:
-        digest.update(f"{name}={value}\n".encode("utf-8"))
-    return digest.hexdigest()
-
-
-def _tokenizer_file(folder: Path) -> Optional[Path]:
-    for name in ("spiece.model", "tokenizer.json"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_digest(path: Path, memo_dir: Optional[Path]) -> str:
-    """sha256 of ``path``; with ``memo_dir``, reused while size, mtime and inode are unchanged
-    (a B/16 checkpoint takes about a second to hash, longer than encoding a vocabulary)."""
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise ModelDirError(f"cannot read {path}: {exc}") from None
-    if memo_dir is None:
-        return _sha256_file(path)
-    memo_path = Path(memo_dir) / _DIGEST_MEMO
-    stamp = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
-    name = str(path.resolve())
-    try:
-        memo = json.loads(memo_path.read_text())
-        if not isinstance(memo, dict):
-            memo = {}
-    except (OSError, ValueError):
-        memo = {}
-    entry = memo.get(name)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    value = _sha256_file(path)
-    memo[name] = {"stamp": stamp, "sha256": value}
-    try:
-        from .formats.atomic import atomic_write
-        atomic_write(memo_path, lambda handle: handle.write(json.dumps(memo, indent=1).encode("utf-8")))
-    except OSError:
-        pass  # the digest is only a shortcut; the next start hashes again
-    return value
-
-
 def enable_disk_cache(engine, directory: Optional[Union[str, os.PathLike]] = None,
                       max_disk_entries: int = DEFAULT_MAX_DISK_ENTRIES) -> Path:
     """Back ``engine``'s text cache with a file under ``directory`` (default:
     ``default_cache_dir()``); returns the file's path. Used by the bag tool, the ROS 2
     node and servers, where restarting without re-encoding the vocabulary matters."""
     directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
-    identity = model_identity(engine.source, engine.backend, memo_dir=directory)
+    identity = engine.identity(memo_dir=directory)
     store = engine.text_cache.attach(directory, identity, engine.backend, engine.precision,
                                      max_disk_entries=max_disk_entries)
     return store.path

@@ -115,7 +115,7 @@ def write_int8_graphs(directory: Path, check_graph: Callable[[object, object, st
     for the new graphs, without sizes and checksums; the manifest's ``quantization`` entry)."""
     import onnx
 
-    from .io_spec import TOWERS
+    from clippy_rt.formats.io_spec import TOWERS
 
     files: Dict[str, Dict[str, object]] = {}
     records: Dict[str, Dict[str, object]] = {}

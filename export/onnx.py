@@ -49,10 +49,7 @@ from clippy_rt.config import ClippyConfig
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
 from clippy_rt.formats.atomic import atomic_directory, check_output_dir
 from clippy_rt.formats.io_spec import DTYPES, GRAPHS, IMAGE, SEG_HEAD, TEXT, TOWERS, GraphSpec, check_io
-# The reader's names stay importable from here, where the exporter writes the directory.
-from clippy_rt.formats.onnx_dir import (  # noqa: F401
-    CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, OnnxDir, check_file,
-                                        read_onnx_dir, sha256_file)
+from clippy_rt.formats.onnx_dir import CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, sha256_file
 
 MIN_OPSET = 17
 # The highest opset the TorchScript exporter of the supported torch versions writes.

@@ -38,11 +38,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from clippy_rt.config import ClippyConfig
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
 from clippy_rt.formats.atomic import atomic_directory, atomic_write_bytes, check_output_dir
-# The sidecar's names stay importable from here, where the builder writes them.
-from clippy_rt.formats.engine_dir import (  # noqa: F401
-    INSTALL_HINT, PLAN_SUFFIX, SIDECAR_FILE, SIDECAR_FORMAT, SIDECAR_VERSION,
-                                          RuntimeEnvironment, check_sidecar, current_environment, import_tensorrt,
-                                          read_sidecar)
+from clippy_rt.formats.engine_dir import (PLAN_SUFFIX, SIDECAR_FILE, SIDECAR_FORMAT, SIDECAR_VERSION,
+                                          RuntimeEnvironment, current_environment, import_tensorrt)
 from clippy_rt.formats.io_spec import TOWERS, GraphSpec
 from clippy_rt.formats.model_dir import CONFIG_FILE
 from clippy_rt.formats.onnx_dir import read_onnx_dir, sha256_file

@@ -1,4 +1,4 @@
-"""Lazy Triton loading and backend selection shared by the kernel files.
+"""Lazy Triton loading and implementation selection (``impl``) shared by the kernel files.
 
 Triton is optional: importing a kernel module never imports it. It is imported
 the first time a kernel is launched, and the kernel functions are wrapped then.
@@ -23,7 +23,7 @@ import torch
 
 from clippy_rt.errors import BackendUnavailableError, InputError
 
-BACKENDS = ("auto", "triton", "torch")
+IMPLS = ("auto", "triton", "torch")
 
 _INTERPRET_HOWTO = ("set TRITON_INTERPRET=1 in the environment before triton is first imported "
                     "(for example `TRITON_INTERPRET=1 python ...`)")
@@ -43,7 +43,7 @@ def load_triton():
     global _triton_error
     if _triton_error is not None:
         raise BackendUnavailableError(
-            f"the Triton backend needs the `triton` package, which failed to import: {_triton_error!r}; "
+            f"the Triton implementation needs the `triton` package, which failed to import: {_triton_error!r}; "
             "install it with `pip install triton` (or `pip install clippy-rt[gpu]`)") from _triton_error
     try:
         import triton
@@ -72,19 +72,19 @@ def triton_interpreting() -> bool:
     return isinstance(standard.max, InterpretedFunction)
 
 
-def resolve_backend(backend: str, tensors: Iterable[torch.Tensor], op: str) -> str:
-    """Map ``backend`` ("auto" | "triton" | "torch") to "triton" or "torch" for these tensors.
+def resolve_impl(impl: str, tensors: Iterable[torch.Tensor], op: str) -> str:
+    """Map ``impl`` ("auto" | "triton" | "torch") to "triton" or "torch" for these tensors.
 
     "auto" picks Triton for CUDA tensors when it imports, the torch reference otherwise.
     "triton" on CPU tensors needs ``TRITON_INTERPRET=1`` (read now) and raises
     BackendUnavailableError saying how otherwise.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
+    if impl not in IMPLS:
+        raise InputError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "torch":
         return "torch"
     on_cuda = all(t.is_cuda for t in tensors)
-    if backend == "auto":
+    if impl == "auto":
         if on_cuda and not interpreter_requested() and triton_importable() and not triton_interpreting():
             return "triton"
         return "torch"
@@ -92,8 +92,8 @@ def resolve_backend(backend: str, tensors: Iterable[torch.Tensor], op: str) -> s
     # process in compiled mode.
     if not on_cuda and not interpreter_requested():
         raise BackendUnavailableError(
-            f"{op}: backend='triton' got CPU tensors; Triton runs on CPU only in its interpreter: "
-            f"{_INTERPRET_HOWTO}, or move the tensors to a CUDA device, or use backend='torch'")
+            f"{op}: impl='triton' got CPU tensors; Triton runs on CPU only in its interpreter: "
+            f"{_INTERPRET_HOWTO}, or move the tensors to a CUDA device, or use impl='torch'")
     load_triton()
     if not on_cuda:
         if not triton_interpreting():
@@ -101,7 +101,7 @@ def resolve_backend(backend: str, tensors: Iterable[torch.Tensor], op: str) -> s
                 f"{op}: TRITON_INTERPRET=1 is set but triton was imported earlier in compiled mode; "
                 f"{_INTERPRET_HOWTO}")
     elif not triton_interpreting() and not torch.cuda.is_available():
-        raise BackendUnavailableError(f"{op}: backend='triton' needs a working CUDA device")
+        raise BackendUnavailableError(f"{op}: impl='triton' needs a working CUDA device")
     return "triton"
 
 

@@ -21,7 +21,7 @@ import torch
 
 from clippy_rt.errors import BackendUnavailableError, InputError
 
-from .seg_head_inputs import _check_inputs, label_dtype
+from .seg_head_inputs import check_inputs, label_dtype
 
 LIBRARY_NAME = "libclippy_rt_native.so"
 ABI_VERSION = 2  # CLIPPY_RT_NATIVE_ABI_VERSION in csrc/seg_head.h
@@ -118,11 +118,11 @@ def seg_head_native(patch_features: torch.Tensor, text_embeds: torch.Tensor, out
     or None); the tensors must be on one CUDA device. The work is queued on the current
     CUDA stream.
     """
-    (height, width), window, temperature = _check_inputs(patch_features, text_embeds, out_size, window,
+    (height, width), window, temperature = check_inputs(patch_features, text_embeds, out_size, window,
                                                          temperature)
     if not torch.cuda.is_available():
         raise BackendUnavailableError("seg_head_native needs a CUDA device; none is available here "
-                                      "(use clippy_rt.kernels.seg_head with backend='torch')")
+                                      "(use clippy_rt.kernels.seg_head with impl='torch')")
     if not patch_features.is_cuda:
         raise InputError(f"seg_head_native takes CUDA tensors, got {patch_features.device}")
     library = load_native(library_path)

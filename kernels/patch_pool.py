@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import device_guard, jit, launch_tuned, next_power_of_2, resolve_backend
+from ._triton_support import device_guard, jit, launch_tuned, next_power_of_2, resolve_impl
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -128,8 +128,8 @@ def _check_inputs(tokens, include_cls, num_prefix_tokens) -> None:
 
 
 def patch_pool_ref(tokens: torch.Tensor, *, include_cls: bool = True, num_prefix_tokens: int = 1,
-                   backend: str = "torch") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pure-torch :func:`patch_pool` (``backend`` is ignored); traceable for ONNX export."""
+                   impl: str = "torch") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pure-torch :func:`patch_pool` (``impl`` is ignored); traceable for ONNX export."""
     _check_inputs(tokens, include_cls, num_prefix_tokens)
     x = tokens.float()
     patches = x[:, num_prefix_tokens:]
@@ -145,21 +145,21 @@ def patch_pool_ref(tokens: torch.Tensor, *, include_cls: bool = True, num_prefix
 # ----------------------------------------------------------------------------------------------
 
 def patch_pool(tokens: torch.Tensor, *, include_cls: bool = True, num_prefix_tokens: int = 1,
-               backend: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+               impl: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
     """(patch_features [B, N, D], pooled [B, D]) from tokens [B, num_prefix_tokens + N, D].
 
     Both outputs are L2-normalised (F.normalize, eps 1e-12) and in the tokens' dtype;
-    see the module docstring for the math. ``backend``: "auto" (Triton for CUDA tensors
+    see the module docstring for the math. ``impl``: "auto" (Triton for CUDA tensors
     when it imports, torch otherwise), "triton" (CPU only under TRITON_INTERPRET=1), "torch".
     The Triton kernels have no backward pass, so "auto" takes the (differentiable) torch
     path whenever autograd records ``tokens``: the model trains through this function.
     """
     if not isinstance(tokens, torch.Tensor):
         chosen = "torch"
-    elif backend == "auto" and tokens.requires_grad and torch.is_grad_enabled():
+    elif impl == "auto" and tokens.requires_grad and torch.is_grad_enabled():
         chosen = "torch"
     else:
-        chosen = resolve_backend(backend, (tokens,), "patch_pool")
+        chosen = resolve_impl(impl, (tokens,), "patch_pool")
     if chosen == "torch":
         return patch_pool_ref(tokens, include_cls=include_cls, num_prefix_tokens=num_prefix_tokens)
     _check_inputs(tokens, include_cls, num_prefix_tokens)

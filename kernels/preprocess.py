@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import InputError
 
-from ._triton_support import check_out_size, device_guard, jit, launch_tuned, resolve_backend
+from ._triton_support import check_out_size, device_guard, jit, launch_tuned, resolve_impl
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -183,8 +183,8 @@ def _device_taps(in_size: int, out_size: int, antialias: bool, device: torch.dev
 
 def preprocess_ref(frames: torch.Tensor, out_size: Sequence[int], mean: Sequence[float], std: Sequence[float], *,
                    bgr: bool = False, antialias: bool = True, out_dtype: torch.dtype = torch.float32,
-                   backend: str = "torch") -> torch.Tensor:
-    """Pure-torch :func:`preprocess` (``backend`` is ignored): F.interpolate on float64 pixels.
+                   impl: str = "torch") -> torch.Tensor:
+    """Pure-torch :func:`preprocess` (``impl`` is ignored): F.interpolate on float64 pixels.
 
     float64 because F.interpolate computes its source coordinates in the pixels' dtype:
     in float32, scale * (x + 0.5) - 0.5 is off by up to an ulp of the coordinate (about
@@ -213,16 +213,16 @@ def preprocess_ref(frames: torch.Tensor, out_size: Sequence[int], mean: Sequence
 
 def preprocess(frames: torch.Tensor, out_size: Sequence[int], mean: Sequence[float], std: Sequence[float], *,
                bgr: bool = False, antialias: bool = True, out_dtype: torch.dtype = torch.float32,
-               backend: str = "auto") -> torch.Tensor:
+               impl: str = "auto") -> torch.Tensor:
     """uint8 frames [B, Hin, Win, 3] (or one [Hin, Win, 3], treated as B = 1) -> [B, 3, H, W].
 
     Bilinear resize (antialiased when shrinking if ``antialias``, as F.interpolate and
     close to PIL's BILINEAR), then (x / 255 - mean) / std per channel, in ``out_dtype``.
-    ``bgr``: the frames are BGR (OpenCV); the output is RGB either way. ``backend``:
+    ``bgr``: the frames are BGR (OpenCV); the output is RGB either way. ``impl``:
     "auto" (Triton for CUDA tensors when it imports, torch otherwise), "triton" (CPU only
     under TRITON_INTERPRET=1), "torch".
     """
-    chosen = resolve_backend(backend, (frames,), "preprocess") if isinstance(frames, torch.Tensor) else "torch"
+    chosen = resolve_impl(impl, (frames,), "preprocess") if isinstance(frames, torch.Tensor) else "torch"
     if chosen == "torch":
         return preprocess_ref(frames, out_size, mean, std, bgr=bgr, antialias=antialias, out_dtype=out_dtype)
     (height, width), mean, std = _check_inputs(frames, out_size, mean, std, out_dtype)

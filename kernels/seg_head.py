@@ -84,12 +84,11 @@ import torch
 from clippy_rt.errors import InputError
 
 from ._triton_support import (device_guard, jit, launch_tuned, next_power_of_2,
-                              resolve_backend)
+                              resolve_impl)
 # The input checks are shared with the CUDA C++ head (native.py), which this module dispatches to.
-from .seg_head_inputs import FLOAT_DTYPES, Window, _check_inputs, label_dtype  # noqa: F401
-# The torch references live in their own module; their names stay importable from here.
-from .seg_head_ref import (_axis_mapping, _axis_taps, patch_logits_ref, seg_head_ref,  # noqa: F401
-                           seg_head_reference_procedure, top2_gap, upsample_logits_ref)
+from .seg_head_inputs import check_inputs, label_dtype
+# The torch references (tests and benchmarks import them from seg_head_ref).
+from .seg_head_ref import axis_mapping, axis_taps, seg_head_ref
 
 tl = None  # bound to triton.language when a kernel is first launched (see _triton_support.jit)
 
@@ -242,7 +241,7 @@ def _band_argmax_kernel(
 
 def seg_head(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: Sequence[int], *,
              window: Optional[Sequence[float]] = None, return_scores: bool = False,
-             temperature: Optional[float] = None, backend: str = "auto"
+             temperature: Optional[float] = None, impl: str = "auto"
              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Labels (and scores) of every output pixel from patch features and text embeddings.
 
@@ -257,7 +256,7 @@ def seg_head(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: 
             probability over the K prompts; pass the classification logit scale, e.g.
             exp(logit_scale) = 100); otherwise scores are the winning logit (cosine similarity).
             It has no effect on the labels.
-        backend: "auto" (for CUDA tensors Triton when it imports, else the CUDA C++
+        impl: "auto" (for CUDA tensors Triton when it imports, else the CUDA C++
             library when it loads; torch otherwise), "triton" (CPU tensors only under
             TRITON_INTERPRET=1), "native" (the CUDA C++ library, ``kernels.native``) or "torch".
 
@@ -266,16 +265,16 @@ def seg_head(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: 
         Ties go to the lowest prompt index. All arithmetic is float32 from the given inputs.
     """
     tensors = isinstance(patch_features, torch.Tensor) and isinstance(text_embeds, torch.Tensor)
-    if backend == "native" or (backend == "auto" and tensors and _native_is_next(patch_features, text_embeds)):
+    if impl == "native" or (impl == "auto" and tensors and _native_is_next(patch_features, text_embeds)):
         from .native import seg_head_native
 
         return seg_head_native(patch_features, text_embeds, out_size, window=window,
                                return_scores=return_scores, temperature=temperature)
-    chosen = resolve_backend(backend, (patch_features, text_embeds), "seg_head") if tensors else "torch"
+    chosen = resolve_impl(impl, (patch_features, text_embeds), "seg_head") if tensors else "torch"
     if chosen == "torch":
         return seg_head_ref(patch_features, text_embeds, out_size, window=window,
                             return_scores=return_scores, temperature=temperature)
-    (height, width), window, temperature = _check_inputs(patch_features, text_embeds, out_size,
+    (height, width), window, temperature = check_inputs(patch_features, text_embeds, out_size,
                                                          window, temperature)
     if patch_features.shape[0] > 65535:
         raise InputError(f"the Triton seg head takes at most 65535 images per call (a CUDA grid limit), "
@@ -286,10 +285,10 @@ def seg_head(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: 
 
 
 def _native_is_next(patch_features: torch.Tensor, text_embeds: torch.Tensor) -> bool:
-    """For ``backend="auto"``: CUDA tensors, Triton unusable, and the CUDA C++ library loads."""
+    """For ``impl="auto"``: CUDA tensors, Triton unusable, and the CUDA C++ library loads."""
     if not (patch_features.is_cuda and text_embeds.is_cuda):
         return False
-    if resolve_backend("auto", (patch_features, text_embeds), "seg_head") == "triton":
+    if resolve_impl("auto", (patch_features, text_embeds), "seg_head") == "triton":
         return False
     from .native import native_available
 
@@ -409,9 +408,9 @@ class _BandTables:
     """Per-axis taps and the band table of one (grid, output, window) on one device."""
 
     def __init__(self, h, w, height, width, window, device):
-        offset_y, scale_y, offset_x, scale_x = _axis_mapping(window, h, w, height, width)
-        row_index, _, _, row_weight = _axis_taps(h, height, offset_y, scale_y, "cpu")
-        col_index, _, _, col_weight = _axis_taps(w, width, offset_x, scale_x, "cpu")
+        offset_y, scale_y, offset_x, scale_x = axis_mapping(window, h, w, height, width)
+        row_index, _, _, row_weight = axis_taps(h, height, offset_y, scale_y, "cpu")
+        col_index, _, _, col_weight = axis_taps(w, width, offset_x, scale_x, "cpu")
         # Rows per band: about the number of output rows per source row (16 at patch 16),
         # as a power of two for the tile, at most 16.
         self.band_y = max(1, min(16, next_power_of_2(round(1.0 / scale_y)) if scale_y < 1 else 1))

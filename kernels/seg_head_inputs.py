@@ -17,7 +17,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 Window = Tuple[float, float, float, float]
 
 
-def _check_inputs(patch_features, text_embeds, out_size, window, temperature
+def check_inputs(patch_features, text_embeds, out_size, window, temperature
                   ) -> Tuple[Tuple[int, int], Optional[Window], Optional[float]]:
     if not isinstance(patch_features, torch.Tensor):
         raise TypeError(f"patch_features must be a torch.Tensor [B, h, w, D], got {type(patch_features).__name__}")

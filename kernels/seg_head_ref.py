@@ -11,13 +11,13 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .seg_head_inputs import Window, _check_inputs, label_dtype
+from .seg_head_inputs import Window, check_inputs, label_dtype
 
 # Above this many elements of [B, K_chunk, H, W] float32 the torch reference walks K in chunks.
 _REF_CHUNK_ELEMENTS = 1 << 25
 
 
-def _axis_mapping(window: Optional[Window], h: int, w: int, height: int, width: int):
+def axis_mapping(window: Optional[Window], h: int, w: int, height: int, width: int):
     """(offset_y, scale_y, offset_x, scale_x): source = offset + scale*(dst + 0.5) - 0.5."""
     y0, x0, y1, x1 = window if window is not None else (0.0, 0.0, 1.0, 1.0)
     # Computed in float64 and rounded once: for the full window this is float32(h / H),
@@ -36,7 +36,7 @@ def patch_logits_ref(patch_features: torch.Tensor, text_embeds: torch.Tensor) ->
     return logits.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
 
 
-def _axis_taps(size_in: int, size_out: int, offset: float, scale: float, device):
+def axis_taps(size_in: int, size_out: int, offset: float, scale: float, device):
     """Neighbour indices (i0, i1) [size_out] int64 and weights (l0, l1) float32 of one axis."""
     dst = torch.arange(size_out, device=device, dtype=torch.float32)
     src = (torch.tensor(offset, dtype=torch.float32) + torch.tensor(scale, dtype=torch.float32) * (dst + 0.5)
@@ -58,9 +58,9 @@ def upsample_logits_ref(patch_logits: torch.Tensor, out_size: Tuple[int, int],
     if window is None or tuple(window) == (0.0, 0.0, 1.0, 1.0):
         return F.interpolate(patch_logits, size=(height, width), mode="bilinear", align_corners=False)
     h, w = patch_logits.shape[-2:]
-    offset_y, scale_y, offset_x, scale_x = _axis_mapping(window, h, w, height, width)
-    y0, y1, wy0, wy1 = _axis_taps(h, height, offset_y, scale_y, patch_logits.device)
-    x0, x1, wx0, wx1 = _axis_taps(w, width, offset_x, scale_x, patch_logits.device)
+    offset_y, scale_y, offset_x, scale_x = axis_mapping(window, h, w, height, width)
+    y0, y1, wy0, wy1 = axis_taps(h, height, offset_y, scale_y, patch_logits.device)
+    x0, x1, wx0, wx1 = axis_taps(w, width, offset_x, scale_x, patch_logits.device)
     rows_top = patch_logits[:, :, y0, :]
     rows_bottom = patch_logits[:, :, y1, :]
     top = wx0 * rows_top[..., x0] + wx1 * rows_top[..., x1]
@@ -70,15 +70,15 @@ def upsample_logits_ref(patch_logits: torch.Tensor, out_size: Tuple[int, int],
 
 def seg_head_ref(patch_features: torch.Tensor, text_embeds: torch.Tensor, out_size: Sequence[int], *,
                  window: Optional[Sequence[float]] = None, return_scores: bool = False,
-                 temperature: Optional[float] = None, backend: str = "torch"
+                 temperature: Optional[float] = None, impl: str = "torch"
                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Pure-torch segmentation head; same contract as :func:`seg_head` (``backend`` is ignored).
+    """Pure-torch segmentation head; same contract as :func:`seg_head` (``impl`` is ignored).
 
     Patch logits in float32 (matmul), upsampled with F.interpolate (or the explicit
     gather for a window), then max / argmax over K. Large outputs walk K in chunks with a
     running max (and running sum of exponentials) so [B, K, H, W] is held one chunk at a time.
     """
-    (height, width), window, temperature = _check_inputs(patch_features, text_embeds, out_size,
+    (height, width), window, temperature = check_inputs(patch_features, text_embeds, out_size,
                                                          window, temperature)
     batch = patch_features.shape[0]
     num_prompts = text_embeds.shape[0]
@@ -118,7 +118,7 @@ def seg_head_reference_procedure(patch_features: torch.Tensor, text_embeds: torc
     B*D*H*W (about 616 MB of float32 for one 448 x 448 image at D = 768): for tests and
     benchmarks only.
     """
-    (height, width), _, _ = _check_inputs(patch_features, text_embeds, out_size, None, None)
+    (height, width), _, _ = check_inputs(patch_features, text_embeds, out_size, None, None)
     feature_map = patch_features.float().permute(0, 3, 1, 2)
     upsampled = F.interpolate(feature_map, size=(height, width), mode="bilinear", align_corners=False)
     logits = torch.einsum("bdhw,kd->bkhw", upsampled, text_embeds.float())

@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A `tiny` random-weight model directory, made once per session."""
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     random_init("tiny", out, seed=0)

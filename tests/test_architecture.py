@@ -1,5 +1,7 @@
-"""The import graph of the installed package: no cycle, the runtime never imports the
-exporter, and nothing outside the engine and the backends calls an engine's private method.
+"""The import graph of the installed package against docs/architecture.md: every module is
+in the layer table, imports point down the table (or stay in a layer), no cycle, the runtime
+never imports the exporter, nothing outside the engine and the backends calls an engine's
+private method, and nothing outside ``clippy_rt.backends`` compares a backend's name.
 
 The graph is read from the source with ``ast`` (every ``import`` statement, function-level
 ones included), over the installed layout: ``kernels/`` is ``clippy_rt.kernels`` and
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
@@ -149,7 +152,7 @@ def modules():
     # (In a checkout clippy_rt/kernels and clippy_rt/export are links to the top-level folders.)
     assert found["clippy_rt.kernels.seg_head"].resolve() == ROOT / "kernels" / "seg_head.py"
     assert found["clippy_rt.export.onnx"].resolve() == ROOT / "export" / "onnx.py"
-    assert "clippy_rt.engine" in found and "clippy_rt.backends.base" in found
+    assert "clippy_rt.engine" in found and "clippy_rt.backends.torch" in found
     return found
 
 
@@ -189,3 +192,98 @@ def test_no_private_engine_method_called_from_outside(modules):
     outside.update({f"benchmarks/{p.name}": p for p in sorted((ROOT / "benchmarks").glob("*.py"))})
     offenders = {name: calls for name, path in outside.items() if (calls := private_calls(path, private))}
     assert not offenders, f"private engine methods called from outside the engine: {offenders}"
+
+
+# -- layers ------------------------------------------------------------------------------
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def read_layers(text: str) -> Dict[str, int]:
+    """Module -> layer number, from the ``## Layers`` table (``| # | layer | modules |``).
+    ``ValueError`` for a module listed twice."""
+    section = text.split("## Layers\n", 1)[1].split("\n## ", 1)[0]
+    layers: Dict[str, int] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].isdigit():
+            continue
+        for module in re.findall(r"`([\w.]+)`", cells[2]):
+            if module in layers:
+                raise ValueError(f"{module} is listed in layers {layers[module]} and {cells[0]}")
+            layers[module] = int(cells[0])
+    return layers
+
+
+def upward_imports(graph: Dict[str, Set[str]], layers: Dict[str, int]) -> List[str]:
+    """"a (layer i) -> b (layer j)" for each import of a module of a higher layer (j < i)."""
+    return [f"{name} (layer {layers[name]}) -> {target} (layer {layers[target]})"
+            for name, targets in sorted(graph.items()) for target in sorted(targets)
+            if name in layers and target in layers and layers[target] < layers[name]]
+
+
+def test_layer_checker_on_a_known_table():
+    table = "## Layers\n\n| # | layer | modules |\n|---|---|---|\n| 1 | top | `a`, `a.b` |\n| 2 | low | `c` |\n"
+    layers = read_layers(table)
+    assert layers == {"a": 1, "a.b": 1, "c": 2}
+    assert upward_imports({"a": {"c", "a.b"}, "a.b": {"a"}, "c": set()}, layers) == []
+    assert upward_imports({"a": set(), "a.b": set(), "c": {"a.b"}}, layers) == ["c (layer 2) -> a.b (layer 1)"]
+    with pytest.raises(ValueError, match="listed in layers 1 and 2"):
+        read_layers(table.replace("`c`", "`a`"))
+
+
+def test_every_module_is_in_the_layer_table(modules):
+    layers = read_layers(ARCHITECTURE.read_text())
+    assert not sorted(set(modules) - set(layers)), "modules missing from docs/architecture.md's layer table"
+    assert not sorted(set(layers) - set(modules)), "docs/architecture.md lists modules that do not exist"
+
+
+def test_imports_point_down_the_layer_table(modules):
+    offenders = upward_imports(import_graph(modules), read_layers(ARCHITECTURE.read_text()))
+    assert not offenders, "imports of a higher layer (docs/architecture.md): " + "; ".join(offenders)
+
+
+# -- backend names -----------------------------------------------------------------------
+
+
+def backend_name_comparisons(source: str, names: Tuple[str, ...]) -> List[int]:
+    """Lines of comparisons (==, !=, in, not in) between a backend name given as a string
+    (or a tuple / list / set of them) and an expression that names a backend (an identifier
+    or attribute containing "backend")."""
+    def is_name_literal(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(is_name_literal(item) for item in node.elts)
+        return False
+
+    def names_backend(node) -> bool:
+        return any("backend" in (sub.id if isinstance(sub, ast.Name) else sub.attr).lower()
+                   for sub in ast.walk(node) if isinstance(sub, (ast.Name, ast.Attribute)))
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(is_name_literal(o) for o in operands) and any(names_backend(o) for o in operands
+                                                                    if not is_name_literal(o)):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_backend_name_comparison_finder():
+    names = ("torch", "onnxruntime")
+    assert backend_name_comparisons("engine.backend == 'torch'", names) == [1]
+    assert backend_name_comparisons("x = 1\nif case.backend in ('onnxruntime', 'x'): pass", names) == [2]
+    assert backend_name_comparisons("'torch' != settings.baseline_backend", names) == [1]
+    assert backend_name_comparisons("impl == 'torch'", names) == []          # a kernel implementation
+    assert backend_name_comparisons("backend in BACKENDS", names) == []      # membership in the registry
+
+
+def test_no_backend_name_comparisons_outside_backends(modules):
+    from clippy_rt.backends import BACKENDS
+
+    offenders = {name: lines for name, path in modules.items()
+                 if not (name == "clippy_rt.backends" or name.startswith("clippy_rt.backends."))
+                 and (lines := backend_name_comparisons(path.read_text(), BACKENDS))}
+    assert not offenders, f"backend names compared outside clippy_rt.backends (use the registry): {offenders}"

@@ -186,3 +186,29 @@ def test_batched_segment_equals_one_by_one(engine):
         assert result.labels.shape == (image.size[1], image.size[0])
         assert torch.equal(result.labels, alone.labels)
         torch.testing.assert_close(result.scores, alone.scores)
+
+
+def test_decode_with_padded_rows_and_a_class_map_equals_segment(engine):
+    """What a captured stream does: text rows padded with copies of prompt 0 to a bucket and a
+    class map over them. Labels must equal segment's, the padding never winning a pixel."""
+    from clippy_rt.prompts import build_prompt_set
+
+    rng = np.random.default_rng(11)
+    frames = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8) for _ in range(2)]
+    prompts = {"floor": ["floor", "ground"], "wall": ["wall"], "door": ["door", "gate", "exit"]}
+    expected = engine.segment(frames, prompts)
+    prompt_set = build_prompt_set(prompts)
+    text = engine.encode_text(list(prompt_set.prompts))
+    padded = torch.cat([text, text[:1].expand(16 - text.shape[0], -1)])
+    class_map = prompt_set.class_map(16)
+    assert class_map.tolist() == [0, 0, 1, 2, 2, 2] + [0] * 10
+    features = engine.encode_image(engine.prepare(frames), dtype=None)
+    got = engine.decode(features, padded, prompt_set, class_map=class_map)
+    for seg, ref in zip(got, expected):
+        assert seg.labels.dtype == torch.uint8 and seg.prompts == ("floor", "wall", "door")
+        assert torch.equal(seg.labels, ref.labels)
+        torch.testing.assert_close(seg.scores, ref.scores)
+    # The label stage alone: class indices on the text's device, in the class map's dtype.
+    labels, scores = engine.label(features.patch[:1], padded, (40, 56), class_map=class_map)
+    assert labels.shape == (1, 40, 56) and labels.dtype == torch.int64
+    assert torch.equal(labels[0].to(torch.uint8), expected[0].labels)

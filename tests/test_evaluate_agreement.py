@@ -34,7 +34,7 @@ def _eval(capsys, *args) -> dict:
 @pytest.fixture(scope="module")
 def other_model_dir(tmp_path_factory):
     """A second tiny model with other random weights: it disagrees with the first."""
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
 
     out = tmp_path_factory.mktemp("other") / "tiny-seed-1"
     random_init("tiny", out, seed=1)

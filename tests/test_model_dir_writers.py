@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from clippy_rt.errors import ModelDirError
-from clippy_rt.model_dir import atomic_directory
+from clippy_rt.formats.atomic import atomic_directory
 
 OTHER = "the other writer's complete result"
 

@@ -46,10 +46,10 @@ def test_installed_packages_named_kernels_and_export_win_over_the_folders(tmp_pa
 
 
 def test_the_folders_are_the_installed_subpackages_in_a_checkout():
-    code = ("import clippy_rt.kernels.seg_head as s, clippy_rt.export.io_spec as e\n"
+    code = ("import clippy_rt.kernels.seg_head as s, clippy_rt.export.seg_head_graph as e\n"
             "print(s.__file__); print(e.__file__)\n")
-    seg_head, io_spec = (Path(line).resolve() for line in run_in_root(code).splitlines())
+    seg_head, graph_module = (Path(line).resolve() for line in run_in_root(code).splitlines())
     assert seg_head == ROOT / "kernels" / "seg_head.py"
-    assert io_spec == ROOT / "export" / "io_spec.py"
+    assert graph_module == ROOT / "export" / "seg_head_graph.py"
     for folder in ("kernels", "export"):
         assert not (ROOT / folder / "__init__.py").exists(), f"{folder}/__init__.py makes it a shadowing package"

@@ -19,7 +19,7 @@ def test_wheel_contains_kernels_export_and_data(tmp_path):
     for expected in ("clippy_rt/kernels/seg_head.py", "clippy_rt/kernels/patch_pool.py",
                      "clippy_rt/export/onnx.py", "clippy_rt/cli/main.py", "clippy_rt/data/corpus.txt",
                      "clippy_rt/datasets/synthetic.py", "clippy_rt/bench/stats.py",
-                     "clippy_rt/robotics/bag.py", "clippy_rt/ros2.py", "clippy_rt/text_cache.py",
+                     "clippy_rt/robotics/bag.py", "clippy_rt/robotics/node.py", "clippy_rt/text_cache.py",
                      "clippy_rt/serve/deployment.py", "clippy_rt/client.py"):
         assert expected in names, expected
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
@@ -27,19 +27,19 @@ def test_wheel_contains_kernels_export_and_data(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, cwd=tmp_path)
-    code = ("import clippy_rt.kernels.seg_head as s, clippy_rt.export.io_spec as e\n"
+    code = ("import clippy_rt.kernels.seg_head as s, clippy_rt.export.seg_head_graph as e\n"
             "print(s.__file__); print(e.__file__)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
                          env=dict(os.environ, PYTHONPATH=str(site))).stdout
     assert [Path(line) for line in out.split()] == [site / "clippy_rt" / "kernels" / "seg_head.py",
-                                                    site / "clippy_rt" / "export" / "io_spec.py"]
+                                                    site / "clippy_rt" / "export" / "seg_head_graph.py"]
 
 
 def test_import_without_optional_dependencies():
     code = ("import sys\n"
             "for name in ('triton', 'onnxruntime', 'onnx', 'tensorrt', 'timm', 'transformers', 'ray'):\n"
             "    sys.modules[name] = None\n"
-            "import clippy_rt, clippy_rt.kernels, clippy_rt.export, clippy_rt.client, clippy_rt.serve.replica\n"
+            "import clippy_rt, clippy_rt.kernels, clippy_rt.export, clippy_rt.serve.client, clippy_rt.serve.replica\n"
             "from clippy_rt.cli.main import build_parser\n"
             "build_parser()\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,7 +2,7 @@
 
 The short run (CI) makes 1,000 calls; the long one (``pytest --soak``) 20,000. Both use
 varied image sizes, resize modes and batch sizes with a fixed prompt set, as a camera
-stream would. tools/soak.py prints the figures README quotes.
+stream would. tools/soak.py prints the figures docs/operations.md quotes.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def growth_after_warmup(engine, calls: int, warmup: int = 300) -> int:
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
 def test_rss_is_flat_over_1000_calls(tiny_model_dir):
     engine = clippy_rt.load(tiny_model_dir)
-    # tools/soak.py measured +0.1 MB over 20,000 calls after the warm-up (README, "Threads,
+    # tools/soak.py measured +0.1 MB over 20,000 calls after the warm-up (docs/operations.md, "Threads,
     # long runs and interrupts"). An engine that kept every call's results alive fails this.
     assert growth_after_warmup(engine, 1000) < 8 * 2**20
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sqlite3
 import threading
 import warnings
@@ -13,9 +12,8 @@ import pytest
 import torch
 
 import clippy_rt
-from clippy_rt import text_cache as text_cache_module
 from clippy_rt.errors import InputError
-from clippy_rt.text_cache import DiskStore, TextCache, model_identity, prompt_key
+from clippy_rt.text_cache import DiskStore, TextCache, prompt_key
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +171,7 @@ def test_disk_rows_are_separate_per_precision_and_per_model(tiny_model_dir, tmp_
         bf16.encode_text(["a cat"])
         assert counter.calls == [1]
     # Another model (same config, other weights) gets its own file.
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
     other_dir = tmp_path / "other-model"
     random_init("tiny", other_dir, seed=1)
     other = clippy_rt.load(other_dir, text_cache_dir=tmp_path / "cache2")
@@ -257,45 +255,6 @@ def test_concurrent_writers_on_one_file(tmp_path):
     reader = DiskStore(path, scope="torch/fp32")
     assert len(reader) == 4 * 6 * 5
     assert not any(store.disabled for store in stores)
-
-
-def test_model_identity_follows_the_weights_and_memoises_the_digest(tiny_model_dir, tmp_path, monkeypatch):
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_model_dir, copy)
-    memo = tmp_path / "memo"
-    hashed = []
-    real = text_cache_module._sha256_file
-    monkeypatch.setattr(text_cache_module, "_sha256_file", lambda p: hashed.append(p.name) or real(p))
-    original = model_identity(tiny_model_dir, "torch", memo_dir=memo)
-    assert model_identity(copy, "torch", memo_dir=memo) == original
-    hashed.clear()
-    assert model_identity(copy, "torch", memo_dir=memo) == original
-    assert "weights.safetensors" not in hashed          # memoised: size, mtime, inode unchanged
-    weights = copy / "weights.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0x01
-    weights.write_bytes(bytes(data))
-    assert model_identity(copy, "torch", memo_dir=memo) != original
-
-
-def test_model_identity_of_onnx_and_engine_dirs_reads_their_listed_hashes(tmp_path):
-    import json
-
-    folder = tmp_path / "onnx"
-    folder.mkdir()
-    (folder / "spiece.model").write_bytes(b"tok")
-    manifest = {"tokenizer": "spiece.model", "files": {"text.onnx": {"sha256": "a" * 64},
-                                                       "image.onnx": {"sha256": "b" * 64}}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    first = model_identity(folder, "onnxruntime")
-    manifest["files"]["text.onnx"]["sha256"] = "c" * 64
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert model_identity(folder, "onnxruntime") != first
-    (folder / "engine.json").write_text(json.dumps({"tokenizer": "spiece.model",
-                                                    "plans": {"text": {"sha256": "c" * 64}}}))
-    engine_id = model_identity(folder, "tensorrt")
-    (folder / "spiece.model").write_bytes(b"another tokenizer")
-    assert model_identity(folder, "tensorrt") != engine_id
 
 
 def test_an_unwritable_directory_falls_back_to_memory(tmp_path):

@@ -1,5 +1,5 @@
 """One engine shared by threads gives, call for call, what it gives serially (torch and
-ONNX Runtime), as README's "Threads, long runs and interrupts" section states."""
+ONNX Runtime), as docs/operations.md's "Threads, long runs and interrupts" section states."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import clippy_rt
-from clippy_rt.random_init import random_init
+from clippy_rt.formats.random_init import random_init
 
 SHAPES = [(1, 32, 32), (3, 32, 32), (1, 48, 64), (3, 48, 64), (2, 32, 48)]
 PROMPTS = ["cat", "a dog on grass", "sky", "a red car on a road", "the sky above the hills",

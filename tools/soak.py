@@ -1,4 +1,4 @@
-"""Resident memory over a long run of segment calls (the figure README quotes).
+"""Resident memory over a long run of segment calls (the figure docs/operations.md quotes).
 
 Usage: python tools/soak.py [CALLS]   (default 20000; tiny random model, torch, CPU, one thread)
 Prints RSS after a 300-call warm-up and every 2,000 calls after it.
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import torch  # noqa: E402
 
 import clippy_rt  # noqa: E402
-from clippy_rt.random_init import random_init  # noqa: E402
+from clippy_rt.formats.random_init import random_init  # noqa: E402
 from test_soak import resident_bytes, run_calls  # noqa: E402
 
 

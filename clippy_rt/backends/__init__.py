@@ -1,0 +1,106 @@
+"""The backends, and everything clippy-rt knows about each, in one registry.
+
+A backend is a record (``BackendRecord``): the artifact kind it serves, its loader, the pip
+extra that provides its dependency, its default device, whether its towers run as torch
+modules (which decides the dtype its image graph takes pixels in, whether a stream may
+capture its image path in CUDA graphs, and whether a benchmark times the upload apart),
+and how the identity of its artifact is computed (``clippy_rt.formats.identity``, by
+artifact kind). A loader reads an
+artifact, builds an image runner and a text runner (``clippy_rt.runner``) and composes
+them into an ``Engine``. Adding a backend means adding a module here and one record below;
+nothing outside this package compares backend names (``tests/test_architecture.py``).
+
+Loader modules are imported on first use, so ``import clippy_rt`` needs none of their
+dependencies; a missing dependency is a ``BackendUnavailableError`` naming the extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+# Bound under another name: the submodule ``clippy_rt.backends.torch`` takes the name
+# ``torch`` in this package once it is imported.
+import torch as _torch
+
+from ..errors import BackendUnavailableError, InputError
+from ..formats.kinds import ENGINE, MODEL, ONNX
+from ..precisions import COMPUTE_DTYPES
+
+
+@dataclass(frozen=True)
+class BackendRecord:
+    """What clippy-rt knows about one backend."""
+
+    name: str
+    artifact_kind: str                # the kind of directory it loads (clippy_rt.formats.kinds)
+    module: str                       # the module holding the loader
+    loader: str                       # its loader: (path, device=, precision=, **options) -> Engine
+    extra: Optional[str]              # the pip extra providing its dependency (None: always installed)
+    default_device: str
+    runs_in_torch: bool               # the towers are torch modules on the engine's device
+    made_from: Tuple[str, ...] = ()   # artifact kinds a benchmark may convert into this one first
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether a stream may capture the image path in a CUDA graph (torch modules only:
+        exported runtimes own their streams)."""
+        return self.runs_in_torch
+
+    def pixel_dtype(self, precision: str) -> _torch.dtype:
+        """The dtype device pre-processing writes pixels in: a torch tower's compute dtype;
+        float32 for exported graphs, whose inputs are float32 in every precision."""
+        if self.runs_in_torch and precision in COMPUTE_DTYPES:
+            return COMPUTE_DTYPES[precision]
+        return _torch.float32
+
+    def load(self, path: Path, device: Optional[str] = None, precision: Optional[str] = None, **options):
+        """Import the loader (``BackendUnavailableError`` naming the extra when its dependency
+        is missing) and load ``path`` as an Engine."""
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as exc:
+            if self.extra is None:
+                raise
+            raise BackendUnavailableError(
+                f"backend {self.name!r} needs the {self.name} package ({exc}); "
+                f"install it with: pip install 'clippy-rt[{self.extra}]'") from exc
+        return getattr(module, self.loader)(path, device=device or self.default_device, precision=precision,
+                                            **options)
+
+
+_RECORDS = (
+    BackendRecord("torch", MODEL, "clippy_rt.backends.torch", "load_torch", None, "cpu", runs_in_torch=True),
+    BackendRecord("onnxruntime", ONNX, "clippy_rt.backends.onnxruntime", "load_onnxruntime", "onnx", "cpu",
+                  runs_in_torch=False, made_from=(MODEL,)),
+    BackendRecord("tensorrt", ENGINE, "clippy_rt.backends.tensorrt", "load_tensorrt", None, "cuda",
+                  runs_in_torch=False),
+)
+REGISTRY = {record.name: record for record in _RECORDS}
+BACKENDS = tuple(REGISTRY)
+# The reference: the backend that reads model directories, at this precision. Accuracy
+# figures of every other backend and precision are measured against it.
+REFERENCE = REGISTRY["torch"]
+REFERENCE_PRECISION = "fp32"
+
+
+def is_reference(backend: str, precision: str) -> bool:
+    """Whether an engine of ``backend`` at ``precision`` is the reference (torch fp32)."""
+    return backend == REFERENCE.name and precision == REFERENCE_PRECISION
+
+
+def backend_record(name: str) -> BackendRecord:
+    """The record of backend ``name``; ``InputError`` naming the choices for any other value."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return REGISTRY[name]
+
+
+def backend_for_kind(kind: str) -> BackendRecord:
+    """The backend that loads directories of artifact ``kind``."""
+    for record in _RECORDS:
+        if record.artifact_kind == kind:
+            return record
+    raise InputError(f"no backend loads artifacts of kind {kind!r}")

@@ -8,11 +8,9 @@ it, so a wrong shape or dtype is an ``InputError`` naming the tensor, not an ORT
 Session options, and why:
 
 - graph optimisation ``ORT_ENABLE_ALL``: constant folding, LayerNorm/GELU/MatMul+Add
-  fusions and the CPU layout transforms. Measured on a ViT-B/16 at 224, batch 1
-  (benchmarks/bench_onnx.py --extended --fusions): ``ENABLE_EXTENDED`` was no faster, and
-  ``onnxruntime.transformers``' offline fusions found BiasGelu and SkipLayerNorm but no
-  Attention in the packed-qkv graph and were slower (497 ms against 435 ms median), so
-  they are not used.
+  fusions and the CPU layout transforms. ``ENABLE_EXTENDED`` and ``onnxruntime.transformers``'
+  offline fusions (which find no Attention in the packed-qkv graph) were no faster
+  (``benchmarks/bench_onnx.py --extended --fusions``; figures in benchmarks/RESULTS.md).
 - ``intra_op_num_threads`` = physical cores: ORT's GEMMs do not gain from hyper-threads,
   and a thread per logical CPU makes the spinning pool fight its sibling.
 - ``inter_op_num_threads`` = 1 with sequential execution: the towers are a chain of large
@@ -38,9 +36,11 @@ from clippy_rt.engine import Engine, resolve_device
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
 from clippy_rt.formats.io_spec import GRAPH_PRECISIONS, IMAGE, TEXT, GraphSpec, check_io, fixed_dims
 from clippy_rt.formats.onnx_dir import read_onnx_dir
+from clippy_rt.runner import Runner, torch_dtype
+from clippy_rt.text_cache import TextCache
 from clippy_rt.tokenizer import load_tokenizer
 
-from .base import Runner, torch_dtype
+from clippy_rt.validate import check_positive_int
 
 try:
     import onnxruntime as ort
@@ -79,8 +79,8 @@ def session_options(threads: Optional[int] = None, optimization: str = "all") ->
     """The session options this backend uses (module docstring explains each choice)."""
     if optimization not in OPTIMIZATION_LEVELS:
         raise InputError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    if threads is not None:
+        check_positive_int("threads", threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     options.intra_op_num_threads = threads or physical_cores()
@@ -199,24 +199,9 @@ def _as_numpy(value) -> np.ndarray:
     return np.ascontiguousarray(value)
 
 
-class OnnxRuntimeEngine(Engine):
-    """The Engine API over two ONNX Runtime sessions (image and text towers)."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, onnx_dir, tokenizer, device: torch.device, precision: str,
-                 threads: Optional[int] = None, optimization: str = "all",
-                 tensorrt_provider: bool = False) -> None:
-        super().__init__(onnx_dir.config, tokenizer, onnx_dir.logit_scale, device, precision, onnx_dir.path)
-        options = dict(device=device, threads=threads, optimization=optimization,
-                       tensorrt_provider=tensorrt_provider)
-        self.image_runner = OrtRunner(onnx_dir.graph_path(IMAGE.name, precision), IMAGE, onnx_dir.config, **options)
-        self.text_runner = OrtRunner(onnx_dir.graph_path(TEXT.name, precision), TEXT, onnx_dir.config, **options)
-
-
 def load_onnxruntime(path, device: str = "cpu", precision: Optional[str] = "fp32", *, threads: Optional[int] = None,
                      optimization: str = "all", tensorrt_provider: bool = False,
-                     verify_checksums: bool = True) -> OnnxRuntimeEngine:
+                     verify_checksums: bool = True, text_cache: Optional[TextCache] = None) -> Engine:
     """Load an ONNX directory written by ``clippy-rt export`` as an Engine.
 
     ``precision`` selects the graphs ("fp32", or "fp16" / "int8" where the directory was
@@ -237,7 +222,13 @@ def load_onnxruntime(path, device: str = "cpu", precision: Optional[str] = "fp32
     if precision not in onnx_dir.precisions:
         raise ModelDirError(f"{path} holds {', '.join(onnx_dir.precisions)} graphs, not {precision}; "
                             f"re-export with `clippy-rt export ... --{precision}` to add them")
+    from . import REGISTRY
+
     tokenizer = load_tokenizer(onnx_dir.tokenizer, onnx_dir.config)
-    return OnnxRuntimeEngine(onnx_dir, tokenizer, resolved, precision, threads=threads,
-                             optimization=optimization, tensorrt_provider=tensorrt_provider)
+    options = dict(device=resolved, threads=threads, optimization=optimization, tensorrt_provider=tensorrt_provider)
+    image = OrtRunner(onnx_dir.graph_path(IMAGE.name, precision), IMAGE, onnx_dir.config, **options)
+    text = OrtRunner(onnx_dir.graph_path(TEXT.name, precision), TEXT, onnx_dir.config, **options)
+    return Engine(image, text, tokenizer, onnx_dir.config, backend=REGISTRY["onnxruntime"], device=resolved,
+                  precision=precision, logit_scale=onnx_dir.logit_scale, source=onnx_dir.path,
+                  text_cache=text_cache)
 

@@ -33,9 +33,10 @@ from clippy_rt.formats.engine_dir import (SIDECAR_FILE, RuntimeEnvironment, chec
                                           import_tensorrt, read_sidecar)
 from clippy_rt.formats.io_spec import IMAGE, TEXT, GraphSpec, check_io
 from clippy_rt.formats.onnx_dir import check_file
+from clippy_rt.runner import Runner
+from clippy_rt.text_cache import TextCache
 from clippy_rt.tokenizer import load_tokenizer
 
-from .base import Runner
 
 # The clippy-rt build option that sets each dynamic axis's range.
 _AXIS_OPTIONS = {"batch": "--batch", "height": "--size", "width": "--size", "prompts": "--prompts",
@@ -55,9 +56,11 @@ class TrtRunner(Runner):
     """One deserialized engine: ``infer_torch(feed) -> {output name: CUDA tensor}``."""
 
     def __init__(self, trt, runtime, plan: bytes, graph: GraphSpec, config, device: torch.device,
-                 where: Path) -> None:
+                 where: Path, logger=None) -> None:
         super().__init__(graph, config, device)
         self.trt = trt
+        # The runtime and its logger must outlive the engine they deserialized.
+        self.runtime, self.logger = runtime, logger
         self.where = where
         with torch.cuda.device(device):
             self.engine = runtime.deserialize_cuda_engine(plan)
@@ -128,25 +131,9 @@ class TrtRunner(Runner):
         return {name: tensor.float() for name, tensor in outputs.items()}
 
 
-class TensorRTEngine(Engine):
-    """The Engine API over two TensorRT engines (image and text towers)."""
-
-    backend = "tensorrt"
-
-    def __init__(self, path: Path, sidecar: Mapping[str, object], tokenizer, config, device: torch.device) -> None:
-        super().__init__(config, tokenizer, float(sidecar["logit_scale"]), device, str(sidecar["precision"]), path)
-        trt = import_tensorrt()
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        runners = {}
-        for graph in (IMAGE, TEXT):
-            plan_file = path / sidecar["plans"][graph.name]["file"]
-            runners[graph.name] = TrtRunner(trt, self._runtime, plan_file.read_bytes(), graph, config, device, path)
-        self.image_runner, self.text_runner = runners[IMAGE.name], runners[TEXT.name]
-
-
 def load_tensorrt(path, device: str = "cuda", precision: Optional[str] = None, *,
-                  environment: Optional[RuntimeEnvironment] = None) -> TensorRTEngine:
+                  environment: Optional[RuntimeEnvironment] = None,
+                  text_cache: Optional[TextCache] = None) -> Engine:
     """Load an engine directory written by ``clippy-rt build`` as an Engine.
 
     ``device`` must be a CUDA device. ``precision`` is fixed when the engines are built;
@@ -175,8 +162,16 @@ def load_tensorrt(path, device: str = "cuda", precision: Optional[str] = None, *
     tokenizer_path = path / str(sidecar["tokenizer"])
     if not tokenizer_path.is_file():
         raise ModelDirError(f"{path} has no tokenizer file {sidecar['tokenizer']!r}")
+    from . import REGISTRY
+
     tokenizer = load_tokenizer(tokenizer_path, config)
-    return TensorRTEngine(path, sidecar, tokenizer, config, resolved)
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    image, text = (TrtRunner(trt, runtime, (path / sidecar["plans"][graph.name]["file"]).read_bytes(), graph,
+                             config, resolved, path, logger) for graph in (IMAGE, TEXT))
+    return Engine(image, text, tokenizer, config, backend=REGISTRY["tensorrt"], device=resolved,
+                  precision=str(sidecar["precision"]), logit_scale=float(sidecar["logit_scale"]), source=path,
+                  text_cache=text_cache)
 
 
 def tensorrt_available() -> bool:

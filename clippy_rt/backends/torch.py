@@ -8,12 +8,14 @@ from typing import Callable, Dict, Mapping, Optional
 import torch
 
 from ..config import ClippyConfig
-from ..engine import Engine, resolve_device, resolve_precision
+from ..engine import Engine, resolve_device
 from ..errors import ModelDirError
 from ..formats.io_spec import IMAGE, TEXT, GraphSpec
-from ..formats.kinds import ENGINE, ONNX, find_artifact_kind
-from ..tokenizer import Tokenizer, load_tokenizer
-from .base import Runner
+from ..formats.kinds import KIND_NAMES, MODEL, find_artifact_kind
+from ..precisions import compute_dtype
+from ..runner import Runner
+from ..text_cache import TextCache
+from ..tokenizer import load_tokenizer
 
 
 class TorchRunner(Runner):
@@ -37,34 +39,27 @@ class TorchRunner(Runner):
         return dict(zip(self.graph.output_names, outputs))
 
 
-class TorchEngine(Engine):
-    """The Engine API over the PyTorch model."""
-
-    backend = "torch"
-
-    def __init__(self, model, config: ClippyConfig, tokenizer: Tokenizer, device: torch.device,
-                 precision: str, source: Path) -> None:
-        super().__init__(config, tokenizer, float(model.logit_scale.detach()), device, precision, source)
-        self.dtype = resolve_precision(precision)
-        self.model = model.to(device=device, dtype=self.dtype).eval()
-        self.image_runner = TorchRunner(IMAGE, self.model.encode_image, config, device, self.dtype)
-        self.text_runner = TorchRunner(TEXT, self.model.encode_text, config, device, self.dtype)
-
-
-def load_torch(path, device: str = "cpu", precision: Optional[str] = "fp32") -> TorchEngine:
-    """Load a model directory as a TorchEngine. ``ModelDirError`` for an ONNX or engine
+def load_torch(path, device: str = "cpu", precision: Optional[str] = "fp32", *,
+               text_cache: Optional[TextCache] = None) -> Engine:
+    """Load a model directory as an Engine over the PyTorch model (``engine.model``), computing
+    in ``precision`` ("fp32", "fp16", "bf16"). ``ModelDirError`` for an ONNX or engine
     directory (with the backend that loads it) or a bad model directory."""
     from ..formats.model_dir import load_model
+    from . import REGISTRY, backend_for_kind
 
     path = Path(path)
     precision = precision or "fp32"
     kind = find_artifact_kind(path)
-    if kind == ONNX:
-        raise ModelDirError(f"{path} is an ONNX directory; load it with backend='onnxruntime'")
-    if kind == ENGINE:
-        raise ModelDirError(f"{path} is a TensorRT engine directory; load it with backend='tensorrt'")
+    if kind not in (None, MODEL):
+        owner = backend_for_kind(kind)
+        raise ModelDirError(f"{path} is {KIND_NAMES[kind]}; load it with backend={owner.name!r}")
     resolved_device = resolve_device(device)
-    resolve_precision(precision)
+    dtype = compute_dtype(precision)
     model, info = load_model(path)
     tokenizer = load_tokenizer(info.tokenizer, info.config)
-    return TorchEngine(model, info.config, tokenizer, resolved_device, precision, path)
+    model = model.to(device=resolved_device, dtype=dtype).eval()
+    image = TorchRunner(IMAGE, model.encode_image, info.config, resolved_device, dtype)
+    text = TorchRunner(TEXT, model.encode_text, info.config, resolved_device, dtype)
+    return Engine(image, text, tokenizer, info.config, backend=REGISTRY["torch"], device=resolved_device,
+                  precision=precision, logit_scale=float(model.logit_scale.detach()), source=path,
+                  text_cache=text_cache, model=model)

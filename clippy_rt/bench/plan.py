@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from clippy_rt.backends import backend_record
 from clippy_rt.errors import InputError
 from clippy_rt.formats.kinds import ENGINE, MODEL, ONNX, artifact_config, artifact_kind
 
@@ -33,7 +34,7 @@ def resolve_source(model: Optional[str], arch: Optional[str], workdir: Path, see
     ``workdir``). Raises ModelDirError for a missing or unrecognised directory."""
     from clippy_rt.api import resolve_model_path
     if arch is not None:
-        from clippy_rt.random_init import random_init
+        from clippy_rt.formats.random_init import random_init
 
         path = random_init(arch, workdir / f"random-{arch}", seed=seed)
         return ModelSource(Path(path), MODEL, artifact_config(path, MODEL))
@@ -42,13 +43,17 @@ def resolve_source(model: Optional[str], arch: Optional[str], workdir: Path, see
     return ModelSource(path, kind, artifact_config(path, kind))
 
 
+def extra_source(kind: str, settings: BenchSettings):
+    """The directory given for artifact ``kind`` besides the main input (--onnx-dir,
+    --engine-dir), or None."""
+    return {ONNX: settings.onnx_dir, ENGINE: settings.engine_dir}.get(kind)
+
+
 def _backend_reachable(backend: str, kind: str, settings: BenchSettings) -> bool:
     """Whether ``backend`` can load from the input of kind ``kind`` (plus --onnx-dir / --engine-dir)."""
-    if backend == "torch":
-        return kind == MODEL
-    if backend == "onnxruntime":
-        return kind in (MODEL, ONNX) or settings.onnx_dir is not None
-    return kind == ENGINE or settings.engine_dir is not None
+    record = backend_record(backend)
+    return (kind == record.artifact_kind or kind in record.made_from
+            or extra_source(record.artifact_kind, settings) is not None)
 
 
 def plan_cases(settings: BenchSettings, config, kind: str = MODEL) -> List[Case]:

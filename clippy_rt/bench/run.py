@@ -14,7 +14,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from clippy_rt.errors import BackendUnavailableError, ClippyError, InputError, ModelDirError
-from clippy_rt.formats.kinds import ENGINE, MODEL, ONNX
+from clippy_rt.backends import backend_record
+from clippy_rt.formats.kinds import ENGINE, KIND_NAMES, ONNX
 
 from .plan import ModelSource, plan_cases, resolve_source
 from .settings import BenchRun, BenchSettings, Case, CaseResult, PreparationFailed, Unavailable
@@ -66,27 +67,21 @@ class _Engines:
     def _load(self, device: str, backend: str, precision: str):
         import clippy_rt
 
+        record = backend_record(backend)
         kind = self.source.kind
-        if backend == "torch":
-            if kind != MODEL:
-                raise Unavailable(f"the torch backend needs a model directory; {self.source.path} is an "
-                                  f"{'ONNX' if kind == ONNX else 'engine'} directory")
-            return clippy_rt.load(self.source.path, backend="torch", device=device, precision=precision)
-        if backend == "onnxruntime":
-            if self.onnx_source is not None:
-                return clippy_rt.load(self.onnx_source.path, backend="onnxruntime", device=device,
-                                      precision=precision)
-            if kind == ENGINE:
-                raise Unavailable("the onnxruntime backend needs an ONNX or model directory, "
-                                  "not a TensorRT engine directory")
-            path = self._onnx_path() if kind == MODEL else self.source.path
-            return clippy_rt.load(path, backend="onnxruntime", device=device, precision=precision)
-        if self.engine_source is not None:
-            return clippy_rt.load(self.engine_source.path, backend="tensorrt", device=device, precision=precision)
-        if kind != ENGINE:
-            raise Unavailable("the tensorrt backend needs an engine directory (ENGINE_DIR, made by "
-                              "`clippy-rt build`); engines are not built during a benchmark")
-        return clippy_rt.load(self.source.path, backend="tensorrt", device=device, precision=precision)
+        extra = {ONNX: self.onnx_source, ENGINE: self.engine_source}.get(record.artifact_kind)
+        if extra is not None:
+            path = extra.path
+        elif kind == record.artifact_kind:
+            path = self.source.path
+        elif kind in record.made_from and record.artifact_kind == ONNX:
+            path = self._onnx_path()
+        else:
+            wanted = " or ".join(KIND_NAMES[k] for k in (record.artifact_kind, *record.made_from))
+            hint = {ENGINE: " (ENGINE_DIR, made by `clippy-rt build`); engines are not built during a benchmark",
+                    ONNX: " (ONNX_DIR, made by `clippy-rt export`)"}.get(record.artifact_kind, "")
+            raise Unavailable(f"the {backend} backend needs {wanted}{hint}; {self.source.path} is {KIND_NAMES[kind]}")
+        return clippy_rt.load(path, backend=backend, device=device, precision=precision)
 
     def _onnx_path(self) -> Path:
         """Export the model directory to ONNX once per run (fp16 graphs when asked for)."""
@@ -153,7 +148,9 @@ class Runner:
         self.settings = settings
         self.source = source
         self.cases = plan_cases(settings, source.config, source.kind)
-        onnx_precisions = list(settings.precisions) if "onnxruntime" in settings.backends else []
+        # Precisions an ONNX export made during the run must hold, for backends serving ONNX graphs.
+        serves_onnx = any(backend_record(name).artifact_kind == ONNX for name in settings.backends)
+        onnx_precisions = list(settings.precisions) if serves_onnx else []
         extra = {}
         for name, kind in (("onnx_dir", ONNX), ("engine_dir", ENGINE)):
             path = getattr(settings, name)

@@ -2,7 +2,7 @@
 
 The matrix is device x backend x precision x batch x size x prompts x stage; the stages
 and their variants are described in ``stages`` (the first variant of each stage is its
-baseline variant). Backend and precision names come from ``clippy_rt.backends.base``.
+baseline variant). Backend names come from ``clippy_rt.backends``, precisions from ``clippy_rt.precisions``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from clippy_rt.backends.base import BACKENDS, PRECISIONS
+from clippy_rt.backends import BACKENDS
 from clippy_rt.errors import InputError
+from clippy_rt.precisions import COMPUTE_DTYPES
 
 from .stats import LatencyStats
 from .timer import TimingPolicy
@@ -74,7 +75,7 @@ class BenchSettings:
             if self.arch not in ARCHITECTURES:
                 raise InputError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         _check_choices("backend", self.backends, BACKENDS)
-        _check_choices("precision", self.precisions, PRECISIONS)
+        _check_choices("precision", self.precisions, COMPUTE_DTYPES)
         _check_choices("stage", self.stages, STAGES)
         if not self.devices:
             raise InputError("give at least one device")
@@ -93,8 +94,8 @@ class BenchSettings:
         if not isinstance(self.policy, TimingPolicy):
             raise TypeError(f"policy must be a TimingPolicy, got {type(self.policy).__name__}")
         if self.baseline is not None:
-            if len(self.baseline) != 2 or self.baseline[0] not in BACKENDS or self.baseline[1] not in PRECISIONS:
-                raise InputError(f"baseline must be (backend, precision) from {BACKENDS} x {PRECISIONS}, "
+            if len(self.baseline) != 2 or self.baseline[0] not in BACKENDS or self.baseline[1] not in COMPUTE_DTYPES:
+                raise InputError(f"baseline must be (backend, precision) from {BACKENDS} x {tuple(COMPUTE_DTYPES)}, "
                                  f"got {self.baseline!r}")
 
     def to_dict(self) -> Dict[str, object]:

@@ -45,7 +45,8 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import torch
 
-from clippy_rt.backends.base import PRECISIONS
+from clippy_rt.backends import backend_record
+from clippy_rt.precisions import COMPUTE_DTYPES
 
 from .plan import bench_prompts
 from .settings import BenchSettings, Case, Unavailable
@@ -108,11 +109,14 @@ def image_case(case: Case, engine, settings: BenchSettings) -> Timed:
     generator = torch.Generator().manual_seed(settings.seed)
     pixels = torch.randn(case.batch, 3, case.size, case.size, generator=generator)
     device = torch.device(case.device)
-    split_transfers = device.type == "cuda" and case.backend == "torch"
+    record = backend_record(case.backend)
+    # Torch towers read device tensors: the upload is timed apart. Exported runtimes take
+    # host tensors and do their own transfers.
+    split_transfers = device.type == "cuda" and record.runs_in_torch
     if case.variant == "cuda-graph":
         require_cuda(case.device, "CUDA graph capture")
-        if case.backend != "torch":
-            raise Unavailable("CUDA graphs are captured for the torch backend only")
+        if not record.cuda_graphs:
+            raise Unavailable(f"CUDA graphs are not captured for the {case.backend} backend")
         return cuda_graph_case(engine, pixels.pin_memory(), device)
     if not split_transfers:
         # ONNX Runtime and TensorRT take host tensors and do their own transfers.
@@ -197,7 +201,7 @@ def available_host_memory() -> Optional[int]:
 def seg_head_case(case: Case, config, settings: BenchSettings) -> Timed:
     import clippy_rt.kernels.seg_head as seg_head_module
     device = torch.device(case.device)
-    dtype = PRECISIONS[case.precision]
+    dtype = COMPUTE_DTYPES[case.precision]
     grid = case.size // config.image.patch_size
     dim = config.embed_dim
     generator = torch.Generator().manual_seed(settings.seed)
@@ -216,7 +220,7 @@ def seg_head_case(case: Case, config, settings: BenchSettings) -> Timed:
     text = text.to(device, dtype)
 
     if case.variant == "reference":
-        procedure = seg_head_module.seg_head_reference_procedure
+        from clippy_rt.kernels.seg_head_ref import seg_head_reference_procedure as procedure
 
         def run_reference(marks):
             procedure(patch, text, out_size)
@@ -236,10 +240,10 @@ def seg_head_case(case: Case, config, settings: BenchSettings) -> Timed:
 
         return run_native, None
     head = seg_head_module.seg_head
-    backend = "triton" if case.variant == "triton" else "torch"
+    impl = "triton" if case.variant == "triton" else "torch"
 
     def run_fused(marks):
-        head(patch, text, out_size, return_scores=True, backend=backend)
+        head(patch, text, out_size, return_scores=True, impl=impl)
 
     return run_fused, None
 
@@ -256,7 +260,7 @@ def end_to_end_case(case: Case, engine, settings: BenchSettings) -> Timed:
 
         return run_segment, None
 
-    from clippy_rt.kernels.seg_head import seg_head_reference_procedure
+    from clippy_rt.kernels.seg_head_ref import seg_head_reference_procedure
 
     dim = engine.config.embed_dim
     height, width = settings.frame_size

@@ -30,6 +30,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from clippy_rt.validate import check_positive_int
+
 Clock = Callable[[], float]
 """Returns seconds from an arbitrary origin, monotonic (``time.perf_counter`` by default)."""
 
@@ -55,8 +57,7 @@ class TimingPolicy:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if isinstance(self.min_iters, bool) or not isinstance(self.min_iters, int) or self.min_iters < 1:
-            raise ValueError(f"min_iters must be a positive integer, got {self.min_iters!r}")
+        check_positive_int("min_iters", self.min_iters, error=ValueError)
         if self.max_iters is not None and (isinstance(self.max_iters, bool) or not isinstance(self.max_iters, int)
                                            or self.max_iters < self.min_iters):
             raise ValueError(f"max_iters must be None or an integer >= min_iters ({self.min_iters}), "

@@ -74,18 +74,18 @@ def run(args) -> int:
     from clippy_rt.errors import InputError
     from clippy_rt.robotics.bag import inspect_bag, process_bag
     from clippy_rt.robotics.processor import FrameProcessor
-    from clippy_rt.text_cache import enable_disk_cache
+    from clippy_rt.text_cache import default_cache_dir
 
     # A missing extra, an unreadable bag or a wrong topic is reported before the model loads.
     inspect_bag(args.bag, args.topic)
     if args.out.exists() and not args.overwrite:
         raise InputError(f"{args.out} exists (pass --overwrite to replace it)")
-    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    cache_dir = (args.text_cache_dir or default_cache_dir()) if args.text_cache else None
+    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision,
+                            text_cache_dir=cache_dir)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)
-    if args.text_cache:
-        enable_disk_cache(engine, args.text_cache_dir)
     processor = FrameProcessor(engine, args.prompts, size=args.size, resize=args.resize, template=args.template,
                                batch=args.batch)
     # SIGINT and SIGTERM unwind (see cli/signals.py), so the partial output is removed.

@@ -58,13 +58,14 @@ def size_arg(text: str):
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = None) -> None:
     parser.add_argument("model", help=model_help or "model directory (or ONNX / engine directory, or 'demo')")
-    from clippy_rt.backends.base import BACKENDS, PRECISION_NAMES
+    from clippy_rt.backends import BACKENDS
+    from clippy_rt.precisions import PRECISIONS
 
     parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
                         help="inference backend (default: torch)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cpu; cuda for tensorrt)")
-    parser.add_argument("--precision", default=None, choices=list(PRECISION_NAMES),
+    parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
                         help="compute precision (default: fp32; for tensorrt, the engine's; int8: "
                              "onnxruntime on the CPU)")
 

@@ -76,11 +76,11 @@ def run(args) -> int:
     import sys
 
     import clippy_rt
-    from clippy_rt.errors import InputError
+    from clippy_rt.backends import is_reference
     from clippy_rt.evaluate import evaluate, open_dataset
+    from clippy_rt.validate import check_positive_int
 
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    check_positive_int("--batch-size", args.batch_size)
     eval_set = open_dataset(args.dataset, split=args.split)
     engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     warning = random_warning(engine)
@@ -89,7 +89,7 @@ def run(args) -> int:
     reference = None
     reference_preprocess = args.preprocess
     # The engine's own values: --device and --precision default per backend.
-    if engine.backend != "torch" or engine.precision != "fp32":
+    if not is_reference(engine.backend, engine.precision):
         reference = clippy_rt.load(_reference_dir(args), backend="torch", device=str(engine.device),
                                    precision="fp32")
     if args.preprocess in ("device", "kernel"):

@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
 
     out = random_init(args.arch, args.out, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote a {args.arch} model with RANDOM weights to {out}")

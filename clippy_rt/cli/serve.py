@@ -1,7 +1,6 @@
 """Serve a model over HTTP with dynamic batching (Ray Serve).
 
-Endpoints: POST /v1/segment, POST /v1/classify, GET /v1/health, GET /v1/stats (README,
-"Serving"). Without --address a local Ray cluster is started and stopped with the server;
+Endpoints: POST /v1/segment, POST /v1/classify, GET /v1/health, GET /v1/stats (docs/serving.md). Without --address a local Ray cluster is started and stopped with the server;
 with --address the replicas are placed on the nodes of that cluster. Ctrl-C or SIGTERM
 stops the server. Needs the `serve` extra: pip install 'clippy-rt[serve]'.
 """

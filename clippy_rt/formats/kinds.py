@@ -22,6 +22,8 @@ ENGINE = "engine"
 KINDS = (MODEL, ONNX, ENGINE)
 # The file that marks each kind, in the order they are tested.
 MARKERS = ((MODEL, WEIGHTS_FILE), (ENGINE, SIDECAR_FILE), (ONNX, MANIFEST_FILE))
+# Each kind in words, for messages.
+KIND_NAMES = {MODEL: "a model directory", ONNX: "an ONNX directory", ENGINE: "a TensorRT engine directory"}
 
 
 def find_artifact_kind(path: Union[str, Path]) -> Optional[str]:

@@ -99,8 +99,8 @@ def pool_tokens(tokens: torch.Tensor, include_cls: bool, pooling: str) -> Tuple[
     # Imported here: clippy_rt.kernels imports this package's errors, not the models.
     from ..kernels.patch_pool import patch_pool
 
-    backend = "torch" if (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()) else "auto"
-    return patch_pool(tokens, include_cls=include_cls, backend=backend)
+    impl = "torch" if (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()) else "auto"
+    return patch_pool(tokens, include_cls=include_cls, impl=impl)
 
 
 class VisionTower(nn.Module):

@@ -23,10 +23,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError
+from ..images import WHOLE_FRAME_MODES
 from ..prompts import PromptSet, PromptsLike, build_prompt_set, parse_cli_prompts
 from . import messages
+from ..validate import check_positive_int
 
-RESIZE_MODES = ("squash", "letterbox")  # labels cover the whole frame, as the output images must
 
 _log = logging.getLogger("clippy_rt.robotics")
 
@@ -52,11 +53,10 @@ class FrameProcessor:
 
     def __init__(self, engine, prompts: Union[str, PromptsLike], *, size=None, resize: str = "squash",
                  template: Optional[str] = None, batch: int = 1) -> None:
-        if resize not in RESIZE_MODES:
-            raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)} (labels must cover the whole "
+        if resize not in WHOLE_FRAME_MODES:
+            raise InputError(f"resize must be one of {', '.join(WHOLE_FRAME_MODES)} (labels must cover the whole "
                              f"frame), got {resize!r}")
-        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-            raise InputError(f"batch must be a positive integer, got {batch!r}")
+        check_positive_int("batch", batch)
         self.engine = engine
         self.size = size
         self.resize = resize

@@ -1,4 +1,4 @@
-"""Serving over HTTP on Ray Serve: ``clippy-rt serve`` and ``clippy_rt.client.Client``.
+"""Serving over HTTP on Ray Serve: ``clippy-rt serve`` and ``clippy_rt.serve.client.Client``.
 
 ``protocol`` (the JSON messages), ``options`` and ``replica`` (what one replica does) need
 no Ray; ``deployment`` and ``server`` import it, through ``require_ray``.

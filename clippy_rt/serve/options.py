@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from ..backends import backend_record
 from ..errors import InputError
+from ..validate import check_positive_int
 from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
 
 
@@ -33,11 +35,11 @@ class ServeOptions:
     text_cache_dir: Union[None, str, bool] = None
 
     def __post_init__(self) -> None:
-        _positive_int("port", self.port, upper=65535)
-        _positive_int("replicas", self.replicas)
-        _positive_int("max_batch", self.max_batch, upper=1024)
-        _positive_int("max_body_bytes", self.max_body_bytes)
-        _positive_int("max_pixels", self.max_pixels)
+        check_positive_int("port", self.port, upper=65535)
+        check_positive_int("replicas", self.replicas)
+        check_positive_int("max_batch", self.max_batch, upper=1024)
+        check_positive_int("max_body_bytes", self.max_body_bytes)
+        check_positive_int("max_pixels", self.max_pixels)
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 10_000
                 and math.isfinite(self.batch_wait_ms)):
             raise InputError(f"batch_wait_ms must be in [0, 10000], got {self.batch_wait_ms!r}")
@@ -47,7 +49,7 @@ class ServeOptions:
 
     @property
     def uses_cuda(self) -> bool:
-        device = self.device or ("cuda" if self.backend == "tensorrt" else "cpu")
+        device = self.device or backend_record(self.backend).default_device
         return device.startswith("cuda")
 
     @property
@@ -62,9 +64,3 @@ class ServeOptions:
     def threads(self) -> int:
         """torch threads per replica."""
         return max(1, int(self.cpus_per_replica))
-
-
-def _positive_int(name: str, value, upper: Optional[int] = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (upper and value > upper):
-        bound = f" and at most {upper}" if upper else ""
-        raise InputError(f"{name} must be a positive integer{bound}, got {value!r}")

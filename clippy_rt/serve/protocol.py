@@ -1,5 +1,5 @@
 """The HTTP API's JSON messages: request parsing and validation, response encoding and
-decoding. Shared by the server (``clippy_rt.serve``) and the client (``clippy_rt.client``);
+decoding. Shared by the server (``clippy_rt.serve``) and the client (``clippy_rt.serve.client``);
 needs no Ray.
 
 ``POST /v1/segment``::
@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine import RESIZE_MODES, Segmentation
 from ..errors import InputError
-from ..images import load_image
+from ..images import RESIZE_MODES, load_image
 from ..prompts import PromptSet, build_prompt_set
+from ..results import Segmentation
 from ..visualize import label_image
+from ..validate import check_positive_int
 
 # Default limit on a request body; a 1080p PNG is about 3 MB, 4 MB of base64.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -150,8 +151,7 @@ def parse_classify(body: Any, patch_size: int, max_pixels: int = DEFAULT_MAX_PIX
     body = _object(body, {"image", "labels", "top_k", "size", "resize", "template"})
     labels = _prompt_set(body, "labels")
     top_k = body.get("top_k", 5)
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise RequestError(f"'top_k' must be a positive integer, got {top_k!r}")
+    check_positive_int("'top_k'", top_k, error=RequestError)
     size = _size(body.get("size"), patch_size)
     resize = _resize(body.get("resize", "crop"))
     image = decode_image(_required(body, "image"), max_pixels)

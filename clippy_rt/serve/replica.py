@@ -28,13 +28,11 @@ def load_engine(options):
     """The replica's Engine for ``options`` (a ``ServeOptions``), its text cache backed by
     a file on disk unless ``options.text_cache_dir`` is False."""
     import clippy_rt
-    from clippy_rt.text_cache import enable_disk_cache
+    from clippy_rt.text_cache import default_cache_dir
 
-    engine = clippy_rt.load(options.model, backend=options.backend, device=options.device,
-                            precision=options.precision)
-    if options.text_cache_dir is not False:
-        enable_disk_cache(engine, options.text_cache_dir)
-    return engine
+    cache_dir = None if options.text_cache_dir is False else (options.text_cache_dir or default_cache_dir())
+    return clippy_rt.load(options.model, backend=options.backend, device=options.device,
+                          precision=options.precision, text_cache_dir=cache_dir)
 
 
 class Replica:

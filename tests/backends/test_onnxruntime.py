@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 import clippy_rt  # noqa: E402
 from clippy_rt.backends.onnxruntime import OrtRunner, physical_cores, session_options  # noqa: E402
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError  # noqa: E402
-from clippy_rt.export import io_spec  # noqa: E402
+from clippy_rt.formats import io_spec  # noqa: E402
 from clippy_rt.export.onnx import export_onnx  # noqa: E402
 
 from tolerances import TOLERANCES  # noqa: E402

@@ -16,9 +16,9 @@ import clippy_rt
 from clippy_rt.cli.main import main
 from clippy_rt.config import tiny
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
-from clippy_rt.export import io_spec
-from clippy_rt.export.tensorrt import (SIDECAR_FILE, BuildSettings, Range, RuntimeEnvironment, check_sidecar,
-                                       engine_sidecar, profile_shapes, read_sidecar)
+from clippy_rt.formats import io_spec
+from clippy_rt.export.tensorrt import BuildSettings, Range, engine_sidecar, profile_shapes
+from clippy_rt.formats.engine_dir import SIDECAR_FILE, RuntimeEnvironment, check_sidecar, read_sidecar
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed")

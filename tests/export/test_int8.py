@@ -21,7 +21,7 @@ import clippy_rt  # noqa: E402
 from clippy_rt.cli.main import main  # noqa: E402
 from clippy_rt.errors import InputError, ModelDirError  # noqa: E402
 from clippy_rt.export.int8 import quantize_int8  # noqa: E402
-from clippy_rt.model_dir import load_model  # noqa: E402
+from clippy_rt.formats.model_dir import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

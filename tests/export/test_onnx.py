@@ -17,7 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 from clippy_rt.cli.main import main  # noqa: E402
 from clippy_rt.config import ClippyConfig  # noqa: E402
 from clippy_rt.errors import InputError, ModelDirError  # noqa: E402
-from clippy_rt.export import io_spec  # noqa: E402
+from clippy_rt.formats import io_spec  # noqa: E402
 from clippy_rt.export.onnx import MIN_OPSET, export_onnx  # noqa: E402
 from clippy_rt.formats.model_dir import load_model  # noqa: E402
 
@@ -126,7 +126,7 @@ def test_no_noop_casts_left(exported):
 
 
 def test_seg_head_graph_matches_the_torch_head(exported):
-    from clippy_rt.kernels.seg_head import seg_head_ref
+    from clippy_rt.kernels.seg_head_ref import seg_head_ref
 
     out, _ = exported
     session = ort.InferenceSession(str(out / "seg_head.onnx"), providers=["CPUExecutionProvider"])

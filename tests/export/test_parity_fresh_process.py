@@ -22,9 +22,9 @@ CHILD = textwrap.dedent("""
     import json, sys
     import onnxruntime as ort
     import torch
-    from clippy_rt.api import load_tokenizer
+    from clippy_rt.tokenizer import load_tokenizer
     from clippy_rt.export.onnx import parity_prompts
-    from clippy_rt.model_dir import load_model
+    from clippy_rt.formats.model_dir import load_model
 
     onnx_dir, model_dir = sys.argv[1], sys.argv[2]
     manifest = json.load(open(onnx_dir + "/manifest.json"))

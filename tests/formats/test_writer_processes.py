@@ -84,7 +84,7 @@ def _assert_lost(code, stdout, stderr, out):
 
 
 def test_two_random_inits_to_one_out(tmp_path):
-    from clippy_rt.random_init import random_init
+    from clippy_rt.formats.random_init import random_init
 
     out = tmp_path / "work" / "model"
     out.parent.mkdir()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from clippy_rt.errors import BackendUnavailableError, InputError
 from clippy_rt.kernels.native import LIBRARY_NAME, _run_library, library_candidates, load_native, seg_head_native
-from clippy_rt.kernels.seg_head import patch_logits_ref, seg_head_ref, top2_gap, upsample_logits_ref
+from clippy_rt.kernels.seg_head_ref import patch_logits_ref, seg_head_ref, top2_gap, upsample_logits_ref
 
 from test_seg_head import LABEL_GAP, SCORE_ATOL, SOFTMAX_RTOL  # noqa: E402  (tests/kernels is on sys.path)
 
@@ -238,7 +238,7 @@ def test_seg_head_dispatches_native_and_auto_prefers_it_over_torch_on_cuda(monke
 
     monkeypatch.setattr(native_module, "seg_head_native", fake_native)
     patch, text = torch.randn(1, 2, 2, 4), torch.randn(3, 4)
-    assert seg_head_module.seg_head(patch, text, (4, 4), backend="native")[0] == "native-labels"
+    assert seg_head_module.seg_head(patch, text, (4, 4), impl="native")[0] == "native-labels"
     assert calls[-1]["window"] is None and calls[-1]["return_scores"] is False
     # CPU tensors: "auto" never tries the library.
     labels, _ = seg_head_module.seg_head(patch, text, (4, 4))
@@ -248,7 +248,7 @@ def test_seg_head_dispatches_native_and_auto_prefers_it_over_torch_on_cuda(monke
         is_cuda = True
 
     monkeypatch.setattr(native_module, "native_available", lambda path=None: True)
-    monkeypatch.setattr(seg_head_module, "resolve_backend", lambda *args: "torch")
+    monkeypatch.setattr(seg_head_module, "resolve_impl", lambda *args: "torch")
     seg_head_module.seg_head(patch.as_subclass(FakeCuda), text.as_subclass(FakeCuda), (4, 4), window=(0, 0, 1, 1))
     assert len(calls) == 2 and calls[-1]["window"] == (0, 0, 1, 1)
     monkeypatch.setattr(native_module, "native_available", lambda path=None: False)

@@ -65,7 +65,7 @@ def test_ref_outputs_in_input_dtype(dtype, output_tol):
     (lambda x: patch_pool(x, include_cls=True, num_prefix_tokens=0), InputError, "class token"),
     (lambda x: patch_pool(x, num_prefix_tokens=-1), InputError, "non-negative"),
     (lambda x: patch_pool(x, include_cls=1), TypeError, "bool"),
-    (lambda x: patch_pool(x, backend="onnx"), InputError, "backend must be one of"),
+    (lambda x: patch_pool(x, impl="onnx"), InputError, "impl must be one of"),
 ])
 def test_invalid_inputs_raise_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
@@ -75,7 +75,7 @@ def test_invalid_inputs_raise_clear_errors(call, error, message):
 def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
-        patch_pool(make_tokens(1, 5, 8), backend="triton")
+        patch_pool(make_tokens(1, 5, 8), impl="triton")
 
 
 @pytest.mark.parametrize("batch, num_tokens, dim, dtype, include_cls, num_prefix", [
@@ -88,7 +88,7 @@ def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
 def test_kernel_matches_reference(kernel_device, output_tol, batch, num_tokens, dim, dtype, include_cls,
                                   num_prefix):
     tokens = make_tokens(batch, num_tokens, dim, dtype, kernel_device)
-    patch, pooled = patch_pool(tokens, include_cls=include_cls, num_prefix_tokens=num_prefix, backend="triton")
+    patch, pooled = patch_pool(tokens, include_cls=include_cls, num_prefix_tokens=num_prefix, impl="triton")
     expected_patch, expected_pooled = patch_pool_ref(tokens.cpu(), include_cls=include_cls,
                                                      num_prefix_tokens=num_prefix)
     assert patch.dtype == dtype and pooled.dtype == dtype and patch.device == tokens.device
@@ -118,7 +118,7 @@ def test_kernel_non_contiguous_tokens_and_class_token_max(kernel_device):
     tokens[1, 0, 7] = 40.0
     tokens = tokens.to(kernel_device)
     for include_cls in (True, False):
-        patch, pooled = patch_pool(tokens, include_cls=include_cls, backend="triton")
+        patch, pooled = patch_pool(tokens, include_cls=include_cls, impl="triton")
         expected = patch_pool_ref(tokens.cpu(), include_cls=include_cls)
         torch.testing.assert_close((patch.cpu(), pooled.cpu()), expected)
 
@@ -130,7 +130,7 @@ def test_kernel_sweep_gpu(dtype, output_tol):
     for batch, grid in [(1, 14), (8, 28), (32, 14), (4, 64)]:
         tokens = make_tokens(batch, 1 + grid * grid, 768, dtype, "cuda")
         for include_cls in (True, False):
-            got = patch_pool(tokens, include_cls=include_cls, backend="triton")
+            got = patch_pool(tokens, include_cls=include_cls, impl="triton")
             expected = patch_pool_ref(tokens, include_cls=include_cls)
             torch.testing.assert_close(got, expected, **output_tol[dtype])
 
@@ -141,7 +141,7 @@ def test_auto_takes_the_differentiable_path_when_autograd_records(monkeypatch):
     import clippy_rt.kernels.patch_pool as patch_pool_module
     from clippy_rt.models.vit import pool_tokens
 
-    monkeypatch.setattr(patch_pool_module, "resolve_backend", lambda *args: "triton")
+    monkeypatch.setattr(patch_pool_module, "resolve_impl", lambda *args: "triton")
     tokens = make_tokens(2, 1 + 9, 16).requires_grad_()
     patch, pooled = pool_tokens(tokens, include_cls=True, pooling="max")
     (patch.sum() + (pooled * torch.arange(16.0)).sum()).backward()

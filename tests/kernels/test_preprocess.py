@@ -110,7 +110,7 @@ def test_ref_bgr_single_frame_and_dtype():
     (lambda f: preprocess(f, (4, 4), MEAN[:2], STD), InputError, "mean must be 3"),
     (lambda f: preprocess(f, (4, 4), MEAN, (1, 0, 1)), InputError, "std must be positive"),
     (lambda f: preprocess(f, (4, 4), MEAN, STD, out_dtype=torch.int8), TypeError, "out_dtype"),
-    (lambda f: preprocess(f, (4, 4), MEAN, STD, backend="gpu"), InputError, "backend must be one of"),
+    (lambda f: preprocess(f, (4, 4), MEAN, STD, impl="gpu"), InputError, "impl must be one of"),
 ])
 def test_invalid_inputs_raise_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
@@ -120,7 +120,7 @@ def test_invalid_inputs_raise_clear_errors(call, error, message):
 def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
-        preprocess(make_frames(1, 6, 6), (4, 4), MEAN, STD, backend="triton")
+        preprocess(make_frames(1, 6, 6), (4, 4), MEAN, STD, impl="triton")
 
 
 # (batch, in size, out size, antialias, bgr, out dtype): shrinking (antialiased and not),
@@ -139,7 +139,7 @@ KERNEL_CASES = [
 def test_kernel_matches_reference(kernel_device, output_tol, batch, in_size, out_size, antialias, bgr, dtype):
     frames = make_frames(batch, *in_size, device=kernel_device)
     got = preprocess(frames, out_size, MEAN, STD, bgr=bgr, antialias=antialias, out_dtype=dtype,
-                     backend="triton")
+                     impl="triton")
     expected = preprocess_ref(frames.cpu(), out_size, MEAN, STD, bgr=bgr, antialias=antialias, out_dtype=dtype)
     assert got.dtype == dtype and got.shape == expected.shape and got.device == frames.device
     # Values reach about 2 in magnitude: the float32 entry's rtol covers the summation order.
@@ -166,7 +166,7 @@ def test_kernel_strided_frames_and_single_frame(kernel_device, output_tol):
     frames = make_frames(1, 30, 40, device=kernel_device)
     crop = frames[0, 5:25, 3:33]
     assert not crop.is_contiguous()
-    got = preprocess(crop, (8, 9), MEAN, STD, backend="triton")
+    got = preprocess(crop, (8, 9), MEAN, STD, impl="triton")
     expected = preprocess_ref(crop.cpu().contiguous(), (8, 9), MEAN, STD)
     assert got.shape == (1, 3, 8, 9)
     torch.testing.assert_close(got.cpu(), expected, **output_tol[torch.float32])
@@ -182,6 +182,6 @@ def test_kernel_sweep_gpu(antialias, dtype, output_tol):
         frames = make_frames(4, *in_size, device="cuda", smooth=True)
         for bgr in (False, True):
             got = preprocess(frames, out_size, MEAN, STD, bgr=bgr, antialias=antialias, out_dtype=dtype,
-                             backend="triton")
+                             impl="triton")
             expected = preprocess_ref(frames, out_size, MEAN, STD, bgr=bgr, antialias=antialias, out_dtype=dtype)
             torch.testing.assert_close(got, expected, **output_tol[dtype])

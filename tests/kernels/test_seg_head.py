@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from clippy_rt.errors import BackendUnavailableError, InputError
-from clippy_rt.kernels.seg_head import (patch_logits_ref, seg_head, seg_head_ref,
-                                        seg_head_reference_procedure, top2_gap, upsample_logits_ref)
+from clippy_rt.kernels.seg_head import seg_head
+from clippy_rt.kernels.seg_head_ref import (patch_logits_ref, seg_head_ref, seg_head_reference_procedure, top2_gap,
+                                            upsample_logits_ref)
 
 # Seg-head arithmetic is float32 whatever the input dtype, so kernel and reference differ
 # only by float32 summation order and FMA contraction. Measured with the interpreter over
@@ -174,8 +175,8 @@ def test_ref_label_dtype_and_no_scores():
 def test_dispatch_on_cpu_uses_reference():
     patch, text = make_inputs(1, 7, 7, 16, 21)
     expected = seg_head_ref(patch, text, (19, 23), window=LETTERBOX, return_scores=True)
-    for backend in ("auto", "torch"):
-        got = seg_head(patch, text, (19, 23), window=LETTERBOX, return_scores=True, backend=backend)
+    for impl in ("auto", "torch"):
+        got = seg_head(patch, text, (19, 23), window=LETTERBOX, return_scores=True, impl=impl)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -191,11 +192,11 @@ labels, _ = seg_head.seg_head(patch, text, (5, 5))
 assert labels.shape == (1, 5, 5)
 patch_pool.patch_pool(torch.randn(1, 5, 8))
 try:
-    seg_head.seg_head(patch, text, (5, 5), backend="triton")
+    seg_head.seg_head(patch, text, (5, 5), impl="triton")
 except BackendUnavailableError as exc:
     assert "pip install triton" in str(exc), exc
 else:
-    raise SystemExit("backend='triton' without triton did not raise")
+    raise SystemExit("impl='triton' without triton did not raise")
 """
 
 
@@ -214,7 +215,7 @@ def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
     patch, text = make_inputs(1, 2, 2, 8, 3)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
-        seg_head(patch, text, (4, 4), backend="triton")
+        seg_head(patch, text, (4, 4), impl="triton")
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -231,7 +232,7 @@ def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
     (lambda p, t: seg_head(p, t, (4, 4), window=(0, 0, 1.5, 1)), InputError, r"\[0, 1\]"),
     (lambda p, t: seg_head(p, t, (4, 4), window=(0.5, 0, 0.5, 1)), InputError, "y1 > y0"),
     (lambda p, t: seg_head(p, t, (4, 4), temperature=0.0), InputError, "temperature"),
-    (lambda p, t: seg_head(p, t, (4, 4), backend="cuda"), InputError, "backend must be one of"),
+    (lambda p, t: seg_head(p, t, (4, 4), impl="cuda"), InputError, "impl must be one of"),
     (lambda p, t: seg_head(p.numpy(), t, (4, 4)), TypeError, "torch.Tensor"),
 ])
 def test_invalid_inputs_raise_clear_errors(call, error, message):
@@ -267,7 +268,7 @@ KERNEL_CASES = [
 @pytest.mark.parametrize("batch, h, w, dim, prompts, out_size, dtype, window", KERNEL_CASES)
 def test_kernel_matches_reference(kernel_device, batch, h, w, dim, prompts, out_size, dtype, window):
     patch, text = make_inputs(batch, h, w, dim, prompts, dtype, kernel_device)
-    labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True, backend="triton")
+    labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True, impl="triton")
     assert labels.device == patch.device
     ref_labels, ref_scores = seg_head_ref(patch.cpu(), text.cpu(), out_size, window=window, return_scores=True)
     gap = top2_gap(full_logits(patch.cpu(), text.cpu(), out_size, window))
@@ -278,7 +279,7 @@ def test_kernel_matches_reference(kernel_device, batch, h, w, dim, prompts, out_
 def test_kernel_softmax_scores(kernel_device, prompts, temperature):
     patch, text = make_inputs(2, 7, 5, 32, prompts, torch.float16, kernel_device)
     labels, scores = seg_head(patch, text, (19, 13), window=LETTERBOX, return_scores=True,
-                              temperature=temperature, backend="triton")
+                              temperature=temperature, impl="triton")
     ref_labels, ref_scores = seg_head_ref(patch.cpu(), text.cpu(), (19, 13), window=LETTERBOX,
                                           return_scores=True, temperature=temperature)
     gap = top2_gap(full_logits(patch.cpu(), text.cpu(), (19, 13), LETTERBOX))
@@ -291,7 +292,7 @@ def test_kernel_softmax_scores(kernel_device, prompts, temperature):
 def test_kernel_without_scores_and_label_dtypes(kernel_device):
     for prompts, dtype in [(255, torch.uint8), (256, torch.int32)]:
         patch, text = make_inputs(1, 3, 4, 16, prompts, device=kernel_device)
-        labels, scores = seg_head(patch, text, (7, 6), backend="triton")
+        labels, scores = seg_head(patch, text, (7, 6), impl="triton")
         assert scores is None and labels.dtype == dtype
         ref_labels, _ = seg_head_ref(patch.cpu(), text.cpu(), (7, 6))
         gap = top2_gap(full_logits(patch.cpu(), text.cpu(), (7, 6)))
@@ -335,8 +336,8 @@ def test_kernel_non_contiguous_inputs(kernel_device):
     patch_t = patch.transpose(1, 2).contiguous().transpose(1, 2)  # same values, w-major memory
     text_t = text.t().contiguous().t()
     assert not patch_t.is_contiguous() and not text_t.is_contiguous()
-    labels, scores = seg_head(patch_t, text_t, (25, 18), return_scores=True, backend="triton")
-    expected = seg_head(patch, text, (25, 18), return_scores=True, backend="triton")
+    labels, scores = seg_head(patch_t, text_t, (25, 18), return_scores=True, impl="triton")
+    expected = seg_head(patch, text, (25, 18), return_scores=True, impl="triton")
     torch.testing.assert_close((labels, scores), expected, rtol=0, atol=SCORE_ATOL)
 
 
@@ -456,7 +457,7 @@ def test_tuning_on_gpu_keeps_results(monkeypatch):
     monkeypatch.setattr(_triton_support, "TUNE_MIN_WORK", 0)
     monkeypatch.setattr(_triton_support, "_tuned", {})
     patch, text = make_inputs(2, 14, 14, 768, 150, torch.float16, "cuda")
-    labels, scores = seg_head(patch, text, (224, 224), window=LETTERBOX, return_scores=True, backend="triton")
+    labels, scores = seg_head(patch, text, (224, 224), window=LETTERBOX, return_scores=True, impl="triton")
     assert {key[0] for key in _triton_support._tuned} == {"seg_head.logits", "seg_head.bands"}
     ref_labels, ref_scores = seg_head_ref(patch, text, (224, 224), window=LETTERBOX, return_scores=True)
     assert_same_decisions(labels, scores, ref_labels, ref_scores,
@@ -465,7 +466,7 @@ def test_tuning_on_gpu_keeps_results(monkeypatch):
 
 def test_kernel_empty_batch(kernel_device):
     patch, text = make_inputs(1, 3, 3, 16, 4, device=kernel_device)
-    labels, scores = seg_head(patch[:0], text, (5, 5), return_scores=True, backend="triton")
+    labels, scores = seg_head(patch[:0], text, (5, 5), return_scores=True, impl="triton")
     assert labels.shape == (0, 5, 5) and scores.shape == (0, 5, 5)
 
 
@@ -486,7 +487,7 @@ def test_kernel_sweep_gpu(prompts, dtype, window):
     for index, (h, w) in enumerate(GRIDS):
         out_size = (h * 16 + 3, w * 13 + 5)
         patch, text = make_inputs(2, h, w, 768, prompts, dtype, "cuda", seed=index)
-        labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True, backend="triton")
+        labels, scores = seg_head(patch, text, out_size, window=window, return_scores=True, impl="triton")
         ref_labels, ref_scores = seg_head_ref(patch, text, out_size, window=window, return_scores=True)
         gap = top2_gap(full_logits(patch, text, out_size, window))
         assert_same_decisions(labels, scores, ref_labels, ref_scores, gap)
@@ -498,7 +499,7 @@ def test_kernel_offsets_past_2_31():
     """9 x 16384 x 16400 labels: the last image starts at element 8 * 16384 * 16400 > 2^31,
     so 32-bit offsets would wrap. Its labels must equal those of the same image run alone."""
     patch, text = make_inputs(9, 4, 4, 64, 5, torch.float16, "cuda")
-    labels, _ = seg_head(patch, text, (16384, 16400), backend="triton")
+    labels, _ = seg_head(patch, text, (16384, 16400), impl="triton")
     assert labels[8].storage_offset() == 8 * 16384 * 16400 > 2 ** 31
-    alone, _ = seg_head(patch[8:], text, (16384, 16400), backend="triton")
+    alone, _ = seg_head(patch[8:], text, (16384, 16400), impl="triton")
     assert torch.equal(labels[8], alone[0])

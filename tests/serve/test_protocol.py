@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clippy_rt.engine import Segmentation
+from clippy_rt.results import Segmentation
 from clippy_rt.errors import InputError
 from clippy_rt.serve.protocol import (RequestError, classification_from_json, classification_to_json,
                                       decode_image, encode_image_file, parse_classify, parse_segment,

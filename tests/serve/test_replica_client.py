@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import clippy_rt
-from clippy_rt.client import Client
-from clippy_rt.engine import Segmentation
+from clippy_rt.serve.client import Client
+from clippy_rt.results import Segmentation
 from clippy_rt.errors import InputError, ServerError
 from clippy_rt.serve.protocol import RequestError
 from clippy_rt.serve.replica import Replica
