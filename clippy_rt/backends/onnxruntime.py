@@ -15,6 +15,13 @@ Session options, and why:
   and a thread per logical CPU makes the spinning pool fight its sibling.
 - ``inter_op_num_threads`` = 1 with sequential execution: the towers are a chain of large
   ops, there is no branch parallelism to exploit.
+- no spinning (``session.intra_op.allow_spinning = 0``): by default the intra-op pool's
+  threads keep spinning for a while after each run, and an engine holds two sessions
+  (image and text tower), each with its own pool. Run one right after the other and the
+  second one's threads compete for the cores with the first one's still-spinning threads:
+  the image tower right after ``encode_text`` took 1.3-1.7x its time alone. Blocking
+  threads cost a wake-up per parallel region, which the towers' large GEMMs do not feel
+  (``benchmarks/bench_cpu.py --part spinning``; figures in benchmarks/RESULTS.md).
 - the CPU memory arena and memory patterns stay on: they remove per-call allocations;
   the arena grows to the largest shape served and keeps it.
 
@@ -75,8 +82,15 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def session_options(threads: Optional[int] = None, optimization: str = "all") -> "ort.SessionOptions":
-    """The session options this backend uses (module docstring explains each choice)."""
+# Session config keys (onnxruntime_session_options_config_keys.h).
+INTRA_OP_SPINNING = "session.intra_op.allow_spinning"
+INTER_OP_SPINNING = "session.inter_op.allow_spinning"
+
+
+def session_options(threads: Optional[int] = None, optimization: str = "all",
+                    spinning: bool = False) -> "ort.SessionOptions":
+    """The session options this backend uses (module docstring explains each choice).
+    ``spinning=True`` restores ONNX Runtime's spinning thread pool (for benchmarks)."""
     if optimization not in OPTIMIZATION_LEVELS:
         raise InputError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
     if threads is not None:
@@ -89,6 +103,8 @@ def session_options(threads: Optional[int] = None, optimization: str = "all") ->
     options.enable_cpu_mem_arena = True
     options.enable_mem_pattern = True
     options.log_severity_level = 3
+    for key in (INTRA_OP_SPINNING, INTER_OP_SPINNING):
+        options.add_session_config_entry(key, "1" if spinning else "0")
     return options
 
 
@@ -120,11 +136,12 @@ class OrtRunner(Runner):
 
     def __init__(self, path: Path, graph: GraphSpec, config: ClippyConfig, *,
                  device: torch.device = torch.device("cpu"), threads: Optional[int] = None,
-                 optimization: str = "all", tensorrt_provider: bool = False) -> None:
+                 optimization: str = "all", tensorrt_provider: bool = False, spinning: bool = False) -> None:
         super().__init__(graph, config, device)
         self.path = Path(path)
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads, optimization),
+            self.session = ort.InferenceSession(str(self.path),
+                                                sess_options=session_options(threads, optimization, spinning),
                                                 providers=providers_for(device, tensorrt_provider))
         except _ORT_ERRORS as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -200,13 +217,14 @@ def _as_numpy(value) -> np.ndarray:
 
 
 def load_onnxruntime(path, device: str = "cpu", precision: Optional[str] = "fp32", *, threads: Optional[int] = None,
-                     optimization: str = "all", tensorrt_provider: bool = False,
+                     optimization: str = "all", tensorrt_provider: bool = False, spinning: bool = False,
                      verify_checksums: bool = True, text_cache: Optional[TextCache] = None) -> Engine:
     """Load an ONNX directory written by ``clippy-rt export`` as an Engine.
 
     ``precision`` selects the graphs ("fp32", or "fp16" / "int8" where the directory was
     exported with ``--fp16`` / ``--int8``; int8 runs on the CPU only); inputs and outputs
-    are float32 either way. Raises ``ModelDirError``
+    are float32 either way. ``spinning=True`` lets the thread pools spin between runs
+    (ONNX Runtime's default; off here, see the module doc). Raises ``ModelDirError``
     for a missing, inconsistent, truncated or corrupt directory, ``InputError`` for bad
     arguments, ``BackendUnavailableError`` for a device this onnxruntime cannot use.
     """
@@ -225,7 +243,8 @@ def load_onnxruntime(path, device: str = "cpu", precision: Optional[str] = "fp32
     from . import REGISTRY
 
     tokenizer = load_tokenizer(onnx_dir.tokenizer, onnx_dir.config)
-    options = dict(device=resolved, threads=threads, optimization=optimization, tensorrt_provider=tensorrt_provider)
+    options = dict(device=resolved, threads=threads, optimization=optimization, tensorrt_provider=tensorrt_provider,
+                   spinning=spinning)
     image = OrtRunner(onnx_dir.graph_path(IMAGE.name, precision), IMAGE, onnx_dir.config, **options)
     text = OrtRunner(onnx_dir.graph_path(TEXT.name, precision), TEXT, onnx_dir.config, **options)
     return Engine(image, text, tokenizer, onnx_dir.config, backend=REGISTRY["onnxruntime"], device=resolved,

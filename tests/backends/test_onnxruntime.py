@@ -257,6 +257,18 @@ def test_session_options_are_deliberate():
         session_options(threads=0)
 
 
+def test_sessions_do_not_spin_between_runs(engines):
+    # The engine's two sessions each own a thread pool; a pool left spinning after the text
+    # tower competes with the image tower's for the cores. Read back from the live sessions.
+    for engine in engines.values():
+        for runner in (engine.image_runner, engine.text_runner):
+            options = runner.session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+            assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    spinning = session_options(spinning=True)
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
 def test_runner_checks_the_graph_against_the_spec(onnx_dir, engines):
     with pytest.raises(ModelDirError, match="graph inputs are"):
         OrtRunner(onnx_dir / "image.onnx", io_spec.TEXT, engines["fp32"].config)
