@@ -16,8 +16,18 @@ segmented by it too and
 
 over the same counted (non-ignored) pixels.
 
-Two sets are built in: ``synthetic[:N[:SEED]]`` (generated scenes, see
-``clippy_rt.datasets.synthetic``) and ``voc:PATH`` (a PASCAL VOC layout folder).
+Built-in sets: ``synthetic[:N[:SEED]]`` and ``synthetic-plain[:N[:SEED]]`` (generated
+scenes, see ``clippy_rt.datasets.synthetic``) and ``voc:PATH`` (a PASCAL VOC layout folder)
+under one of two protocols:
+
+- ``reference``: the CLIPpy reference evaluation, step for step: the image's shorter side
+  to the model's size (bicubic) and the centred square crop; the label PNG squashed to that
+  square (nearest); 60 prompts "a photo of a/an {name}" (the 21 VOC classes under the
+  reference's names, then 39 stuff classes), every prediction past the 21st counted as
+  background; IoU_c = M[c, c] / (row_c + col_c - M[c, c] + eps), the mean over all 21
+  classes (a class absent from a subset scores 0). Comparable with the paper's figure.
+- ``native``: labels at each image's own size against the original label map, 21 prompts,
+  the mean over the classes seen. Scores the whole image at full resolution.
 """
 
 from __future__ import annotations
@@ -63,10 +73,14 @@ class EvalSet:
     samples: Sequence[Tuple[Any, np.ndarray]]
     prompts: Dict[str, List[str]]
     ignore_index: Optional[int] = None
+    # Classes scored; predictions of the prompts past them count as class 0 (None: all).
+    scored_classes: Optional[int] = None
+    protocol: str = "native"
 
     @property
     def class_names(self) -> Tuple[str, ...]:
-        return tuple(self.prompts)
+        """The scored classes, in label order."""
+        return tuple(self.prompts)[:self.scored_classes]
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class EvalResult:
     confusion: Tuple[Tuple[int, ...], ...] = field(default=(), repr=False)
     preprocess: str = "auto"
     reference_miou: Optional[float] = None
+    protocol: str = "native"
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready: NaN becomes None."""
@@ -96,6 +111,7 @@ class EvalResult:
 
         return {
             "dataset": self.dataset,
+            "protocol": self.protocol,
             "num_images": self.num_images,
             "backend": self.backend,
             "precision": self.precision,
@@ -128,15 +144,22 @@ class _SyntheticSamples(Sequence):
 
 
 class _VOCSamples(Sequence):
-    def __init__(self, dataset) -> None:
+    """VOC pairs as they are (``size`` None) or as the reference protocol crops them."""
+
+    def __init__(self, dataset, size: Optional[int] = None) -> None:
         self._dataset = dataset
+        self._size = size
 
     def __len__(self) -> int:
         return len(self._dataset)
 
     def __getitem__(self, index):  # type: ignore[override]
-        image, labels, _ = self._dataset[index]
-        return image, labels
+        image, labels, image_id = self._dataset[index]
+        if self._size is None:
+            return image, labels
+        from .datasets.voc import reference_sample
+
+        return reference_sample(image, self._dataset.label_path(image_id), self._size)
 
 
 def synthetic_set(n: int = 500, seed: Optional[int] = None, *, image_size: int = 64,
@@ -154,20 +177,37 @@ def synthetic_set(n: int = 500, seed: Optional[int] = None, *, image_size: int =
                    prompts=eval_prompts(shape_templates), ignore_index=None)
 
 
-def voc_set(root, split: str = "val", template: str = "a photo of {article} {}") -> EvalSet:
-    """A VOC-layout folder's ``split``: 21 classes, one prompt each, label 255 ignored."""
-    from .datasets.voc import VOC_IGNORE_INDEX, VOCSegmentation, voc_prompts
+PROTOCOLS = ("reference", "native")
 
+
+def voc_set(root, split: str = "val", template: str = "a photo of {article} {}", *,
+            protocol: str = "reference", size: int = 224) -> EvalSet:
+    """A VOC-layout folder's ``split`` under ``protocol`` (module doc): "reference" (60
+    prompts, ``size`` x ``size`` crops and squashed targets; ``template`` unused) or
+    "native" (21 classes, one prompt each from ``template``, original sizes). Label 255
+    is ignored either way."""
+    from .datasets.voc import VOC_CLASSES, VOC_IGNORE_INDEX, VOCSegmentation, reference_prompts, voc_prompts
+
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     dataset = VOCSegmentation(root, split)
-    return EvalSet(name=f"voc:{root} ({split})", samples=_VOCSamples(dataset),
-                   prompts=voc_prompts(template), ignore_index=VOC_IGNORE_INDEX)
+    name = f"voc:{root} ({split}, {len(dataset)} images, {protocol} protocol)"
+    if protocol == "native":
+        return EvalSet(name=name, samples=_VOCSamples(dataset), prompts=voc_prompts(template),
+                       ignore_index=VOC_IGNORE_INDEX)
+    check_positive_int("size", size)
+    return EvalSet(name=name, samples=_VOCSamples(dataset, size), prompts=reference_prompts(),
+                   ignore_index=VOC_IGNORE_INDEX, scored_classes=len(VOC_CLASSES), protocol="reference")
 
 
-def open_dataset(spec: str, *, split: str = "val") -> EvalSet:
+def open_dataset(spec: str, *, split: str = "val", protocol: Optional[str] = None, size: int = 224) -> EvalSet:
     """``synthetic[:N[:SEED]]``, ``synthetic-plain[:N[:SEED]]`` or ``voc:PATH`` -> an EvalSet.
+    ``protocol``: for VOC, "reference" (the default) or "native"; generated scenes have the
+    native one only. ``size``: the reference protocol's crop (the model's input size).
 
     Raises:
-        InputError: another prefix, a malformed spec, or a VOC folder that is incomplete.
+        InputError: another prefix, a malformed spec, a protocol the dataset does not have,
+            or a VOC folder that is incomplete.
     """
     if not isinstance(spec, str):
         raise TypeError(f"dataset spec must be a str, got {type(spec).__name__}")
@@ -175,10 +215,12 @@ def open_dataset(spec: str, *, split: str = "val") -> EvalSet:
         root = spec[len("voc:"):]
         if not root:
             raise InputError("voc:PATH needs a folder path after 'voc:'")
-        return voc_set(root, split)
+        return voc_set(root, split, protocol=protocol or "reference", size=size)
     if spec.split(":")[0] in ("synthetic", "synthetic-plain"):
         from .datasets.synthetic import parse_dataset_spec
 
+        if protocol not in (None, "native"):
+            raise InputError(f"generated scenes are scored with the native protocol only, got protocol {protocol!r}")
         n, seed, style = parse_dataset_spec(spec)
         return synthetic_set(n, seed, style=style)
     raise InputError(f"unknown dataset {spec!r}: expected 'synthetic[:N[:SEED]]', "
@@ -216,7 +258,7 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
     count = len(eval_set.samples)
     if count == 0:
         raise InputError(f"the evaluation set {eval_set.name} is empty")
-    classes = len(eval_set.prompts)
+    classes = len(eval_set.class_names)
     matrix = ConfusionMatrix(classes, ignore_index=eval_set.ignore_index)
     reference_matrix = ConfusionMatrix(classes, ignore_index=eval_set.ignore_index)
     agree, counted = 0, 0
@@ -232,25 +274,39 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
                       if reference is not None else [None] * len(pairs))
         for (_, target), prediction, ref in zip(pairs, predictions, references):
             target = np.asarray(target)
-            labels = prediction.labels.numpy()
+            labels = _scored(prediction.labels.numpy(), classes)
             if target.shape != labels.shape:
                 raise InputError(f"a target of {eval_set.name} has shape {target.shape}, but its "
                                  f"image segments to {labels.shape}")
             matrix.update(labels, target)
             if ref is not None:
-                reference_matrix.update(ref.labels.numpy(), target)
+                ref_labels = _scored(ref.labels.numpy(), classes)
+                reference_matrix.update(ref_labels, target)
                 keep = (np.ones(target.shape, dtype=bool) if eval_set.ignore_index is None
                         else target != eval_set.ignore_index)
-                agree += int((labels == ref.labels.numpy())[keep].sum())
+                agree += int((labels == ref_labels)[keep].sum())
                 counted += int(keep.sum())
     agreement = None
     if reference is not None:
         agreement = agree / counted if counted else math.nan
+    reference_protocol = eval_set.protocol == "reference"
+    iou = matrix.iou_with_eps() if reference_protocol else matrix.iou()
+
+    def mean_iou(which: ConfusionMatrix) -> float:
+        return float(np.nanmean(which.iou_with_eps())) if reference_protocol else which.miou()
+
     return EvalResult(
         dataset=eval_set.name, num_images=count, class_names=eval_set.class_names,
-        miou=matrix.miou(), iou=tuple(float(v) for v in matrix.iou()),
+        miou=mean_iou(matrix), iou=tuple(float(v) for v in iou), protocol=eval_set.protocol,
         pixel_accuracy=matrix.pixel_accuracy(), pixels=matrix.total,
         backend=getattr(engine, "backend", "torch"), precision=getattr(engine, "precision", "fp32"),
         size=size, agreement=agreement, preprocess=preprocess,
-        reference_miou=reference_matrix.miou() if reference is not None else None,
+        reference_miou=mean_iou(reference_matrix) if reference is not None else None,
         confusion=tuple(tuple(int(v) for v in row) for row in matrix.matrix))
+
+
+def _scored(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Predictions of prompts past the scored ``classes`` (the reference's stuff classes) as 0."""
+    if labels.size and labels.max() >= classes:
+        labels = np.where(labels >= classes, 0, labels)
+    return labels

@@ -117,6 +117,14 @@ class ConfusionMatrix:
         present = ~np.isnan(per_class)
         return float(per_class[present].mean()) if present.any() else math.nan
 
+    def iou_with_eps(self) -> np.ndarray:
+        """Per-class IoU as the reference evaluation computes it, float64 [C]:
+        ``M[c, c] / (col_c + row_c - M[c, c] + eps)`` with float32's eps, so a class absent
+        from both target and prediction scores 0 (not NaN) and pulls the mean down."""
+        true_positive = np.diag(self._matrix).astype(np.float64)
+        union = self._matrix.sum(axis=0) + self._matrix.sum(axis=1) - true_positive
+        return true_positive / (union + np.finfo(np.float32).eps)
+
     def pixel_accuracy(self) -> float:
         """Fraction of counted pixels predicted correctly; NaN when nothing was counted."""
         total = self._matrix.sum()

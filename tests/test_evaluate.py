@@ -126,7 +126,8 @@ def voc_root(tmp_path):
 
 
 def test_cli_eval_voc_folder(tiny_model_dir, voc_root, capsys):
-    code = cli(["eval", str(tiny_model_dir), "--dataset", f"voc:{voc_root}", "--json", "--no-progress"])
+    code = cli(["eval", str(tiny_model_dir), "--dataset", f"voc:{voc_root}", "--protocol", "native", "--json",
+                "--no-progress"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["num_images"] == 2

@@ -4,8 +4,13 @@ Datasets: "synthetic[:N[:SEED]]" (generated scenes, each shape class with its ow
 pattern; default 500 held-out scenes), "synthetic-plain[:N[:SEED]]" (the same scenes with
 flat fills; in both, the background class is the max over one prompt per background
 kind, each shape "a {shape}") or "voc:PATH" (a PASCAL VOC folder: JPEGImages/, SegmentationClass/,
-ImageSets/Segmentation/SPLIT.txt; 21 classes prompted "a photo of a/an {class}", label
-255 ignored). With a backend or precision other than torch fp32, the same images are
+ImageSets/Segmentation/SPLIT.txt; label 255 ignored). VOC is scored under --protocol
+"reference" (the default: the CLIPpy reference evaluation step for step, comparable with
+the paper's figure: shorter side to the model's size and centre crop, label map squashed
+to the crop's size, 60 prompts of which the 39 stuff classes count as background, mean IoU
+over all 21 classes) or "native" (21 prompts "a photo of a/an {class}", labels at each
+image's own size against the original label map); docs/evaluation.md compares them. The
+output names the split and the number of images. With a backend or precision other than torch fp32, the same images are
 also segmented by torch fp32 and the label agreement between the two is reported; the
 torch model comes from --reference, or from MODEL itself when it is a model directory,
 or from the source recorded in an ONNX directory's manifest. With --preprocess device or
@@ -30,6 +35,8 @@ def add_arguments(parser) -> None:
                         help="synthetic[:N[:SEED]], synthetic-plain[:N[:SEED]] or voc:PATH "
                              "(default: synthetic = 500 held-out scenes)")
     parser.add_argument("--split", default="val", help="VOC split file name (default: val)")
+    parser.add_argument("--protocol", default=None, choices=["reference", "native"],
+                        help="VOC scoring protocol (default: reference; generated scenes: native)")
     parser.add_argument("--size", type=size_arg, default=None,
                         help="model input size, S or HxW, multiples of the patch size (default: the model's)")
     parser.add_argument("--resize", default="squash", choices=["squash", "crop", "letterbox"],
@@ -72,6 +79,24 @@ def _reference_dir(args) -> str:
                      "pass --reference MODEL_DIR")
 
 
+def _reference_size(args) -> int:
+    """The reference protocol's square crop: --size (one side) or the model's input size."""
+    from clippy_rt.api import resolve_model_path
+    from clippy_rt.errors import InputError
+    from clippy_rt.formats.kinds import artifact_config, artifact_kind
+
+    if args.resize != "squash":
+        raise InputError("the reference protocol crops the images itself; --resize does not apply to it "
+                         "(use --protocol native)")
+    if args.size is not None:
+        height, width = args.size if isinstance(args.size, tuple) else (args.size, args.size)
+        if height != width:
+            raise InputError(f"the reference protocol takes a square size, got {height}x{width}")
+        return height
+    path = resolve_model_path(args.model)
+    return artifact_config(path, artifact_kind(path)).image.image_size
+
+
 def run(args) -> int:
     import sys
 
@@ -81,7 +106,10 @@ def run(args) -> int:
     from clippy_rt.validate import check_positive_int
 
     check_positive_int("--batch-size", args.batch_size)
-    eval_set = open_dataset(args.dataset, split=args.split)
+    size = args.size
+    if args.dataset.startswith("voc:") and args.protocol != "native":
+        size = _reference_size(args)
+    eval_set = open_dataset(args.dataset, split=args.split, protocol=args.protocol, size=size or 224)
     engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     warning = random_warning(engine)
     if warning:
@@ -95,7 +123,7 @@ def run(args) -> int:
     if args.preprocess in ("device", "kernel"):
         reference = reference or engine
         reference_preprocess = "host"
-    result = evaluate(engine, eval_set, reference=reference, size=args.size, resize=args.resize,
+    result = evaluate(engine, eval_set, reference=reference, size=size, resize=args.resize,
                       batch_size=args.batch_size, preprocess=args.preprocess,
                       reference_preprocess=reference_preprocess,
                       progress=lambda batches: progress(batches, "eval", enabled=args.progress))
@@ -103,6 +131,7 @@ def run(args) -> int:
         print_json(result.to_dict())
         return 0
     print(f"dataset          {result.dataset}")
+    print(f"protocol         {result.protocol}")
     print(f"images           {result.num_images}")
     print(f"backend          {result.backend} ({result.precision})")
     print(f"mIoU             {_percent(result.miou)}")

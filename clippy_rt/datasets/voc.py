@@ -17,7 +17,8 @@ from PIL import Image
 
 from clippy_rt.errors import InputError
 
-__all__ = ["VOC_CLASSES", "VOC_IGNORE_INDEX", "VOC_PROMPT_NAMES", "VOCSegmentation", "voc_prompts"]
+__all__ = ["REFERENCE_CLASSES", "VOC_CLASSES", "VOC_IGNORE_INDEX", "VOC_PROMPT_NAMES", "VOCSegmentation",
+           "reference_prompts", "reference_sample", "voc_prompts"]
 
 # The dataset's own class names, label index order.
 VOC_CLASSES: tuple[str, ...] = (
@@ -71,6 +72,16 @@ VOC_PROMPT_NAMES: tuple[str, ...] = (
 
 VOC_IGNORE_INDEX = 255
 
+# The class names the reference evaluation prompts with: the 21 VOC classes under its own
+# names (label order; "table" where VOC says diningtable), then 39 stuff and background
+# classes. Every prediction past the first 21 counts as background.
+REFERENCE_CLASSES: tuple[str, ...] = VOC_PROMPT_NAMES[:11] + ("table",) + VOC_PROMPT_NAMES[12:] + (
+    "bag", "bed", "bench", "book", "building", "cabinet", "ceiling", "cloth", "computer", "cup",
+    "door", "fence", "floor", "flower", "food", "grass", "ground", "keyboard", "light", "mountain",
+    "mouse", "curtain", "platform", "sign", "plate", "road", "rock", "shelves", "sidewalk", "sky",
+    "snow", "bedclothes", "track", "tree", "truck", "wall", "water", "window", "wood",
+)
+
 # Modes whose pixel values are the class indices themselves.
 _INDEX_MODES = ("P", "L")
 
@@ -99,6 +110,35 @@ def voc_prompts(template: str = "a photo of {article} {}") -> dict[str, list[str
                 f"template {template!r} is invalid (allowed fields: '{{}}' and '{{article}}'): {err}"
             ) from None
     return prompts
+
+
+def reference_prompts() -> dict[str, list[str]]:
+    """The reference evaluation's 60 prompts, ``{name: ["a photo of a/an {name}"]}`` in
+    ``REFERENCE_CLASSES`` order ("an" before a vowel)."""
+    return {name: [f"a photo of {'an' if name[0] in 'aeiou' else 'a'} {name}"] for name in REFERENCE_CLASSES}
+
+
+def reference_sample(image: Image.Image, label_path: str | os.PathLike, size: int) -> tuple[Image.Image, np.ndarray]:
+    """One image and its target as the reference evaluation sees them.
+
+    The image: shorter side to ``size`` with PIL's bicubic filter (the other side floored,
+    as torchvision's ``Resize(size)``), then the centred ``size`` x ``size`` crop (offsets
+    rounded as torchvision's ``CenterCrop``). The target: the label PNG resized to
+    ``size`` x ``size`` as torchvision's ``Resize((size, size))`` does to a PIL image, a
+    bilinear request that PIL carries out as nearest for palette ('P') images: squashed,
+    not cropped, so the target covers the whole image while the prediction covers the crop.
+    """
+    width, height = image.size
+    if width <= height:
+        new_w, new_h = size, height * size // width
+    else:
+        new_w, new_h = width * size // height, size
+    resized = image.resize((new_w, new_h), Image.BICUBIC)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    crop = resized.crop((left, top, left + size, top + size))
+    with Image.open(label_path) as handle:
+        target = np.array(handle.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return crop, target
 
 
 class VOCSegmentation:
