@@ -36,6 +36,7 @@ from clippy_rt.formats.onnx_dir import check_file
 from clippy_rt.runner import Runner
 from clippy_rt.text_cache import TextCache
 from clippy_rt.tokenizer import load_tokenizer
+from clippy_rt.validate import check_positive_int
 
 
 # The clippy-rt build option that sets each dynamic axis's range.
@@ -133,7 +134,7 @@ class TrtRunner(Runner):
 
 def load_tensorrt(path, device: str = "cuda", precision: Optional[str] = None, *,
                   environment: Optional[RuntimeEnvironment] = None,
-                  text_cache: Optional[TextCache] = None) -> Engine:
+                  text_cache: Optional[TextCache] = None, threads: Optional[int] = None) -> Engine:
     """Load an engine directory written by ``clippy-rt build`` as an Engine.
 
     ``device`` must be a CUDA device. ``precision`` is fixed when the engines are built;
@@ -146,6 +147,8 @@ def load_tensorrt(path, device: str = "cuda", precision: Optional[str] = None, *
     if precision is not None and precision != sidecar["precision"]:
         raise InputError(f"the engines in {path} were built for {sidecar['precision']}; precision {precision!r} "
                          f"needs a rebuild (`clippy-rt build` {'with' if precision == 'fp16' else 'without'} --fp16)")
+    if threads is not None:  # host-side torch work (pre-processing, copies)
+        torch.set_num_threads(check_positive_int("threads", threads))
     resolved = resolve_device(device)
     if resolved.type != "cuda":
         raise InputError(f"TensorRT engines run on a CUDA device; got device {str(resolved)!r} (use 'cuda')")

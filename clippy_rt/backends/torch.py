@@ -14,6 +14,7 @@ from ..formats.io_spec import IMAGE, TEXT, GraphSpec
 from ..formats.kinds import KIND_NAMES, MODEL, find_artifact_kind
 from ..precisions import compute_dtype
 from ..runner import Runner
+from ..validate import check_positive_int
 from ..text_cache import TextCache
 from ..tokenizer import load_tokenizer
 
@@ -40,9 +41,10 @@ class TorchRunner(Runner):
 
 
 def load_torch(path, device: str = "cpu", precision: Optional[str] = "fp32", *,
-               text_cache: Optional[TextCache] = None) -> Engine:
+               text_cache: Optional[TextCache] = None, threads: Optional[int] = None) -> Engine:
     """Load a model directory as an Engine over the PyTorch model (``engine.model``), computing
-    in ``precision`` ("fp32", "fp16", "bf16"). ``ModelDirError`` for an ONNX or engine
+    in ``precision`` ("fp32", "fp16", "bf16"). ``threads``: torch's CPU threads (a
+    process-wide setting, ``torch.set_num_threads``). ``ModelDirError`` for an ONNX or engine
     directory (with the backend that loads it) or a bad model directory."""
     from ..formats.model_dir import load_model
     from . import REGISTRY, backend_for_kind
@@ -55,6 +57,8 @@ def load_torch(path, device: str = "cpu", precision: Optional[str] = "fp32", *,
         raise ModelDirError(f"{path} is {KIND_NAMES[kind]}; load it with backend={owner.name!r}")
     resolved_device = resolve_device(device)
     dtype = compute_dtype(precision)
+    if threads is not None:
+        torch.set_num_threads(check_positive_int("threads", threads))
     model, info = load_model(path)
     tokenizer = load_tokenizer(info.tokenizer, info.config)
     model = model.to(device=resolved_device, dtype=dtype).eval()

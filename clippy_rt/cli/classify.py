@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_arguments, positive_int, print_json, progress, random_warning, size_arg
+from .common import add_model_arguments, load_engine, positive_int, print_json, progress, random_warning, size_arg
 
 
 def add_arguments(parser) -> None:
@@ -26,13 +26,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    import clippy_rt
     from clippy_rt.images import load_image
     from clippy_rt.prompts import build_prompt_set, parse_cli_prompts
 
     label_set = build_prompt_set(parse_cli_prompts(args.labels), args.template)
     images = [load_image(Path(p)) for p in args.images]
-    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    engine = load_engine(args)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)

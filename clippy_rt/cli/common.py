@@ -56,18 +56,31 @@ def size_arg(text: str):
         raise argparse.ArgumentTypeError(f"expected SIZE or HxW with positive integers, got {text!r}") from None
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = None) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = None, threads: bool = True) -> None:
+    """MODEL, --backend, --device, --precision and (with ``threads``) --threads."""
     parser.add_argument("model", help=model_help or "model directory (or ONNX / engine directory, or 'demo')")
     from clippy_rt.backends import BACKENDS
     from clippy_rt.precisions import PRECISIONS
 
-    parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
-                        help="inference backend (default: torch)")
+    parser.add_argument("--backend", default=None, choices=list(BACKENDS),
+                        help="inference backend (default: the one that loads MODEL's kind: torch for a model "
+                             "directory, onnxruntime for an ONNX directory, tensorrt for an engine directory)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cpu; cuda for tensorrt)")
     parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
                         help="compute precision (default: fp32; for tensorrt, the engine's; int8: "
                              "onnxruntime on the CPU)")
+    if threads:
+        parser.add_argument("--threads", type=positive_int, default=None,
+                            help="CPU threads for torch and ONNX Runtime (default: each library's own choice)")
+
+
+def load_engine(args, **kwargs):
+    """``clippy_rt.load`` with the model arguments of ``add_model_arguments``."""
+    import clippy_rt
+
+    return clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision,
+                          threads=args.threads, **kwargs)
 
 
 def progress(items: Sequence[T], label: str, *, stream=None, enabled: bool = True) -> Iterator[T]:

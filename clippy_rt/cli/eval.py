@@ -26,7 +26,7 @@ import json
 import math
 from pathlib import Path
 
-from .common import add_model_arguments, print_json, progress, random_warning, size_arg
+from .common import add_model_arguments, load_engine, print_json, progress, random_warning, size_arg
 
 
 def add_arguments(parser) -> None:
@@ -101,7 +101,7 @@ def run(args) -> int:
     import sys
 
     import clippy_rt
-    from clippy_rt.backends import is_reference
+    from clippy_rt.backends import REFERENCE, REFERENCE_PRECISION, is_reference
     from clippy_rt.evaluate import evaluate, open_dataset
     from clippy_rt.validate import check_positive_int
 
@@ -110,7 +110,7 @@ def run(args) -> int:
     if args.dataset.startswith("voc:") and args.protocol != "native":
         size = _reference_size(args)
     eval_set = open_dataset(args.dataset, split=args.split, protocol=args.protocol, size=size or 224)
-    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    engine = load_engine(args)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)
@@ -118,8 +118,8 @@ def run(args) -> int:
     reference_preprocess = args.preprocess
     # The engine's own values: --device and --precision default per backend.
     if not is_reference(engine.backend, engine.precision):
-        reference = clippy_rt.load(_reference_dir(args), backend="torch", device=str(engine.device),
-                                   precision="fp32")
+        reference = clippy_rt.load(_reference_dir(args), backend=REFERENCE.name, device=str(engine.device),
+                                   precision=REFERENCE_PRECISION)
     if args.preprocess in ("device", "kernel"):
         reference = reference or engine
         reference_preprocess = "host"

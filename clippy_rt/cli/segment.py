@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_arguments, print_json, progress, random_warning, size_arg
+from .common import add_model_arguments, load_engine, print_json, progress, random_warning, size_arg
 
 
 def add_arguments(parser) -> None:
@@ -36,7 +36,6 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    import clippy_rt
     from clippy_rt.errors import InputError
     from clippy_rt.images import load_image, probe_image
     from clippy_rt.prompts import build_prompt_set, parse_cli_prompts
@@ -52,7 +51,7 @@ def run(args) -> int:
     # Every file's header is read before the model loads: a missing or unreadable file
     # fails up front. The pixels are decoded one image at a time, below.
     sizes = [probe_image(p) for p in paths]
-    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    engine = load_engine(args)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)

@@ -15,7 +15,7 @@ from .common import add_model_arguments
 def add_arguments(parser) -> None:
     from clippy_rt.serve.protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
 
-    add_model_arguments(parser)
+    add_model_arguments(parser, threads=False)  # --cpus-per-replica sizes each replica
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP server binds (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     parser.add_argument("--replicas", type=int, default=1, help="number of replicas, one Engine each (default: 1)")
@@ -46,9 +46,9 @@ def run(args) -> int:
 
     require_ray()
     # Load once here so a bad model directory fails in a second, before Ray starts.
-    clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
+    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision)
     model = str(args.model) if str(args.model) == "demo" else str(resolve_model_path(args.model).resolve())
-    options = ServeOptions(model=model, backend=args.backend, device=args.device, precision=args.precision,
+    options = ServeOptions(model=model, backend=engine.backend, device=args.device, precision=args.precision,
                            host=args.host, port=args.port, replicas=args.replicas, max_batch=args.max_batch,
                            batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica,
                            max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, address=args.address,
