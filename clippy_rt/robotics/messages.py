@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -26,7 +26,15 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STRING_TYPE = "std_msgs/msg/String"
 RAW_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+# Camera encodings converted here with numpy: 4:2:2 YUV (ROS's "yuv422" is UYVY byte order,
+# "yuv422_yuy2" YUYV; BT.601 full range, as OpenCV converts them) and 8-bit Bayer mosaics
+# (each 2x2 cell gives one RGB colour, its greens averaged, repeated over the cell).
+# Byte positions of (Y0, U, Y1, V) in each 4-byte pair of pixels.
+YUV_ENCODINGS = {"yuv422": (1, 0, 3, 2), "uyvy": (1, 0, 3, 2), "yuv422_yuy2": (0, 1, 2, 3), "yuyv": (0, 1, 2, 3)}
+BAYER_ENCODINGS = ("bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8")
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+SUPPORTED = (f"Image encodings {', '.join(list(RAW_ENCODINGS) + ['yuv422', 'yuv422_yuy2'] + list(BAYER_ENCODINGS))}; "
+             f"CompressedImage jpeg, png")
 
 
 def header_fields(header: Any) -> Dict[str, Any]:
@@ -46,6 +54,20 @@ def stamp_ns(header: Any) -> int:
 
 def is_compressed(message: Any) -> bool:
     return hasattr(message, "format") and not hasattr(message, "encoding")
+
+
+def unsupported_reason(message: Any) -> Optional[str]:
+    """Why clippy-rt cannot read this Image / CompressedImage message's encoding (a sentence
+    listing what it reads), or None when it can."""
+    if is_compressed(message):
+        text = str(message.format).lower()
+        if "compresseddepth" in text or not any(name in text for name in COMPRESSED_FORMATS):
+            return f"compressed format {message.format!r} is not supported; clippy-rt reads {SUPPORTED}"
+        return None
+    encoding = str(getattr(message, "encoding", "")).lower()
+    if encoding in RAW_ENCODINGS or encoding in YUV_ENCODINGS or encoding in BAYER_ENCODINGS:
+        return None
+    return f"encoding {getattr(message, 'encoding', None)!r} is not supported; clippy-rt reads {SUPPORTED}"
 
 
 def message_to_frame(message: Any) -> np.ndarray:
@@ -71,26 +93,66 @@ def image_to_frame(message: Any) -> np.ndarray:
     is dropped. Any other encoding, or a size that does not add up, is an ``InputError``.
     """
     encoding = str(message.encoding).lower()
+    if encoding in YUV_ENCODINGS:
+        return _yuv422_to_rgb(_rows(message, 2), YUV_ENCODINGS[encoding])
+    if encoding in BAYER_ENCODINGS:
+        return _bayer_to_rgb(_rows(message, 1)[:, :, 0], encoding)
     if encoding not in RAW_ENCODINGS:
-        raise InputError(f"unsupported image encoding {message.encoding!r}; clippy-rt reads "
-                         f"{', '.join(RAW_ENCODINGS)} (and compressed jpeg/png)")
+        raise InputError(f"unsupported image encoding {message.encoding!r}; clippy-rt reads {SUPPORTED}")
     channels = RAW_ENCODINGS[encoding]
-    height, width, step = int(message.height), int(message.width), int(message.step)
-    if height <= 0 or width <= 0:
-        raise InputError(f"image message is empty: {width}x{height} pixels")
-    if step < width * channels:
-        raise InputError(f"image step {step} is smaller than width x channels = {width * channels}")
-    data = _bytes(message.data)
-    if data.size < step * height:
-        raise InputError(f"image data holds {data.size} bytes; {height} rows of step {step} "
-                         f"need {step * height}")
-    rows = data[: step * height].reshape(height, step)[:, : width * channels]
-    pixels = rows.reshape(height, width, channels)
+    pixels = _rows(message, channels)
     if channels == 1:
         return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
     if encoding.startswith("bgr"):
         return np.ascontiguousarray(pixels[:, :, 2::-1])
     return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def _rows(message: Any, channels: int) -> np.ndarray:
+    """The pixel bytes of an Image message as [H, W, channels], row padding (``step``) skipped."""
+    height, width, step = int(message.height), int(message.width), int(message.step)
+    if height <= 0 or width <= 0:
+        raise InputError(f"image message is empty: {width}x{height} pixels")
+    if step < width * channels:
+        raise InputError(f"image step {step} is smaller than width x bytes per pixel = {width * channels}")
+    data = _bytes(message.data)
+    if data.size < step * height:
+        raise InputError(f"image data holds {data.size} bytes; {height} rows of step {step} "
+                         f"need {step * height}")
+    rows = data[: step * height].reshape(height, step)[:, : width * channels]
+    return rows.reshape(height, width, channels)
+
+
+def _yuv422_to_rgb(pixels: np.ndarray, order) -> np.ndarray:
+    """4:2:2 YUV [H, W, 2] (two pixels share a U and a V) -> RGB uint8, BT.601 full range."""
+    height, width, _ = pixels.shape
+    if width % 2:
+        raise InputError(f"a yuv422 image needs an even width, got {width}")
+    pairs = pixels.reshape(height, width // 2, 4).astype(np.float32)
+    y_first, u_index, y_second, v_index = order
+    luma = np.stack([pairs[:, :, y_first], pairs[:, :, y_second]], axis=2).reshape(height, width)
+    u = np.repeat(pairs[:, :, u_index], 2, axis=1) - 128.0
+    v = np.repeat(pairs[:, :, v_index], 2, axis=1) - 128.0
+    rgb = np.stack([luma + 1.402 * v, luma - 0.344136 * u - 0.714136 * v, luma + 1.772 * u], axis=2)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _bayer_to_rgb(mosaic: np.ndarray, encoding: str) -> np.ndarray:
+    """An 8-bit Bayer mosaic [H, W] -> RGB uint8 [H, W, 3]: each 2x2 cell's red, blue and
+    mean green, repeated over the cell."""
+    height, width = mosaic.shape
+    if height % 2 or width % 2:
+        raise InputError(f"a Bayer image needs an even width and height, got {width}x{height}")
+    pattern = encoding[len("bayer_"):len("bayer_") + 4]          # e.g. "rggb": cells (0,0) (0,1) (1,0) (1,1)
+    cells = {(0, 0): mosaic[0::2, 0::2], (0, 1): mosaic[0::2, 1::2], (1, 0): mosaic[1::2, 0::2],
+             (1, 1): mosaic[1::2, 1::2]}
+    positions = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    red = cells[positions[pattern.index("r")]].astype(np.uint16)
+    blue = cells[positions[pattern.index("b")]].astype(np.uint16)
+    greens = [cells[p].astype(np.uint16) for p, colour in zip(positions, pattern) if colour == "g"]
+    green = (greens[0] + greens[1] + 1) // 2
+    small = np.stack([red, green, blue], axis=2).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(np.repeat(small, 2, axis=0), 2, axis=1))
 
 
 def compressed_to_frame(message: Any) -> np.ndarray:
@@ -105,7 +167,7 @@ def compressed_to_frame(message: Any) -> np.ndarray:
 
     text = str(message.format).lower()
     if "compresseddepth" in text or not any(name in text for name in COMPRESSED_FORMATS):
-        raise InputError(f"unsupported compressed image format {message.format!r}; clippy-rt reads jpeg and png")
+        raise InputError(f"unsupported compressed image format {message.format!r}; clippy-rt reads {SUPPORTED}")
     payload = _bytes(message.data).tobytes()
     if not payload:
         raise InputError("compressed image message holds no data")
@@ -161,7 +223,8 @@ def overlay_message(frame: np.ndarray, labels: Any, classes: Sequence[str], head
     return rgb_message(np.asarray(picture, dtype=np.uint8), header)
 
 
-def classes_message(classes: Sequence[str]) -> Dict[str, Any]:
-    """``std_msgs/msg/String`` fields: the class names as a JSON list (pixel value i is
-    ``classes[i]``)."""
-    return {"data": json.dumps(list(classes))}
+def classes_message(classes: Sequence[str], provenance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``std_msgs/msg/String`` fields: a JSON object whose ``classes`` is the list of class
+    names (pixel value i is ``classes[i]``), with ``provenance`` (what produced the labels:
+    source topic, model identity, prompts...) alongside."""
+    return {"data": json.dumps(dict(provenance or {}, classes=list(classes)))}

@@ -90,19 +90,19 @@ def test_mcap_round_trip(engine, tmp_path, encoding, capsys):
     assert len(list((tmp_path / "cache").glob("*.sqlite"))) == 1
     assert f"wrote 3 frames (3 classes) to {out}" in capsys.readouterr().out
     written = read_outputs(out)
-    assert sorted(written) == ["/clippy_rt/classes", "/clippy_rt/labels", "/clippy_rt/overlay"]
-    for index, ((log_time, labels), frame) in enumerate(zip(written["/clippy_rt/labels"], frames)):
+    assert sorted(written) == [f"/camera/image_raw/clippy_rt/{name}" for name in ("classes", "labels", "overlay")]
+    for index, ((log_time, labels), frame) in enumerate(zip(written["/camera/image_raw/clippy_rt/labels"], frames)):
         assert log_time == (1000 + index) * 10**9 + 17
         assert (labels.header.stamp.sec, labels.header.stamp.nanosec) == (50 + index, 1000 * index)
         assert labels.header.frame_id == "cam"
         expected = engine.segment(frame, CLASSES).labels.numpy()
         np.testing.assert_array_equal(_labels(labels), expected)
-    for (log_time, classes) in written["/clippy_rt/classes"]:
-        assert json.loads(classes.data) == ["wall", "floor", "person"]
-    overlay_time, overlay = written["/clippy_rt/overlay"][0]
+    for (log_time, classes) in written["/camera/image_raw/clippy_rt/classes"]:
+        assert json.loads(classes.data)["classes"] == ["wall", "floor", "person"]
+    overlay_time, overlay = written["/camera/image_raw/clippy_rt/overlay"][0]
     assert overlay_time == 1000 * 10**9 + 17
     assert (overlay.encoding, overlay.height, overlay.width, overlay.step) == ("rgb8", 24, 40, 120)
-    assert len(written["/clippy_rt/overlay"]) == 3
+    assert len(written["/camera/image_raw/clippy_rt/overlay"]) == 3
 
 
 def test_rosbag2_folder_and_batches(engine, tmp_path):
@@ -125,7 +125,7 @@ def test_rosbag2_folder_and_batches(engine, tmp_path):
                          on_progress=lambda done, total: progress.append((done, total)))
     assert report.frames == 5 and report.skipped == 0
     assert progress == [(2, 5), (4, 5), (5, 5)]
-    written = read_outputs(tmp_path / "out.mcap")["/clippy_rt/labels"]
+    written = read_outputs(tmp_path / "out.mcap")["/cam/clippy_rt/labels"]
     assert [t for t, _ in written] == [2000 + i for i in range(5)]
     for (_, labels), frame in zip(written, frames):
         np.testing.assert_array_equal(_labels(labels), engine.segment(frame, CLASSES).labels.numpy())
@@ -149,7 +149,7 @@ def test_compressed_topic_and_a_bad_frame_skipped(engine, tmp_path):
                          log=lines.append)
     assert (report.frames, report.skipped) == (2, 1)
     assert len(lines) == 1 and "cannot decode the compressed image" in lines[0]
-    written = read_outputs(tmp_path / "o.mcap")["/clippy_rt/labels"]
+    written = read_outputs(tmp_path / "o.mcap")["/cam/compressed/clippy_rt/labels"]
     for (_, labels), frame in zip(written, frames):
         np.testing.assert_array_equal(_labels(labels), engine.segment(frame, CLASSES).labels.numpy())
 
@@ -208,7 +208,7 @@ def test_existing_out_needs_overwrite(engine, tmp_path):
         process_bag(FrameProcessor(engine, PROMPTS), source, "/camera/image_raw", out)
     assert out.read_bytes() == b"keep me"
     process_bag(FrameProcessor(engine, PROMPTS), source, "/camera/image_raw", out, overwrite=True)
-    assert len(read_outputs(out)["/clippy_rt/labels"]) == 1
+    assert len(read_outputs(out)["/camera/image_raw/clippy_rt/labels"]) == 1
 
 
 @pytest.mark.parametrize("signum, code, line", [(signal.SIGINT, 130, "clippy-rt: interrupted"),
@@ -245,4 +245,4 @@ def test_temporary_of_a_killed_run_is_removed_by_the_next(engine, tmp_path):
     stray.write_bytes(b"half a bag")
     process_bag(FrameProcessor(engine, PROMPTS), source, "/camera/image_raw", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mcap", "labels.mcap"]
-    assert len(read_outputs(out)["/clippy_rt/labels"]) == 2
+    assert len(read_outputs(out)["/camera/image_raw/clippy_rt/labels"]) == 2

@@ -41,9 +41,10 @@ def test_data_as_array_module_or_numpy_like_rclpy_and_rosbags():
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(encoding="yuv422"), "unsupported image encoding 'yuv422'"),
+    (dict(encoding="32FC1"), "unsupported image encoding '32FC1'.*reads Image encodings rgb8, .*bayer_rggb8"),
     (dict(encoding="16UC1"), "unsupported image encoding"),
-    (dict(step=20), "step 20 is smaller than width x channels = 21"),
+    (dict(encoding="yuv422"), "yuv422 image needs an even width, got 7"),
+    (dict(step=20), "step 20 is smaller than width x bytes per pixel = 21"),
     (dict(data=b"\x00" * 104), "holds 104 bytes"),
     (dict(height=0), "empty"),
 ])
@@ -120,4 +121,53 @@ def test_overlay_message_blends_each_pixel_with_its_class_colour():
 
 
 def test_classes_message_is_a_json_list():
-    assert json.loads(messages.classes_message(("floor", "a person"))["data"]) == ["floor", "a person"]
+    assert json.loads(messages.classes_message(("floor", "a person"))["data"]) == {"classes": ["floor", "a person"]}
+    with_origin = json.loads(messages.classes_message(("a",), {"model": "abc", "classes": "ignored"})["data"])
+    assert with_origin == {"model": "abc", "classes": ["a"]}
+
+
+def _pairs_constant(shape, seed):
+    """RGB whose pixels come in equal horizontal pairs (what 4:2:2 chroma keeps exactly)."""
+    rng = np.random.default_rng(seed)
+    half = rng.integers(0, 256, (shape[0], shape[1] // 2, 3), dtype=np.uint8)
+    return np.repeat(half, 2, axis=1)
+
+
+@pytest.mark.parametrize("encoding, order", [("yuv422", "UYVY"), ("yuv422_yuy2", "YUYV")])
+def test_yuv422_frames_match_pillows_bt601_conversion(encoding, order):
+    rgb = _pairs_constant((6, 10), seed=3)
+    ycbcr = np.asarray(Image.fromarray(rgb).convert("YCbCr"))  # PIL: BT.601 full range, the JPEG convention
+    y, u, v = ycbcr[:, 0::2, 0], ycbcr[:, 0::2, 1], ycbcr[:, 0::2, 2]
+    y1 = ycbcr[:, 1::2, 0]
+    planes = {"Y0": y, "U": u, "Y1": y1, "V": v}
+    names = {"UYVY": ("U", "Y0", "V", "Y1"), "YUYV": ("Y0", "U", "Y1", "V")}[order]
+    packed = np.stack([planes[name] for name in names], axis=2).reshape(6, 20)
+    padded = np.concatenate([packed, np.zeros((6, 4), np.uint8)], axis=1)
+    message = raw_image(rgb, "rgb8")
+    message.encoding, message.step, message.data = encoding, 24, padded.tobytes()
+    decoded = messages.image_to_frame(message).astype(int)
+    assert decoded.shape == (6, 10, 3)
+    assert np.abs(decoded - rgb.astype(int)).max() <= 3  # two 8-bit roundings of the colour transform
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_frames_give_each_cell_its_colour(pattern):
+    rng = np.random.default_rng(5)
+    cells = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    rgb = np.repeat(np.repeat(cells, 2, axis=0), 2, axis=1)  # one colour per 2x2 cell
+    mosaic = np.zeros((6, 8), np.uint8)
+    channel = {"r": 0, "g": 1, "b": 2}
+    for index, colour in enumerate(pattern):
+        row, col = divmod(index, 2)
+        mosaic[row::2, col::2] = rgb[row::2, col::2, channel[colour]]
+    message = raw_image(rgb, "rgb8")
+    message.encoding, message.step, message.data = f"bayer_{pattern}8", 8, mosaic.tobytes()
+    np.testing.assert_array_equal(messages.image_to_frame(message), rgb)
+
+
+def test_unsupported_reason_lists_what_is_read():
+    depth = raw_image(RGB, "rgb8")
+    depth.encoding = "16UC1"
+    reason = messages.unsupported_reason(depth)
+    assert "'16UC1' is not supported" in reason and "yuv422" in reason and "jpeg" in reason
+    assert messages.unsupported_reason(raw_image(RGB, "bgr8")) is None

@@ -41,7 +41,7 @@ def test_build_loop_caches_text_on_disk_and_publishes(tiny_model_dir, tmp_path):
     assert len(list(tmp_path.glob("*.sqlite"))) == 1
     loop.submit(raw_image(np.zeros((24, 40, 3), np.uint8)))
     output = loop.step(timeout=0)
-    assert json.loads(output.classes["data"]) == ["cat", "dog"] and output.overlay is not None
+    assert json.loads(output.classes["data"])["classes"] == ["cat", "dog"] and output.overlay is not None
     assert published == [output]
 
 

@@ -76,7 +76,7 @@ def test_labels_equal_segment_and_classes_follow_a_prompt_change(engine):
     loop.set_prompts("wall|brick wall,floor,person")
     loop.submit(raw_image(second, "bgr8", stamp=(2, 0)))
     loop.step(timeout=0)
-    assert [json.loads(o.classes["data"]) for o in published] == [["cat", "dog"], ["wall", "floor", "person"]]
+    assert [json.loads(o.classes["data"])["classes"] for o in published] == [["cat", "dog"], ["wall", "floor", "person"]]
     expected_first = engine.segment(first, ["cat", "dog"], size=(16, 32)).labels
     expected_second = engine.segment(second, {"wall": ["wall", "brick wall"], "floor": ["floor"],
                                               "person": ["person"]}, size=(16, 32)).labels
@@ -106,8 +106,8 @@ def test_a_bad_frame_is_skipped_with_a_log_line_and_the_loop_lives_on(engine, ba
     lines, published = [], []
     loop = SegmentationLoop(FrameProcessor(engine, "cat,dog"), published.append, log=lines.append)
     if bad == "encoding":
-        message = raw_image(_frames(1)[0], "yuv422", stamp=(5, 6))
-        message.encoding = "yuv422"
+        message = raw_image(_frames(1)[0], "16UC1", stamp=(5, 6))
+        message.encoding = "16UC1"
     elif bad == "tiny":
         message = raw_image(_frames(1, shape=(2, 3, 3))[0], "rgb8", stamp=(5, 6))   # smaller than a patch
     else:
