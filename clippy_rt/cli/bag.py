@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import add_model_arguments, positive_int, random_warning, size_arg
+from .common import add_model_arguments, load_engine, positive_int, random_warning, size_arg
 
 
 def add_arguments(parser) -> None:
@@ -95,7 +95,6 @@ class _Progress:
 
 
 def run(args) -> int:
-    import clippy_rt
     from clippy_rt.robotics.bag import check_output, inspect_bag, output_namespaces, process_bag
     from clippy_rt.robotics.processor import FrameProcessor, parse_prompts
     from clippy_rt.text_cache import default_cache_dir
@@ -108,8 +107,7 @@ def run(args) -> int:
     check_output(args.bag, args.out, args.overwrite)
     inspect_bag(args.bag, args.topic)
     cache_dir = (args.text_cache_dir or default_cache_dir()) if args.text_cache else None
-    engine = clippy_rt.load(args.model, backend=args.backend, device=args.device, precision=args.precision,
-                            text_cache_dir=cache_dir)
+    engine = load_engine(args, text_cache_dir=cache_dir)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)
