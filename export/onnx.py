@@ -11,6 +11,8 @@ source model directory::
     text.fp16.onnx
     image.int8.onnx   int8 weight products for the CPU (with ``int8=True``, see ``int8``)
     text.int8.onnx
+    image.int8.ov.xml OpenVINO int8 graphs, weights in the .bin beside each (with
+    text.int8.ov.xml  ``openvino_int8=True``, see ``openvino_int8``)
     seg_head.onnx     patch_features, text_embeds, grid and output size -> labels, scores
     manifest.json     config, tensor names and shapes, file sizes and sha256, the sha256 of
                       the source weights, opset, precisions, tool versions, logit scale and
@@ -49,7 +51,7 @@ from clippy_rt.config import ClippyConfig
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
 from clippy_rt.formats.atomic import atomic_directory, check_output_dir
 from clippy_rt.formats.io_spec import DTYPES, GRAPHS, IMAGE, SEG_HEAD, TEXT, TOWERS, GraphSpec, check_io
-from clippy_rt.formats.onnx_dir import CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, sha256_file
+from clippy_rt.formats.onnx_dir import CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, OPENVINO_INT8, sha256_file
 
 MIN_OPSET = 17
 # The highest opset the TorchScript exporter of the supported torch versions writes.
@@ -354,13 +356,16 @@ def _sizes(check_sizes: Optional[Sequence], config: ClippyConfig) -> List[Tuple[
 
 
 def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = False,
+                openvino_int8: bool = False, calibration: Optional[Tuple[Sequence, Sequence[str], str]] = None,
                 opset: int = DEFAULT_OPSET, check_sizes: Optional[Sequence] = None, check_batches: Sequence[int] = (1, 2),
                 seg_head: bool = True, overwrite: bool = False,
                 log: Optional[Callable[[str], None]] = None) -> ExportResult:
     """Export ``model_dir`` to the ONNX directory ``out`` (written atomically).
 
     ``fp16`` adds float16 graphs beside the float32 ones, ``int8`` int8 ones (recorded under
-    the manifest's ``quantization``). ``check_sizes`` are image sizes
+    the manifest's ``quantization``). ``openvino_int8`` adds OpenVINO int8 graphs quantised
+    by NNCF on ``calibration`` = (images, prompts, a description of their source)
+    (``openvino_int8``; recorded under the manifest's ``openvino_int8``). ``check_sizes`` are image sizes
     (ints or (H, W)) for the parity check, by default the config's size and twice it.
     Raises ``InputError`` for bad arguments, ``ModelDirError`` / ``CheckpointError`` for a
     bad model directory, and ``ModelDirError`` if a graph fails its check.
@@ -383,6 +388,8 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = 
     if not check_batches or any(not isinstance(b, int) or b < 1 for b in check_batches):
         raise InputError(f"check batches must be positive integers, got {check_batches!r}")
     tokenizer = load_tokenizer(info.tokenizer, config)
+    if openvino_int8 and calibration is None:
+        raise InputError("OpenVINO int8 graphs need calibration images and prompts")
 
     log(f"tracing the image and text towers (opset {opset})")
     graphs = {"fp32": export_towers(model, opset)}
@@ -408,6 +415,14 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = 
             int8_files, quantization = write_int8_graphs(tmp, check_graph)
             files.update(int8_files)
             precisions.append("int8")
+        openvino_entry = None
+        if openvino_int8:
+            from .openvino_int8 import write_openvino_int8
+
+            images, prompts, source = calibration
+            log(f"quantising for OpenVINO with NNCF on {len(images)} images and {len(prompts)} prompts")
+            openvino_files, openvino_entry = write_openvino_int8(tmp, config, tokenizer, images, prompts, source)
+            files.update(openvino_files)
         if seg_head:
             from .seg_head_graph import export_seg_head
 
@@ -446,5 +461,7 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = 
         }
         if quantization is not None:
             manifest["quantization"] = quantization
+        if openvino_entry is not None:
+            manifest[OPENVINO_INT8] = openvino_entry
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(path=out, manifest=manifest, parity=rows)

@@ -4,8 +4,10 @@ A backend is a record (``BackendRecord``): the artifact kind it serves, its load
 extra that provides its dependency, its default device, whether its towers run as torch
 modules (which decides the dtype its image graph takes pixels in, whether a stream may
 capture its image path in CUDA graphs, and whether a benchmark times the upload apart),
-and how the identity of its artifact is computed (``clippy_rt.formats.identity``, by
-artifact kind). A loader reads an
+how the identity of its artifact is computed (``clippy_rt.formats.identity``, by
+artifact kind), and the precisions it serves. Several backends may serve one artifact
+kind (ONNX directories: ONNX Runtime and OpenVINO); one of them is the kind's default,
+the backend ``backend_for_kind`` names. A loader reads an
 artifact, builds an image runner and a text runner (``clippy_rt.runner``) and composes
 them into an ``Engine``. Adding a backend means adding a module here and one record below;
 nothing outside this package compares backend names (``tests/test_architecture.py``).
@@ -17,6 +19,7 @@ dependencies; a missing dependency is a ``BackendUnavailableError`` naming the e
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -26,6 +29,7 @@ from typing import Optional, Tuple
 import torch as _torch
 
 from ..errors import BackendUnavailableError, InputError
+from ..formats.io_spec import GRAPH_PRECISIONS
 from ..formats.kinds import ENGINE, MODEL, ONNX
 from ..precisions import COMPUTE_DTYPES
 
@@ -42,6 +46,8 @@ class BackendRecord:
     default_device: str
     runs_in_torch: bool               # the towers are torch modules on the engine's device
     made_from: Tuple[str, ...] = ()   # artifact kinds a benchmark may convert into this one first
+    precisions: Tuple[str, ...] = ()  # the precisions its loader serves (the artifact may hold fewer)
+    kind_default: bool = True         # the backend that loads its artifact kind unless another is named
 
     @property
     def cuda_graphs(self) -> bool:
@@ -72,11 +78,17 @@ class BackendRecord:
 
 
 _RECORDS = (
-    BackendRecord("torch", MODEL, "clippy_rt.backends.torch", "load_torch", None, "cpu", runs_in_torch=True),
+    BackendRecord("torch", MODEL, "clippy_rt.backends.torch", "load_torch", None, "cpu", runs_in_torch=True,
+                  precisions=tuple(COMPUTE_DTYPES)),
     BackendRecord("onnxruntime", ONNX, "clippy_rt.backends.onnxruntime", "load_onnxruntime", "onnx", "cpu",
-                  runs_in_torch=False, made_from=(MODEL,)),
+                  runs_in_torch=False, made_from=(MODEL,), precisions=GRAPH_PRECISIONS),
     BackendRecord("tensorrt", ENGINE, "clippy_rt.backends.tensorrt", "load_tensorrt", None, "cuda",
-                  runs_in_torch=False),
+                  runs_in_torch=False, precisions=("fp32", "fp16")),
+    # The same ONNX directories on OpenVINO's CPU plugin: bf16 through the inference
+    # precision hint, int8 from the directory's NNCF-quantised graphs.
+    BackendRecord("openvino", ONNX, "clippy_rt.backends.openvino", "load_openvino", "openvino", "cpu",
+                  runs_in_torch=False, made_from=(MODEL,), precisions=("fp32", "bf16", "int8"),
+                  kind_default=False),
 )
 REGISTRY = {record.name: record for record in _RECORDS}
 BACKENDS = tuple(REGISTRY)
@@ -84,6 +96,22 @@ BACKENDS = tuple(REGISTRY)
 # figures of every other backend and precision are measured against it.
 REFERENCE = REGISTRY["torch"]
 REFERENCE_PRECISION = "fp32"
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-thread siblings counted once)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 def is_reference(backend: str, precision: str) -> bool:
@@ -98,9 +126,14 @@ def backend_record(name: str) -> BackendRecord:
     return REGISTRY[name]
 
 
+def backends_for_kind(kind: str) -> Tuple[BackendRecord, ...]:
+    """Every backend that loads directories of artifact ``kind``, the default first."""
+    return tuple(sorted((r for r in _RECORDS if r.artifact_kind == kind), key=lambda r: not r.kind_default))
+
+
 def backend_for_kind(kind: str) -> BackendRecord:
-    """The backend that loads directories of artifact ``kind``."""
+    """The default backend for directories of artifact ``kind``."""
     for record in _RECORDS:
-        if record.artifact_kind == kind:
+        if record.artifact_kind == kind and record.kind_default:
             return record
     raise InputError(f"no backend loads artifacts of kind {kind!r}")

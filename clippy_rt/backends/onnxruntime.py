@@ -31,7 +31,6 @@ threads without a lock.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -49,6 +48,8 @@ from clippy_rt.tokenizer import load_tokenizer
 
 from clippy_rt.validate import check_positive_int
 
+from . import physical_cores  # noqa: F401  (defined in the package: both CPU runtimes use it)
+
 try:
     import onnxruntime as ort
 except ImportError as _exc:  # re-raised by clippy_rt.load as BackendUnavailableError
@@ -64,22 +65,6 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process (hyper-thread siblings counted once)."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:
-        allowed = set(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in allowed:
-        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            cores.add(siblings.read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
 
 
 # Session config keys (onnxruntime_session_options_config_keys.h).

@@ -1,10 +1,13 @@
 """Export a model directory to ONNX (for ONNX Runtime, and for `clippy-rt build`).
 
-    clippy-rt export MODEL_DIR --out DIR [--fp16] [--int8] [--opset N] [--check-sizes 224,448]
+    clippy-rt export MODEL_DIR --out DIR [--fp16] [--int8] [--openvino-int8 [--calibration DIR]]
+        [--opset N] [--check-sizes 224,448]
 
 Writes a self-contained directory (config, tokenizer, image.onnx, text.onnx, seg_head.onnx,
 manifest.json; with --fp16 also image.fp16.onnx and text.fp16.onnx; with --int8 also
-image.int8.onnx and text.int8.onnx, int8 weight products for the CPU), then prints a parity
+image.int8.onnx and text.int8.onnx, int8 weight products for the CPU; with --openvino-int8
+also image.int8.ov.xml and text.int8.ov.xml (+ .bin), NNCF-calibrated int8 graphs for the
+openvino backend), then prints a parity
 table: torch float32 against ONNX Runtime CPU on random inputs at each size.
 Load it with clippy_rt.load(DIR, backend="onnxruntime"[, precision="fp16" | "int8"]).
 """
@@ -17,6 +20,29 @@ from pathlib import Path
 
 from .common import int_list
 
+CALIBRATION_COUNT = 64
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def calibration_set(directory, count: int):
+    """(images, prompts, source) for --openvino-int8: the first ``count`` images of
+    ``directory`` (sorted by name) with the evaluation prompts, or by default ``count``
+    generated scenes of training seeds (never an evaluation seed) with their captions."""
+    from clippy_rt.datasets.synthetic import TRAIN_SEED_BASE, eval_prompts, generate_scene
+    from clippy_rt.errors import InputError
+
+    if count < 1:
+        raise InputError(f"--calibration-count must be >= 1, got {count}")
+    if directory is None:
+        scenes = [generate_scene(TRAIN_SEED_BASE + index) for index in range(count)]
+        return ([scene.image for scene in scenes], [scene.caption for scene in scenes],
+                f"generated scenes, seeds {TRAIN_SEED_BASE}..{TRAIN_SEED_BASE + count - 1}")
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not paths:
+        raise InputError(f"{directory} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    prompts = [prompt for group in eval_prompts().values() for prompt in group]
+    return paths, prompts, f"{len(paths)} images of {Path(directory).name}"
+
 
 def add_arguments(parser) -> None:
     from clippy_rt.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -27,6 +53,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--int8", action="store_true",
                         help="also write int8 graphs for the CPU (*.int8.onnx: int8 weights per output "
                              "channel, activations quantised per call)")
+    parser.add_argument("--openvino-int8", action="store_true",
+                        help="also write int8 graphs for the openvino backend (NNCF post-training "
+                             "quantisation on calibration images; needs clippy-rt[openvino])")
+    parser.add_argument("--calibration", type=Path, default=None, metavar="DIR",
+                        help="calibration images for --openvino-int8 (default: generated scenes)")
+    parser.add_argument("--calibration-count", type=int, default=CALIBRATION_COUNT, metavar="N",
+                        help=f"calibration images (and prompts) used (default: {CALIBRATION_COUNT})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET})")
     parser.add_argument("--check-sizes", type=int_list, default=None, metavar="S1,S2",
@@ -45,7 +78,9 @@ def run(args) -> int:
     def log(message: str) -> None:
         print(f"export: {message}", file=sys.stderr, flush=True)
 
-    result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, int8=args.int8, opset=args.opset,
+    calibration = calibration_set(args.calibration, args.calibration_count) if args.openvino_int8 else None
+    result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, int8=args.int8,
+                         openvino_int8=args.openvino_int8, calibration=calibration, opset=args.opset,
                          check_sizes=args.check_sizes,
                          check_batches=args.check_batches, seg_head=args.seg_head, overwrite=args.overwrite,
                          log=log)

@@ -9,6 +9,10 @@ Layout (tensor names and shapes come from ``io_spec``)::
     image.fp16.onnx   the same graphs in float16 (exported with ``--fp16``)
     text.fp16.onnx
     seg_head.onnx     patch_features, text_embeds, grid and output size -> labels, scores
+    image.int8.ov.xml OpenVINO int8 graphs (NNCF post-training quantisation on calibration
+    image.int8.ov.bin images and prompts; exported with ``--openvino-int8``), recorded under
+    text.int8.ov.xml  the manifest's ``openvino_int8`` entry
+    text.int8.ov.bin
     manifest.json     config, tensor names and shapes, file sizes and sha256, the sha256 of
                       the source weights, opset, precisions, tool versions, logit scale and
                       the parity table measured at export
@@ -23,7 +27,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 from ..config import ClippyConfig
 from ..errors import ConfigError, ModelDirError
@@ -33,6 +37,8 @@ from .model_dir import CONFIG_FILE, WEIGHTS_FILE
 FORMAT = "clippy-rt-onnx"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+# The manifest entry recording the OpenVINO int8 graphs and their calibration.
+OPENVINO_INT8 = "openvino_int8"
 # Kept under its old name: the precisions an ONNX directory may hold.
 PRECISIONS = GRAPH_PRECISIONS
 
@@ -64,6 +70,19 @@ class OnnxDir:
 
     def graph_path(self, name: str, precision: str = "fp32") -> Path:
         return self.path / GRAPHS[name].filename(precision)
+
+    def openvino_int8_path(self, name: str) -> Optional[Path]:
+        """The OpenVINO int8 graph (``.xml``; its weights are the ``.bin`` beside it) of
+        tower ``name``, or None when the directory was exported without them."""
+        entry = self.manifest.get(OPENVINO_INT8)
+        if not isinstance(entry, dict):
+            return None
+        return self.path / entry["files"][name]
+
+
+def openvino_int8_files(name: str) -> Tuple[str, str]:
+    """The file names of tower ``name``'s OpenVINO int8 graph: (``.xml``, ``.bin``)."""
+    return f"{name}.int8.ov.xml", f"{name}.int8.ov.bin"
 
 
 
@@ -125,10 +144,28 @@ def read_onnx_dir(path: Path, *, verify_checksums: bool = True) -> OnnxDir:
         if declared is not None and declared != graph.describe(config):
             raise ModelDirError(f"{manifest_path}: the {name} graph's tensors {declared} do not match this "
                                 f"clippy-rt's I/O spec {graph.describe(config)}; re-export the model")
+    if OPENVINO_INT8 in manifest:
+        _check_openvino_int8(manifest, manifest_path)
     for filename, entry in manifest["files"].items():
         check_file(_listed_file(path, filename, manifest_path), entry, verify_checksums)
     return OnnxDir(path=path, manifest=manifest, config=config, tokenizer=tokenizer,
                    logit_scale=float(manifest["logit_scale"]))
+
+
+def _check_openvino_int8(manifest: Dict[str, object], manifest_path: Path) -> None:
+    """The ``openvino_int8`` entry names, for each tower, a graph whose two files are listed
+    (and so hashed) in ``files``."""
+    entry = manifest[OPENVINO_INT8]
+    graphs = entry.get("files") if isinstance(entry, dict) else None
+    if not isinstance(graphs, dict):
+        raise ModelDirError(f"{manifest_path}: malformed {OPENVINO_INT8!r} entry")
+    for graph in TOWERS:
+        for filename in openvino_int8_files(graph.name):
+            if filename not in manifest["files"]:
+                raise ModelDirError(f"{manifest_path} records OpenVINO int8 graphs but does not list {filename}")
+        if graphs.get(graph.name) != openvino_int8_files(graph.name)[0]:
+            raise ModelDirError(f"{manifest_path}: {OPENVINO_INT8!r} names {graphs.get(graph.name)!r} for the "
+                                f"{graph.name} graph, not {openvino_int8_files(graph.name)[0]}")
 
 
 def _listed_file(folder: Path, name: object, manifest_path: Path) -> Path:

@@ -1,15 +1,19 @@
 """One backend contract: the same bad input gives the same error, word for word, on every
-backend installed here (torch always; onnxruntime and tensorrt where they load)."""
+backend installed here (torch always; onnxruntime, openvino and tensorrt where they load)."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
 
 import clippy_rt
+from clippy_rt.backends import REGISTRY
 from clippy_rt.errors import InputError
 
 # The tiny model: patch 8, vocabulary 512, max_length 32.
@@ -47,6 +51,8 @@ def _installed():
     backends = ["torch"]
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         backends.append("onnxruntime")
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("onnx"):
+        backends.append("openvino")
     if importlib.util.find_spec("tensorrt") and torch.cuda.is_available():
         backends.append("tensorrt")
     return backends
@@ -55,10 +61,11 @@ def _installed():
 @pytest.fixture(scope="module")
 def artifacts(tiny_model_dir, tmp_path_factory):
     paths = {"torch": tiny_model_dir}
-    if "onnxruntime" in _installed() or "tensorrt" in _installed():
+    if set(_installed()) - {"torch"}:
         from clippy_rt.export.onnx import export_onnx
 
-        paths["onnxruntime"] = tmp_path_factory.mktemp("contract") / "onnx"
+        # One ONNX directory, read by ONNX Runtime and OpenVINO alike.
+        paths["onnxruntime"] = paths["openvino"] = tmp_path_factory.mktemp("contract") / "onnx"
         export_onnx(tiny_model_dir, paths["onnxruntime"], check_sizes=[32], check_batches=[1], seg_head=False)
     if "tensorrt" in _installed():
         from clippy_rt.export.tensorrt import BuildSettings, build_engines
@@ -69,7 +76,11 @@ def artifacts(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=_installed())
-def engine(request, artifacts):
+def engine(request, artifacts, tmp_path_factory):
+    if request.param == "openvino":
+        from clippy_rt.backends.openvino import load_openvino
+
+        return load_openvino(artifacts["openvino"], cache_dir=tmp_path_factory.mktemp("ov-cache"))
     return clippy_rt.load(artifacts[request.param], backend=request.param)
 
 
@@ -104,3 +115,49 @@ def test_good_feed_passes_and_names_outputs_by_the_spec(engine):
     assert tuple(out["patch_features"].shape) == (2, 4 * 5, 32)
     norms = out["image_embeds"].float().norm(dim=-1)
     torch.testing.assert_close(norms, torch.ones(2), rtol=0, atol=1e-3)
+
+
+def test_threads_share_one_engine(engine):
+    pixels = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(9))
+    expected = engine.encode_image(pixels).pooled
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(engine.encode_image(pixels).pooled)
+        except Exception as exc:  # collected and re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 9
+    for result in results:
+        torch.testing.assert_close(result, expected, rtol=0, atol=0)
+
+
+# The module each optional backend imports first, and the extra that provides it.
+DEPENDENCIES = [("onnxruntime", "onnxruntime", "onnx"), ("openvino", "openvino", "openvino")]
+
+
+@pytest.mark.parametrize("backend,module,extra", DEPENDENCIES)
+def test_a_missing_runtime_names_its_extra(artifacts, backend, module, extra):
+    if backend not in artifacts:
+        pytest.skip("no ONNX directory: the exporter needs onnx and onnxruntime")
+    assert REGISTRY[backend].extra == extra
+    code = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None\n"
+        "import clippy_rt\n"
+        "try:\n"
+        f"    clippy_rt.load({str(artifacts[backend])!r}, backend={backend!r})\n"
+        "except clippy_rt.BackendUnavailableError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"refused: backend {backend!r} needs the {backend} package" in result.stdout
+    assert f"pip install 'clippy-rt[{extra}]'" in result.stdout

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -94,30 +91,6 @@ def test_segment_and_classify_match_torch(engines, torch_engine):
     assert [name for name, _ in top] == [name for name, _ in top_ref]
     torch.testing.assert_close(torch.tensor([p for _, p in top]), torch.tensor([p for _, p in top_ref]),
                                **TOLERANCES[torch.float32])
-
-
-def test_threads_share_one_engine(engines):
-    engine = engines["fp32"]
-    pixels = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(9))
-    expected = engine.encode_image(pixels).pooled
-    results, errors = [], []
-
-    def work():
-        try:
-            for _ in range(3):
-                results.append(engine.encode_image(pixels).pooled)
-        except Exception as exc:  # collected and re-raised below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert len(results) == 9
-    for result in results:
-        torch.testing.assert_close(result, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("feed,message", [
@@ -272,21 +245,6 @@ def test_sessions_do_not_spin_between_runs(engines):
 def test_runner_checks_the_graph_against_the_spec(onnx_dir, engines):
     with pytest.raises(ModelDirError, match="graph inputs are"):
         OrtRunner(onnx_dir / "image.onnx", io_spec.TEXT, engines["fp32"].config)
-
-
-def test_import_without_onnxruntime(onnx_dir):
-    code = (
-        "import sys\n"
-        "sys.modules['onnxruntime'] = None\n"
-        "import clippy_rt\n"
-        "try:\n"
-        f"    clippy_rt.load({str(onnx_dir)!r}, backend='onnxruntime')\n"
-        "except clippy_rt.BackendUnavailableError as exc:\n"
-        "    print('refused:', exc)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "refused: backend 'onnxruntime' needs the onnxruntime package" in result.stdout
 
 
 def test_disk_text_cache_survives_a_restart_per_precision(onnx_dir, tmp_path):
