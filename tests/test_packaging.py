@@ -20,7 +20,7 @@ def test_wheel_contains_kernels_export_and_data(tmp_path):
                      "clippy_rt/export/onnx.py", "clippy_rt/cli/main.py", "clippy_rt/data/corpus.txt",
                      "clippy_rt/datasets/synthetic.py", "clippy_rt/bench/stats.py",
                      "clippy_rt/robotics/bag.py", "clippy_rt/robotics/node.py", "clippy_rt/text_cache.py",
-                     "clippy_rt/serve/deployment.py", "clippy_rt/client.py"):
+                     "clippy_rt/serve/deployment.py", "clippy_rt/serve/client.py"):
         assert expected in names, expected
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
     # Installed, the namespace subpackages import from the installed copy, outside the checkout.

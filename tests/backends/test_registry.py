@@ -76,8 +76,8 @@ def test_engines_carry_their_record(tiny_model_dir, tiny_onnx_dir):
 
 def test_a_loader_names_the_backend_of_another_kind(tiny_onnx_dir, tmp_path):
     with pytest.raises(ModelDirError, match="is an ONNX directory; load it with backend='onnxruntime'"):
-        clippy_rt.load(tiny_onnx_dir)
+        clippy_rt.load(tiny_onnx_dir, backend="torch")
     (tmp_path / "engine.json").write_text("{}")
     assert backend_for_kind(ENGINE).name == "tensorrt"
     with pytest.raises(ModelDirError, match="is a TensorRT engine directory; load it with backend='tensorrt'"):
-        clippy_rt.load(tmp_path)
+        clippy_rt.load(tmp_path, backend="torch")
