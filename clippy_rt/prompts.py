@@ -62,8 +62,9 @@ def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> Pr
 
     With ``template`` (e.g. ``"a photo of {article} {}"``) each prompt is filled into it.
     A PromptSet's prompts are filled in as well. Raises InputError for an empty set, an
-    empty prompt or class, a duplicate class, or a template that is not a string holding
-    ``{}``.
+    empty prompt or class, a duplicate class, one prompt in two classes (ties go to the
+    first class, so the second could never win on it), or a template that is not a string
+    holding ``{}``.
     """
     check_template(template)
     if isinstance(prompts, PromptSet):
@@ -85,6 +86,7 @@ def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> Pr
         raise InputError("the prompt list is empty: give at least one prompt")
     classes, texts, owners = [], [], []
     seen = set()
+    prompt_owner = {}
     for index, (name, synonyms) in enumerate(items):
         if name in seen:
             raise InputError(f"duplicate class {name!r}: each class may appear once "
@@ -97,7 +99,12 @@ def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> Pr
             raise InputError(f"class {name!r} has no prompts")
         classes.append(name)
         for text in synonyms:
-            texts.append(format_prompt(template, text) if template is not None else text)
+            text = format_prompt(template, text) if template is not None else text
+            other = prompt_owner.setdefault(text, name)
+            if other != name:
+                raise InputError(f"prompt {text!r} is in classes {other!r} and {name!r}: the two would tie "
+                                 f"and {name!r} could never win; keep it in one class")
+            texts.append(text)
             owners.append(index)
     return PromptSet(tuple(classes), tuple(texts), tuple(owners))
 

@@ -212,3 +212,16 @@ def test_decode_with_padded_rows_and_a_class_map_equals_segment(engine):
     labels, scores = engine.label(features.patch[:1], padded, (40, 56), class_map=class_map)
     assert labels.shape == (1, 40, 56) and labels.dtype == torch.int64
     assert torch.equal(labels[0].to(torch.uint8), expected[0].labels)
+
+
+def test_one_prompt_in_two_classes_is_refused(engine):
+    from clippy_rt.prompts import build_prompt_set, parse_cli_prompts
+
+    with pytest.raises(InputError, match="prompt 'square' is in classes 'circle' and 'square'"):
+        parse_cli_prompts("circle|square,square")
+    with pytest.raises(InputError, match="prompt 'a photo of a cat' is in classes 'cat' and 'kitty'"):
+        build_prompt_set({"cat": ["cat"], "kitty": ["cat"]}, template="a photo of {article} {}")
+    # The same text twice in one class is harmless (the max of equal logits).
+    assert build_prompt_set({"cat": ["cat", "cat"], "dog": ["dog"]}).prompt_class == (0, 0, 1)
+    with pytest.raises(InputError, match="could never win"):
+        engine.segment(np.zeros((16, 16, 3), np.uint8), {"a": ["x", "y"], "b": ["y"]})
