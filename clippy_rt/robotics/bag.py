@@ -239,19 +239,6 @@ def _batches(reader, topics, size: int) -> Iterator[list]:
         yield batch
 
 
-def provenance(processor: FrameProcessor) -> Dict[str, Any]:
-    """What produced the labels: model identity (sha256), backend, precision, prompts per
-    class, template, size and resize."""
-    engine = processor.engine
-    prompt_set = processor.prompt_set
-    prompts = {name: [p for p, owner in zip(prompt_set.prompts, prompt_set.prompt_class) if owner == index]
-               for index, name in enumerate(prompt_set.classes)}
-    size = processor.size
-    return {"model": engine.identity(), "backend": str(engine.backend), "precision": str(engine.precision),
-            "prompts": prompts, "template": processor.template,
-            "size": list(size) if isinstance(size, tuple) else size, "resize": processor.resize}
-
-
 def process_bag(processor: FrameProcessor, source, topic: Union[str, Sequence[str]], out, *,
                 overlay: bool = False, overwrite: bool = False, out_topic: str = DEFAULT_OUT_TOPIC,
                 on_progress: Optional[Callable[[int, int], None]] = None,
@@ -277,7 +264,7 @@ def process_bag(processor: FrameProcessor, source, topic: Union[str, Sequence[st
         totals = _image_connections(reader, source, topics)
         if reader.recovered:
             log(reader.recovered)
-        origin = provenance(processor)
+        origin = processor.provenance()
         result = []
 
         def write(handle):

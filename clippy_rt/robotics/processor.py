@@ -64,6 +64,7 @@ class FrameProcessor:
         self.batch = batch
         self._lock = threading.Lock()
         self._stream = None
+        self._identity: Optional[str] = None
         self.prompt_set: PromptSet = parse_prompts(prompts, template)
         self.engine.encode_text(list(self.prompt_set.prompts))  # fail early; warms the text cache
         self._stream = self._open_stream(self.prompt_set)
@@ -75,6 +76,19 @@ class FrameProcessor:
             return None
         return opener(prompt_set, size=self.size, resize=self.resize, batch=self.batch, bgr=False)
 
+    def provenance(self) -> Dict[str, Any]:
+        """What produces the labels: model identity (sha256), backend, precision, prompts per
+        class (template applied), template, size and resize."""
+        if self._identity is None:
+            self._identity = self.engine.identity()
+        prompt_set = self.prompt_set
+        prompts = {name: [p for p, owner in zip(prompt_set.prompts, prompt_set.prompt_class) if owner == index]
+                   for index, name in enumerate(prompt_set.classes)}
+        size = self.size
+        return {"model": self._identity, "backend": str(self.engine.backend),
+                "precision": str(self.engine.precision), "prompts": prompts, "template": self.template,
+                "size": list(size) if isinstance(size, tuple) else size, "resize": self.resize}
+
     @property
     def classes(self) -> Tuple[str, ...]:
         return self.prompt_set.classes
@@ -82,8 +96,16 @@ class FrameProcessor:
     def set_prompts(self, prompts: Union[str, PromptsLike]) -> PromptSet:
         """Change the vocabulary for the following frames; a bad one raises ``InputError``
         and leaves the current vocabulary in place."""
+        return self.use_prompts(self.prepare_prompts(prompts))
+
+    def prepare_prompts(self, prompts: Union[str, PromptsLike]) -> PromptSet:
+        """Parse and encode a vocabulary (slow: the text tower runs) without using it yet."""
         prompt_set = parse_prompts(prompts, self.template)
         self.engine.encode_text(list(prompt_set.prompts))
+        return prompt_set
+
+    def use_prompts(self, prompt_set: PromptSet) -> PromptSet:
+        """Segment the following frames with ``prompt_set`` (from ``prepare_prompts``)."""
         with self._lock:
             self.prompt_set = prompt_set
             if self._stream is not None:
@@ -114,12 +136,14 @@ class FrameOutput:
     timings_ms: Dict[str, float] = field(default_factory=dict)
 
 
-def outputs_for(frame: np.ndarray, segmentation, header: Any, overlay: bool) -> Tuple[dict, dict, Optional[dict]]:
-    """(labels, classes, overlay or None) message fields for one segmented frame."""
+def outputs_for(frame: np.ndarray, segmentation, header: Any, overlay: bool,
+                provenance: Optional[Dict[str, Any]] = None) -> Tuple[dict, dict, Optional[dict]]:
+    """(labels, classes, overlay or None) message fields for one segmented frame; the classes
+    message carries ``provenance``."""
     classes = segmentation.prompts
     labels = messages.labels_message(segmentation.labels, header, len(classes))
     tinted = messages.overlay_message(frame, segmentation.labels, classes, header) if overlay else None
-    return labels, messages.classes_message(classes), tinted
+    return labels, messages.classes_message(classes, provenance), tinted
 
 
 class LatestSlot:
@@ -179,6 +203,11 @@ class SegmentationLoop:
         self.dropped = 0
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        self._publishing = threading.Lock()
+        self._closed = False
+        self.last_output: Optional[FrameOutput] = None
+        # () -> what the classes message records beside the class names (None: nothing)
+        self.provenance: Optional[Callable[[], Dict[str, Any]]] = None
 
     def submit(self, message: Any) -> None:
         """Offer a new frame (an Image or CompressedImage message); replaces an unprocessed one."""
@@ -200,7 +229,8 @@ class SegmentationLoop:
             header = message.header
             frame = messages.message_to_frame(message)
             segmentation = self.processor.process([frame])[0]
-            labels, classes, tinted = outputs_for(frame, segmentation, header, self.overlay)
+            origin = self.provenance() if self.provenance is not None else None
+            labels, classes, tinted = outputs_for(frame, segmentation, header, self.overlay, origin)
         except Exception as exc:  # noqa: BLE001 - a bad frame must not stop the node
             self.skipped += 1
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -210,8 +240,12 @@ class SegmentationLoop:
         output = FrameOutput(labels=labels, classes=classes, overlay=tinted, stamp_ns=messages.stamp_ns(header),
                              latency_ms=(done - arrived) * 1000.0, processing_ms=(done - start) * 1000.0,
                              dropped=dropped, timings_ms=dict(segmentation.timings_ms))
-        self.processed += 1
-        self.publish(output)
+        with self._publishing:
+            if self._closed:
+                return None
+            self.processed += 1
+            self.last_output = output
+            self.publish(output)
         return output
 
     def start(self) -> threading.Thread:
@@ -228,11 +262,17 @@ class SegmentationLoop:
             except Exception as exc:  # noqa: BLE001 - publishing failed; keep serving
                 self.log(f"publishing failed: {exc}")
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the worker. Once this returns nothing more is published, even if a frame is
+        still being segmented (its result is dropped); True if the worker has ended."""
         self._stop.set()
         self.slot.close()
+        with self._publishing:
+            self._closed = True
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
 
 def _describe(message: Any) -> str:
