@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError, ModelDirError
-from .formats.model_dir import DEMO_DIR, demo_model_dir  # noqa: F401  (the shipped model lives on disk)
+from .formats.model_dir import demo_model_dir
 
 RESULTS_FILE = "results.json"
 # The repository's example scenes (held-out seeds); absent from a wheel install.
@@ -35,7 +35,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 # The scenes are 64 px: the figure enlarges them (nearest neighbour) to be readable.
 FIGURE_SCALE = 4
 
-__all__ = ["demo_model_dir", "demo_results", "example_images", "figure", "main", "run_demo"]
+__all__ = ["demo_results", "example_images", "figure", "main", "run_demo"]
 
 
 def demo_results() -> Dict[str, object]:

@@ -39,8 +39,8 @@ import numpy as np
 
 from clippy_rt.errors import InputError
 
-# The shapes and backgrounds are drawn there; _SHAPE_MASKS is part of this module's namespace.
-from .synthetic_drawing import (  # noqa: F401
+# The shapes, fill patterns and backgrounds are drawn there.
+from .synthetic_drawing import (
     _BACKGROUND_PAINTERS,
     _PATTERN_PAINTERS,
     _SHAPE_EXTENT,

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from clippy_rt.datasets import synthetic
+from clippy_rt.datasets import synthetic, synthetic_drawing
 from clippy_rt.datasets.synthetic import (
     BACKGROUND_PHRASES,
     BACKGROUNDS,
@@ -191,7 +191,7 @@ def _full_mask(placement, size, pad=0):
     cos_a, sin_a = np.cos(placement.angle), np.sin(placement.angle)
     u = (dx * cos_a + dy * sin_a) / placement.radius
     v = (dy * cos_a - dx * sin_a) / placement.radius
-    return synthetic._SHAPE_MASKS[placement.shape](u.astype(np.float32), v.astype(np.float32))
+    return synthetic_drawing._SHAPE_MASKS[placement.shape](u.astype(np.float32), v.astype(np.float32))
 
 
 def test_later_objects_occlude_earlier_ones():
