@@ -232,6 +232,42 @@ def _yaml_value(text: str):
     return text
 
 
+def _node_pattern(key: str) -> "re.Pattern":
+    """A params file's node key as rcl matches it: ``/**`` any namespace depth, ``*`` one
+    name token, a key without a leading slash is relative to the root."""
+    key = key if key.startswith("/") else "/" + key
+    parts = re.split(r"(/\*\*|\*)", key)
+    body = "".join({"/**": "(/[^/]+)*", "*": "[^/]+"}.get(part, re.escape(part)) for part in parts)
+    return re.compile(body + "$")
+
+
+def _params_file(path: str, fully_qualified_name: str) -> Dict[str, Any]:
+    """The parameters a YAML params file gives the node ``fully_qualified_name`` (rcl_yaml_param_parser:
+    ``<node key>: {ros__parameters: {...}}``, nested maps as dotted names); a file that is
+    not such a map is an error, as in rcl."""
+    import yaml
+
+    with open(path) as handle:
+        document = yaml.safe_load(handle)
+    if not isinstance(document, dict):
+        raise RuntimeError(f"failed to parse parameters from file '{path}': not a map of node names")
+    found: Dict[str, Any] = {}
+
+    def flatten(prefix: str, values) -> None:
+        for name, value in values.items():
+            if isinstance(value, dict):
+                flatten(f"{prefix}{name}.", value)
+            else:
+                found[prefix + name] = value
+
+    for key, entry in document.items():
+        if not isinstance(entry, dict) or set(entry) != {"ros__parameters"}:
+            raise RuntimeError(f"failed to parse parameters from file '{path}': {key!r} needs 'ros__parameters'")
+        if _node_pattern(str(key)).match(fully_qualified_name):
+            flatten("", entry["ros__parameters"])
+    return found
+
+
 # --- QoS ------------------------------------------------------------------------------------
 
 class HistoryPolicy(enum.IntEnum):
@@ -291,9 +327,11 @@ class World:
         self.signalled: Optional[str] = None
         self.destroyed_with: Dict[str, int] = {}
 
-    # rclpy parses --ros-args: -p name:=value, -r from:=to, -r __ns:=/x, -r __node:=name
+    # rclpy parses --ros-args: -p name:=value, --params-file FILE, -r from:=to, -r __ns:=/x,
+    # -r __node:=name. Parameter rules apply in the order given (a later one wins); a params
+    # file's entries apply to the nodes its keys match, so rules are resolved per node.
     def ros_arguments(self):
-        params, remaps, inside = {}, {}, False
+        rules, remaps, inside = [], {}, False
         iterator = iter(self.args)
         for item in iterator:
             if item == "--ros-args":
@@ -301,14 +339,18 @@ class World:
             elif item == "--" and inside:
                 inside = False
             elif inside and item in ("-p", "--param"):
-                name, _, value = next(iterator).partition(":=")
-                params[name] = _yaml_value(value)
+                name, separator, value = next(iterator).partition(":=")
+                if not separator:
+                    raise RuntimeError(f"couldn't parse parameter override rule: '-p {name}' (want name:=value)")
+                rules.append(("param", name, _yaml_value(value)))
+            elif inside and item == "--params-file":
+                rules.append(("file", next(iterator)))
             elif inside and item in ("-r", "--remap"):
                 source, _, target = next(iterator).partition(":=")
                 remaps[source] = target
             elif inside:
                 raise RuntimeError(f"unknown ROS argument {item!r}")
-        return params, remaps
+        return rules, remaps
 
     def signal(self, name: str) -> None:
         """SIGINT / SIGTERM under rclpy's handlers: the context is shut down."""
@@ -406,10 +448,15 @@ class Node:
         if not isinstance(node_name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", node_name):
             raise ValueError(f"invalid node name {node_name!r}")
         self.world = world
-        overrides, self._remaps = world.ros_arguments()
+        rules, self._remaps = world.ros_arguments()
         self._name = self._remaps.get("__node", node_name)
         self._namespace = self._remaps.get("__ns", namespace or "/")
-        self._overrides = overrides
+        self._overrides = {}
+        for rule in rules:
+            if rule[0] == "param":
+                self._overrides[rule[1]] = rule[2]
+            else:
+                self._overrides.update(_params_file(rule[1], self.get_fully_qualified_name()))
         self._parameters: Dict[str, Parameter] = {}
         self._descriptors: Dict[str, ParameterDescriptor] = {}
         self._on_set: List[Callable] = []
