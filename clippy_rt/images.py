@@ -312,6 +312,21 @@ def fit_size(original: Tuple[int, int], target: Tuple[int, int]) -> Tuple[int, i
     return min(h, max(1, _round_div(h0 * w, w0))), w
 
 
+def crop_extent(original: Tuple[int, int], target: Tuple[int, int]) -> Tuple[int, int]:
+    """(height, width) in original pixels of what a ``crop`` of ``target`` keeps of ``original``.
+
+    The crop is the target divided by the one scale factor of the binding side, so the
+    binding side is kept whole and the other gets the target's aspect ratio (rounded, at
+    least 1 pixel): a square target on 640 x 480 keeps 480 x 480. It is not derived from
+    ``cover_size``, whose floored side has a slightly different scale: mapping the crop
+    back through it made the labels a pixel or two wider than the crop.
+    """
+    (h0, w0), (h, w) = original, target
+    if h * w0 >= w * h0:
+        return h0, min(w0, max(1, _round_div(w * h0, h)))
+    return min(h0, max(1, _round_div(h * w0, w))), w0
+
+
 def center_crop_offset(size: int, crop: int) -> int:
     """Offset of a centred crop, ``int(round((size - crop) / 2))`` as torchvision's CenterCrop
     (Python's round, halves to even)."""
@@ -349,11 +364,10 @@ def plan_resize(original: Tuple[int, int], input_size: Tuple[int, int], mode: st
     if mode == "crop":
         new_h, new_w = cover_size(original, (height, width))
         top, left = center_crop_offset(new_h, height), center_crop_offset(new_w, width)
-        # The same crop in original pixels (rounded); it stays inside the image.
-        top0 = min(_round_div(top * h0, new_h), h0 - 1)
-        left0 = min(_round_div(left * w0, new_w), w0 - 1)
-        crop_h0 = max(1, min(_round_div(height * h0, new_h), h0 - top0))
-        crop_w0 = max(1, min(_round_div(width * w0, new_w), w0 - left0))
+        crop_h0, crop_w0 = crop_extent(original, input_size)
+        # Where the crop starts in original pixels (rounded), kept inside the image.
+        top0 = min(_round_div(top * h0, new_h), h0 - crop_h0)
+        left0 = min(_round_div(left * w0, new_w), w0 - crop_w0)
         return ResizePlan(original, input_size, mode, (new_h, new_w), (top, left), (crop_h0, crop_w0),
                           crop_box=(top0, left0, crop_h0, crop_w0))
     if mode != "letterbox":

@@ -58,7 +58,8 @@ def test_squash_crop_letterbox_pixels_and_geometry():
     pixels, (item,) = prepare_frames(wide, 32, mode="crop", **args)
     torch.testing.assert_close(pixels[0], _expected(wide, (32, 51), crop=(0, 10, 32, 32)),
                                **TOLERANCES[torch.float32])
-    assert item.crop_box == (0, 14, 45, 46) and item.out_size == (45, 46)
+    # the crop keeps 45 x 45 of the original (a square target), from round(10 * 73 / 51) = 14
+    assert item.crop_box == (0, 14, 45, 45) and item.out_size == (45, 45)
     # letterbox to 32 x 32: fit 32 wide, round(45 * 32 / 70) = 21 high, top (32 - 21) // 2 = 5.
     pixels, (item,) = prepare_frames(frame, 32, mode="letterbox", **args)
     torch.testing.assert_close(pixels[0], _expected(frame, (21, 32), pad=(5, 0, 32, 32)),

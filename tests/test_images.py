@@ -7,7 +7,7 @@ from PIL import Image, ImageFile
 
 from clippy_rt.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from clippy_rt.errors import InputError
-from clippy_rt.images import Prepared, as_pixel_batch, load_image, prepare, prepare_batch
+from clippy_rt.images import Prepared, as_pixel_batch, load_image, plan_resize, prepare, prepare_batch
 
 MEAN, STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 NORM = dict(mean=MEAN, std=STD)
@@ -215,12 +215,33 @@ def test_crop_matches_hand_computation(height, width):
 
     prepared = prepare(rgb, size, mode="crop", patch_size=16, **NORM)
     torch.testing.assert_close(prepared.pixels, normalised(expected))
-    box = (round(top * height / new_h), round(left * width / new_w),
-           round(size * height / new_h), round(size * width / new_w))
+    # The crop in original pixels: the input divided by the binding side's scale (the
+    # shorter side whole, a square target keeps a square), starting where the resized crop
+    # starts. Not size / (new_w / width): the floored side's scale would widen it.
+    scale = size / min(height, width)
+    crop_h, crop_w = round(size / scale), round(size / scale)
+    assert (crop_h, crop_w) == (min(height, width),) * 2
+    box = (round(top * height / new_h), round(left * width / new_w), crop_h, crop_w)
     assert prepared.crop_box == box
     assert prepared.out_size == box[2:]
     assert prepared.window is None and prepared.original_size == (height, width)
     assert box[0] + box[2] <= height and box[1] + box[3] <= width
+
+
+@pytest.mark.parametrize("original, size, extent", [
+    # (H0, W0), input (H, W), the crop's (height, width) in original pixels, by hand
+    ((480, 640), (64, 64), (480, 480)),   # the floored cover width 85 made this 480 x 482
+    ((48, 64), (16, 16), (48, 48)),       # was 48 x 49
+    ((640, 480), (64, 64), (480, 480)),
+    ((100, 100), (32, 64), (50, 100)),    # a wide input keeps a 1:2 band of a square
+    ((480, 640), (48, 64), (480, 640)),   # same aspect ratio: the whole image
+    ((45, 73), (32, 32), (45, 45)),
+])
+def test_crop_box_has_the_input_aspect_ratio(original, size, extent):
+    plan = plan_resize(original, size, "crop")
+    assert plan.out_size == extent and plan.crop_box[2:] == extent
+    top, left = plan.crop_box[:2]
+    assert 0 <= top <= original[0] - extent[0] and 0 <= left <= original[1] - extent[1]
 
 
 def test_crop_matches_torchvision_protocol():
