@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .errors import InputError
 from .images import Prepared
+
+# The class ``Segmentation.select`` gives the pixels no kept class takes.
+UNKNOWN = "unknown"
 
 
 class PreparedBatch(NamedTuple):
@@ -58,6 +63,54 @@ class Segmentation:
         counts = torch.bincount(self.labels.flatten().long(), minlength=len(self.prompts)).double()
         total = max(1, self.labels.numel())
         return {name: float(counts[i]) / total for i, name in enumerate(self.prompts)}
+
+    def numpy(self) -> "SegmentationArrays":
+        """``labels`` and ``scores`` as numpy arrays on the CPU (same dtypes: uint8 or int64
+        labels, float32 scores), ready for OpenCV; unpacks as ``labels, scores``."""
+        return SegmentationArrays(self.labels.detach().cpu().numpy(), self.scores.detach().cpu().numpy())
+
+    def to_masks(self) -> np.ndarray:
+        """One binary mask per class: bool [len(prompts), H, W], mask i where ``labels == i``."""
+        labels = self.labels.detach().cpu().numpy()
+        return labels[None, :, :] == np.arange(len(self.prompts)).reshape(-1, 1, 1)
+
+    def select(self, classes: Optional[Sequence[str]] = None, min_score: Optional[float] = None,
+               unknown: str = UNKNOWN) -> "Segmentation":
+        """A new Segmentation over ``classes`` (names from ``prompts``, in the order given;
+        default all) plus a last class ``unknown``: it takes every pixel won by a class left
+        out and, with ``min_score``, every pixel whose score is below it.
+
+        The classes still compete as before; only the outputs change. ``scores`` stay the
+        winning class's similarity. Raises ``InputError`` for a name not among ``prompts``.
+        """
+        names = list(self.prompts) if classes is None else list(classes)
+        missing = [name for name in names if name not in self.prompts]
+        if missing:
+            raise InputError(f"unknown class {', '.join(map(repr, missing))}: the classes are "
+                             f"{', '.join(self.prompts)}")
+        if len(set(names)) != len(names):
+            raise InputError(f"a class is named twice in {names}")
+        if unknown in names:
+            raise InputError(f"{unknown!r} names the pixels no kept class takes; it cannot be a kept class too")
+        if min_score is not None and not (isinstance(min_score, (int, float)) and not isinstance(min_score, bool)
+                                          and math.isfinite(min_score)):
+            raise InputError(f"min_score must be a finite number, got {min_score!r}")
+        # old class index -> new index; the left-out classes go to the unknown class.
+        mapping = torch.full((len(self.prompts),), len(names), dtype=torch.int64)
+        for new, name in enumerate(names):
+            mapping[self.prompts.index(name)] = new
+        labels = mapping.to(self.labels.device)[self.labels.long()]
+        if min_score is not None:
+            labels = torch.where(self.scores < min_score, torch.full_like(labels, len(names)), labels)
+        return Segmentation(labels.to(class_label_dtype(len(names) + 1)), self.scores,
+                            tuple(names) + (unknown,), self.crop_box, dict(self.timings_ms))
+
+
+class SegmentationArrays(NamedTuple):
+    """``Segmentation.numpy()``: labels [H, W] (uint8 or int64) and scores float32 [H, W]."""
+
+    labels: np.ndarray
+    scores: np.ndarray
 
 
 def class_label_dtype(num_classes: int) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""Label maps as images: a class palette, indexed label PNGs and colour overlays with a legend.
+"""Label maps as images: a class palette, label and mask PNGs, colour overlays, class legends.
 
 Every file is written atomically: into a temporary file in the destination directory, then
 renamed over the destination, so a failed or interrupted write leaves the old file (or
@@ -27,19 +27,20 @@ MAX_CLASSES = 65536
 
 
 def palette(n: int) -> List[RGB]:
-    """``n`` distinct RGB colours, entry i for class i; the same for every call.
+    """``n`` distinct RGB colours, entry i for class i; the same for every call; none black.
 
-    The PASCAL VOC colour map: the bits of i are dealt out to the three channels from the
-    most significant bit down (bit 3j of i -> bit 7-j of red, 3j+1 -> green, 3j+2 -> blue),
-    so any two indices below 2**24 get different colours, entry 0 is black and a VOC label
-    PNG written with it shows the usual VOC colours.
+    The PASCAL VOC colour map without its black first entry: class i gets VOC colour i + 1,
+    whose bits are dealt out to the three channels from the most significant bit down (bit
+    3j of i + 1 -> bit 7-j of red, 3j+1 -> green, 3j+2 -> blue). Any two classes below
+    2**24 - 1 get different colours, and class 0 (often "background" or "floor") shows in
+    an overlay like every other class (dark red, then dark green, olive, navy, ...).
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise InputError(f"palette size must be a non-negative integer, got {n!r}")
-    if n > 1 << 24:
-        raise InputError(f"palette size must be at most {1 << 24}, got {n}")
+    if n > (1 << 24) - 1:
+        raise InputError(f"palette size must be at most {(1 << 24) - 1}, got {n}")
     colours = []
-    for index in range(n):
+    for index in range(1, n + 1):
         red = green = blue = 0
         value = index
         for bit in range(8):
@@ -107,6 +108,18 @@ def save_label_png(labels: Any, path: PathLike, n_classes: int) -> Path:
     return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
+def save_mask_png(mask: Any, path: PathLike) -> Path:
+    """Write a binary mask [H, W] (bool, or integers where non-zero is in) as an 8-bit
+    grayscale PNG: 255 inside, 0 outside. Written atomically; returns ``path``."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.dtype.kind not in "biu":
+        raise InputError(f"mask must be a 2-D bool or integer array, got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+    image = Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8))
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
 def overlay(image: Any, labels: Any, class_names: Sequence[str], alpha: float = 0.5, *,
             legend: bool = True) -> Image.Image:
     """Colour each pixel by its class and blend with the image; add a legend on the right.
@@ -146,7 +159,9 @@ def overlay(image: Any, labels: Any, class_names: Sequence[str], alpha: float = 
     return _with_legend(result, [(class_names[i], tuple(int(c) for c in colours[i])) for i in present])
 
 
-def _with_legend(picture: Image.Image, entries: List[Tuple[str, RGB]]) -> Image.Image:
+def legend_image(entries: Sequence[Tuple[str, RGB]]) -> Image.Image:
+    """A white RGB panel listing ``entries`` (name, colour) top to bottom: a colour swatch
+    with a black outline, then the name in PIL's default font."""
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [measure.textbbox((0, 0), name, font=font) for name, _ in entries]
@@ -155,20 +170,44 @@ def _with_legend(picture: Image.Image, entries: List[Tuple[str, RGB]]) -> Image.
     margin = 6
     row = swatch + 4
     text_width = max([box[2] - box[0] for box in boxes] + [0])
-    panel_width = margin * 3 + swatch + text_width
-    panel_height = margin * 2 + row * len(entries)
-    canvas = Image.new("RGB", (picture.width + panel_width, max(picture.height, panel_height)),
-                       (255, 255, 255))
-    canvas.paste(picture, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    left = picture.width + margin
+    panel = Image.new("RGB", (margin * 3 + swatch + text_width, margin * 2 + row * len(entries)),
+                      (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
     for k, ((name, colour), box) in enumerate(zip(entries, boxes)):
         top = margin + k * row
-        draw.rectangle([left, top, left + swatch - 1, top + swatch - 1], fill=colour,
+        draw.rectangle([margin, top, margin + swatch - 1, top + swatch - 1], fill=tuple(colour),
                        outline=(0, 0, 0))
         text_top = top + (swatch - (box[3] - box[1])) // 2 - box[1]
-        draw.text((left + swatch + margin, text_top), name, fill=(0, 0, 0), font=font)
+        draw.text((margin * 2 + swatch, text_top), name, fill=(0, 0, 0), font=font)
+    return panel
+
+
+def class_legend(class_names: Sequence[str]) -> Image.Image:
+    """``legend_image`` of every class in ``class_names``, in class order, in the colours
+    ``overlay`` paints them."""
+    if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
+        raise TypeError("class_names must be a sequence of strings")
+    return legend_image(list(zip(class_names, palette(len(class_names)))))
+
+
+def _with_legend(picture: Image.Image, entries: List[Tuple[str, RGB]]) -> Image.Image:
+    panel = legend_image(entries)
+    canvas = Image.new("RGB", (picture.width + panel.width, max(picture.height, panel.height)),
+                       (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    canvas.paste(panel, (picture.width, 0))
     return canvas
+
+
+def save_image(picture: Image.Image, path: PathLike) -> Path:
+    """Write ``picture`` to ``path`` in the format its suffix names (.png, .jpg/.jpeg, .webp,
+    .bmp), atomically; returns ``path``."""
+    path = Path(path)
+    image_format = _FORMATS.get(path.suffix.lower())
+    if image_format is None:
+        raise InputError(f"cannot tell the image format of {path}: use one of "
+                         f"{', '.join(sorted(_FORMATS))}")
+    return atomic_write(path, lambda handle: picture.save(handle, format=image_format))
 
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
@@ -181,10 +220,4 @@ def save_overlay(image: Any, labels: Any, class_names: Sequence[str], path: Path
     The format follows the suffix (.png, .jpg/.jpeg, .webp, .bmp). Written atomically;
     returns ``path``.
     """
-    path = Path(path)
-    image_format = _FORMATS.get(path.suffix.lower())
-    if image_format is None:
-        raise InputError(f"cannot tell the image format of {path}: use one of "
-                         f"{', '.join(sorted(_FORMATS))}")
-    picture = overlay(image, labels, class_names, alpha, legend=legend)
-    return atomic_write(path, lambda handle: picture.save(handle, format=image_format))
+    return save_image(overlay(image, labels, class_names, alpha, legend=legend), path)

@@ -110,11 +110,13 @@ def test_cli_segment_source_video(tiny_model_dir, tmp_path, capsys):
         assert torch.equal(torch.from_numpy(written), expected.labels)
         assert report["per_frame"][k]["crop_box"] == list(expected.crop_box)
         assert report["per_frame"][k]["input_size"] == [40, 60]
-        assert report["per_frame"][k]["size"] == list(expected.labels.shape) == list(expected.crop_box[2:])
+        assert report["per_frame"][k]["output_size"] == list(expected.labels.shape) == list(expected.crop_box[2:])
+        # The centred square of the 40 x 60 frame, the shorter side whole.
+        assert expected.crop_box[2:] == (40, 40) and 9 <= expected.crop_box[1] <= 11
     capture = cv2.VideoCapture(str(saved))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(COLOURS)
-    height, width = report["per_frame"][0]["size"]
-    assert (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))) == (height, width)
+    # The video shows whole frames (the crop painted, the rest as it was).
+    assert (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))) == (40, 60)
     capture.release()
     assert not list(tmp_path.glob(".*partial*"))
 

@@ -12,19 +12,29 @@ def random_labels(height, width, n_classes, seed=0):
     return np.random.default_rng(seed).integers(0, n_classes, (height, width))
 
 
-def test_palette_is_deterministic_distinct_and_voc():
+def test_palette_is_deterministic_distinct_and_never_black():
     colours = palette(256)
     assert len(colours) == 256 and len(set(colours)) == 256
     assert palette(21) == colours[:21]
     assert all(len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colours)
-    # The PASCAL VOC colour map: background black, aeroplane dark red, bicycle dark green,
-    # bird olive, boat navy, ... and the ignore index 255 light beige.
-    assert colours[:5] == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128)]
-    assert colours[255] == (224, 224, 192)
+    # The PASCAL VOC colour map from its second entry: class 0 dark red (VOC's aeroplane),
+    # then dark green, olive, navy; VOC's black background is not used.
+    assert colours[:4] == [(128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128)]
+    assert colours[254] == (224, 224, 192)  # VOC entry 255
+    assert (0, 0, 0) not in palette(5000)
     assert len(set(palette(5000))) == 5000
     assert palette(0) == []
     with pytest.raises(InputError):
         palette(-1)
+
+
+def test_overlay_shows_class_zero():
+    # A uniform image entirely of class 0: blended at alpha 0.5 it must change colour, not
+    # just darken (a black class 0 leaves the hue of the image as it was).
+    grey = np.full((8, 8, 3), 100, dtype=np.uint8)
+    result = np.asarray(overlay(grey, np.zeros((8, 8), dtype=np.int64), ["floor", "wall"], legend=False))
+    red, green, blue = (int(v) for v in result[0, 0])
+    assert red - green >= 50 and red - blue >= 50
 
 
 @pytest.mark.parametrize("n_classes", [1, 21, 256])

@@ -43,6 +43,10 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
                 break
             except FileExistsError:
                 continue
+            except OSError as exc:
+                # Name the file the caller asked for, not the temporary beside it.
+                temporary = None
+                raise type(exc)(f"cannot write {path}: {exc.strerror or exc}") from None
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()

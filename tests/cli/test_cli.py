@@ -64,11 +64,16 @@ def test_segment_writes_pngs_for_every_image_kind(tmp_path, tiny_model_dir, imag
         original = Image.open(images[kind])
         assert labels.mode == "P" and labels.size == original.size
         assert set(np.unique(np.asarray(labels))) <= {0, 1, 2}
-        assert Image.open(out / f"{images[kind].stem}.overlay.png").size[1] >= original.size[1]
+        assert Image.open(out / f"{images[kind].stem}.overlay.png").size == original.size
+        assert item["input_size"] == item["output_size"] == [original.height, original.width]
+        assert item["crop_box"] is None
+        assert item["files"] == {"labels": str(out / f"{images[kind].stem}.labels.png"),
+                                 "overlay": str(out / f"{images[kind].stem}.overlay.png"), "masks": []}
         assert abs(sum(item["fractions"].values()) - 1) < 1e-6
         assert set(item["timings_ms"]) >= {"preprocess", "image", "text", "postprocess"}
+    assert report["legend"] == str(out / "legend.png")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{images[k].stem}.{suffix}.png" for k in kinds for suffix in ("labels", "overlay"))
+        [f"{images[k].stem}.{suffix}.png" for k in kinds for suffix in ("labels", "overlay")] + ["legend.png"])
 
 
 @pytest.mark.parametrize("kind,message", [

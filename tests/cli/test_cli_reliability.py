@@ -106,7 +106,7 @@ def test_segment_writes_each_image_as_it_finishes(tmp_path, tiny_model_dir, caps
                 "--json"]) == 1
     assert "cannot decode image file" in _error_line(capsys)
     assert sorted(p.name for p in out.iterdir()) == ["img000.labels.png", "img000.overlay.png",
-                                                      "img001.labels.png", "img001.overlay.png"]
+                                                      "img001.labels.png", "img001.overlay.png", "legend.png"]
     for written in out.iterdir():
         Image.open(written).load()  # complete files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
