@@ -1,4 +1,5 @@
-"""Zero-shot segmentation accuracy of a model: mIoU, per-class IoU, pixel accuracy.
+"""Zero-shot accuracy of a model: segmentation (mIoU, per-class IoU, pixel accuracy) or
+classification (top-1 / top-5).
 
 Datasets: "synthetic[:N[:SEED]]" (generated scenes, each shape class with its own fill
 pattern; default 500 held-out scenes), "synthetic-plain[:N[:SEED]]" (the same scenes with
@@ -17,6 +18,13 @@ or from the source recorded in an ONNX directory's manifest. With --preprocess d
 kernel the images are pre-processed on the engine's device (on the CPU, with torch ops)
 and the agreement is with the same engine on the host (PIL) path: "device" is PIL's
 bicubic filter computed on the device, "kernel" the fused bilinear kernel.
+
+"imagenet:PATH" is zero-shot classification as the CLIPpy reference evaluates ImageNet
+(``clippy_rt.classification``): PATH holds one folder per class (sorted folder order = class
+order) or, with --labels FILE, images listed with their class index; class names are
+ImageNet's 1,000 unless --classes FILE (or "folders") names them; each class embedding
+is the mean over --templates (default: CLIP's 80 "openai" templates; "single": the model's
+own; or a file); the output is top-1 and top-5 accuracy.
 """
 
 from __future__ import annotations
@@ -32,8 +40,17 @@ from .common import add_model_arguments, load_engine, print_json, progress, rand
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--dataset", default="synthetic",
-                        help="synthetic[:N[:SEED]], synthetic-plain[:N[:SEED]] or voc:PATH "
+                        help="synthetic[:N[:SEED]], synthetic-plain[:N[:SEED]], voc:PATH or imagenet:PATH "
                              "(default: synthetic = 500 held-out scenes)")
+    parser.add_argument("--classes", default=None,
+                        help="imagenet: class names, a file with one a line in class order, or 'folders' "
+                             "(default: ImageNet's 1,000)")
+    parser.add_argument("--labels", default=None,
+                        help="imagenet: a file of '<image path> <class index>' lines (images under PATH) "
+                             "instead of class folders")
+    parser.add_argument("--templates", default="openai",
+                        help="imagenet: openai (CLIP's 80 templates, the default), single (the model's "
+                             "template) or a file with one template a line")
     parser.add_argument("--split", default="val", help="VOC split file name (default: val)")
     parser.add_argument("--protocol", default=None, choices=["reference", "native"],
                         help="VOC scoring protocol (default: reference; generated scenes: native)")
@@ -102,10 +119,16 @@ def run(args) -> int:
 
     import clippy_rt
     from clippy_rt.backends import REFERENCE, REFERENCE_PRECISION, is_reference
+    from clippy_rt.errors import InputError
     from clippy_rt.evaluate import evaluate, open_dataset
     from clippy_rt.validate import check_positive_int
 
     check_positive_int("--batch-size", args.batch_size)
+    if args.dataset.startswith("imagenet:"):
+        return _run_classification(args)
+    for option in ("classes", "labels"):
+        if getattr(args, option) is not None:
+            raise InputError(f"--{option} applies to imagenet:PATH datasets only")
     size = args.size
     if args.dataset.startswith("voc:") and args.protocol != "native":
         size = _reference_size(args)
@@ -130,12 +153,9 @@ def run(args) -> int:
     if args.json:
         print_json(result.to_dict())
         return 0
-    print(f"dataset          {result.dataset}")
-    print(f"protocol         {result.protocol}")
-    print(f"images           {result.num_images}")
-    print(f"backend          {result.backend} ({result.precision})")
-    print(f"mIoU             {_percent(result.miou)}")
-    print(f"pixel accuracy   {_percent(result.pixel_accuracy)}")
+    _print_rows([("dataset", result.dataset), ("protocol", result.protocol), ("images", result.num_images),
+                 ("backend", f"{result.backend} ({result.precision})"), ("mIoU", _percent(result.miou)),
+                 ("pixel accuracy", _percent(result.pixel_accuracy))])
     if result.agreement is not None:
         host = " (host pre-processing)" if reference_preprocess == "host" else ""
         print(f"agreement with torch fp32{host}   {_percent(result.agreement)}")
@@ -145,6 +165,49 @@ def run(args) -> int:
     for name, value in zip(result.class_names, result.iou):
         print(f"  {name:<{width}}  {_percent(value)}")
     return 0
+
+
+def _run_classification(args) -> int:
+    import sys
+
+    from clippy_rt.classification import evaluate_classification, templates_for
+    from clippy_rt.datasets.imagenet import open_image_folder, read_class_names
+    from clippy_rt.errors import InputError
+
+    if args.protocol == "native":
+        raise InputError("imagenet:PATH has one protocol, the reference's; --protocol does not apply")
+    if args.preprocess not in ("auto", "host") or args.resize != "squash" or args.reference is not None:
+        raise InputError("imagenet:PATH crops each image as the reference does, on the host; "
+                         "--preprocess, --resize and --reference do not apply to it")
+    root = args.dataset[len("imagenet:"):]
+    classes = args.classes
+    if classes is not None and classes != "folders":
+        classes = read_class_names(classes)
+    folder = open_image_folder(root, classes=classes, labels=args.labels)
+    size = _reference_size(args)
+    engine = load_engine(args)
+    warning = random_warning(engine)
+    if warning:
+        print(warning, file=sys.stderr)
+    templates = templates_for(args.templates, engine.config.prompt_template)
+    result = evaluate_classification(
+        engine, folder, templates, size=size, batch_size=args.batch_size, name=f"imagenet:{root}",
+        text_progress=lambda names: progress(names, "class embeddings", enabled=args.progress),
+        progress=lambda batches: progress(batches, "eval", enabled=args.progress))
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    _print_rows([("dataset", f"{result.dataset} ({result.layout})"),
+                 ("protocol", f"{result.protocol} (zero-shot classification)"), ("images", result.num_images),
+                 ("classes", f"{result.num_classes}, {result.templates} templates each"),
+                 ("backend", f"{result.backend} ({result.precision}), {result.size} px"),
+                 ("top-1", _percent(result.top1)), ("top-5", _percent(result.top5))])
+    return 0
+
+
+def _print_rows(rows) -> None:
+    for label, value in rows:
+        print(f"{label:<17}{value}")
 
 
 def _percent(value: float) -> str:

@@ -18,7 +18,7 @@ from PIL import Image
 from clippy_rt.errors import InputError
 
 __all__ = ["REFERENCE_CLASSES", "VOC_CLASSES", "VOC_IGNORE_INDEX", "VOC_PROMPT_NAMES", "VOCSegmentation",
-           "reference_prompts", "reference_sample", "voc_prompts"]
+           "reference_crop", "reference_prompts", "reference_sample", "voc_prompts"]
 
 # The dataset's own class names, label index order.
 VOC_CLASSES: tuple[str, ...] = (
@@ -118,16 +118,10 @@ def reference_prompts() -> dict[str, list[str]]:
     return {name: [f"a photo of {'an' if name[0] in 'aeiou' else 'a'} {name}"] for name in REFERENCE_CLASSES}
 
 
-def reference_sample(image: Image.Image, label_path: str | os.PathLike, size: int) -> tuple[Image.Image, np.ndarray]:
-    """One image and its target as the reference evaluation sees them.
-
-    The image: shorter side to ``size`` with PIL's bicubic filter (the other side floored,
-    as torchvision's ``Resize(size)``), then the centred ``size`` x ``size`` crop (offsets
-    rounded as torchvision's ``CenterCrop``). The target: the label PNG resized to
-    ``size`` x ``size`` as torchvision's ``Resize((size, size))`` does to a PIL image, a
-    bilinear request that PIL carries out as nearest for palette ('P') images: squashed,
-    not cropped, so the target covers the whole image while the prediction covers the crop.
-    """
+def reference_crop(image: Image.Image, size: int) -> Image.Image:
+    """The reference evaluations' image geometry: the shorter side to ``size`` with PIL's
+    bicubic filter (the other side floored, as torchvision's ``Resize(size)``), then the
+    centred ``size`` x ``size`` crop (offsets rounded as torchvision's ``CenterCrop``)."""
     width, height = image.size
     if width <= height:
         new_w, new_h = size, height * size // width
@@ -135,7 +129,18 @@ def reference_sample(image: Image.Image, label_path: str | os.PathLike, size: in
         new_w, new_h = width * size // height, size
     resized = image.resize((new_w, new_h), Image.BICUBIC)
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    crop = resized.crop((left, top, left + size, top + size))
+    return resized.crop((left, top, left + size, top + size))
+
+
+def reference_sample(image: Image.Image, label_path: str | os.PathLike, size: int) -> tuple[Image.Image, np.ndarray]:
+    """One image and its target as the reference evaluation sees them.
+
+    The image: ``reference_crop``. The target: the label PNG resized to
+    ``size`` x ``size`` as torchvision's ``Resize((size, size))`` does to a PIL image, a
+    bilinear request that PIL carries out as nearest for palette ('P') images: squashed,
+    not cropped, so the target covers the whole image while the prediction covers the crop.
+    """
+    crop = reference_crop(image, size)
     with Image.open(label_path) as handle:
         target = np.array(handle.resize((size, size), Image.BILINEAR), dtype=np.uint8)
     return crop, target
