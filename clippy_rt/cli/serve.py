@@ -1,8 +1,10 @@
 """Serve a model over HTTP with dynamic batching (Ray Serve).
 
-Endpoints: POST /v1/segment, POST /v1/classify, GET /v1/health, GET /v1/stats (docs/serving.md). Without --address a local Ray cluster is started and stopped with the server;
-with --address the replicas are placed on the nodes of that cluster. Ctrl-C or SIGTERM
-stops the server. Needs the `serve` extra: pip install 'clippy-rt[serve]'.
+Endpoints: POST /v1/segment (JSON or binary frames), POST /v1/classify, GET /v1/health,
+GET /v1/stats (docs/serving.md). Each replica answers on its own port, --port up to
+--port + replicas - 1, with no proxy in front. Without --address a local Ray cluster is
+started and stopped with the server; with --address the replicas are placed on the nodes
+of that cluster. Ctrl-C or SIGTERM stops the server. Needs the `serve` extra: pip install 'clippy-rt[serve]'.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ def add_arguments(parser) -> None:
     from clippy_rt.serve.protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
 
     add_model_arguments(parser, threads=False)  # --cpus-per-replica sizes each replica
-    parser.add_argument("--host", default="127.0.0.1", help="address the HTTP server binds (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the replicas' HTTP servers bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="HTTP port of the first replica; the others take the next ports (default: 8000)")
     parser.add_argument("--replicas", type=int, default=1, help="number of replicas, one Engine each (default: 1)")
     parser.add_argument("--max-batch", type=int, default=16,
                         help="most requests one replica batches together (default: 16)")
@@ -34,6 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="cache text embeddings on disk, so a restarted replica does not encode its "
                              "prompts again (default: on)")
+    parser.add_argument("--drain-s", type=float, default=1.0,
+                        help="seconds a stopping replica keeps answering before it closes its port (default: 1)")
     parser.add_argument("--address", default=None,
                         help="join the Ray cluster at this address (e.g. 127.0.0.1:6379) instead of starting one")
 
@@ -52,6 +57,7 @@ def run(args) -> int:
                            host=args.host, port=args.port, replicas=args.replicas, max_batch=args.max_batch,
                            batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica,
                            max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, address=args.address,
+                           drain_s=args.drain_s,
                            text_cache_dir=(str(args.text_cache_dir) if args.text_cache_dir else None)
                            if args.text_cache else False)
     return serve_until_stopped(options)

@@ -4,9 +4,14 @@
 
     client = Client("http://127.0.0.1:8000")
     seg = client.segment("scene.png", ["circle", "square", "grass"])   # -> Segmentation
+    segs = client.segment([frame0, frame1], ["circle", "square"])      # one request, two frames
     top = client.classify("scene.png", ["circle", "square"], top_k=2)   # -> [(label, p), ...]
 
-Each thread gets its own keep-alive connection, so one Client may be shared by threads.
+``segment`` speaks the binary frame protocol (``clippy_rt.serve.frames``: file bytes or raw
+RGB frames in, raw uint8 label maps out) unless ``protocol="json"``, or unless scores are
+asked for (the JSON protocol carries them). Each thread gets its own keep-alive connection,
+so one Client may be shared by threads; given several URLs (one per replica), threads are
+spread over them.
 Connection failures (refused, reset, timed out) and 503 answers are retried ``retries``
 times with exponential back-off; a 4xx answer raises ``RequestError`` (an ``InputError``)
 with the server's one-line message, a 5xx answer or an unreachable server ``ServerError``.
@@ -16,62 +21,96 @@ from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from ..errors import InputError, ServerError
 from ..prompts import PromptSet
 from ..results import Segmentation
-from .protocol import (RequestError, classification_from_json, encode_image_file,
-                             segmentation_from_json)
+from .frames import (HEADER_LENGTH, LABEL_ENCODINGS, MAX_FRAMES, REQUEST_TYPE, RESPONSE_TYPE, encode_frames,
+                     frame_of, segmentations_from_binary)
+from .protocol import RequestError, classification_from_json, encode_image_file, segmentation_from_json
 
 __all__ = ["Client"]
+PROTOCOLS = ("binary", "json")
 
 
 class Client:
-    """``url``: the server's base URL (http or https); ``timeout``: seconds per attempt;
-    ``retries``: extra attempts after a connection failure or a 503; ``backoff_s``: the
-    first pause between attempts (doubling each time)."""
+    """``url``: the server's base URL (http or https), or a list of them (one per replica:
+    each thread sticks to one, and moves on to the next when its connection fails);
+    ``timeout``: seconds per attempt; ``retries``: extra attempts after a connection failure
+    or a 503; ``backoff_s``: the first pause between attempts (doubling each time);
+    ``protocol``: "binary" or "json" for ``segment``; ``labels``: "raw" or "zlib" (level 1)
+    label maps in binary answers."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0, retries: int = 3,
-                 backoff_s: float = 0.25) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError(f"url must look like http://HOST:PORT, got {url!r}")
+    def __init__(self, url: Union[str, Sequence[str]] = "http://127.0.0.1:8000", *, timeout: float = 60.0,
+                 retries: int = 3, backoff_s: float = 0.25, protocol: str = "binary", labels: str = "raw") -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise InputError("url: give at least one server URL")
+        targets = []
+        for item in urls:
+            parts = urlsplit(item) if isinstance(item, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InputError(f"url must look like http://HOST:PORT, got {item!r}")
+            targets.append((parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                            parts.path.rstrip("/")))
         if not timeout > 0:
             raise InputError(f"timeout must be positive, got {timeout!r}")
         if not isinstance(retries, int) or retries < 0:
             raise InputError(f"retries must be a non-negative integer, got {retries!r}")
-        self.url = url.rstrip("/")
+        if protocol not in PROTOCOLS:
+            raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if labels not in LABEL_ENCODINGS:
+            raise InputError(f"labels must be one of {', '.join(LABEL_ENCODINGS)}, got {labels!r}")
+        self.urls = [item.rstrip("/") for item in urls]
+        self.url = self.urls[0]
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff_s = float(backoff_s)
-        self._scheme = parts.scheme
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._prefix = parts.path.rstrip("/")
+        self.protocol = protocol
+        self.labels = labels
+        self._targets = targets
+        self._turn = itertools.count()
         self._local = threading.local()
 
     # -- API ---------------------------------------------------------------------------
     def segment(self, image, prompts, size=None, template: Optional[str] = None, resize: str = "squash",
                 scores: bool = False) -> Union[Segmentation, List[Segmentation]]:
-        """Like ``Engine.segment``: one image -> Segmentation, a list -> a list of them (sent
-        one after another). ``image``: a path, PNG/JPEG bytes, a PIL image or a uint8 array.
-        ``scores=False`` leaves ``Segmentation.scores`` empty (shape [0]), which keeps
-        responses small; ``scores=True`` fetches them."""
-        if isinstance(image, (list, tuple)):
-            return [self.segment(item, prompts, size, template, resize, scores) for item in image]
-        body: Dict[str, Any] = {"image": _b64(image), "prompts": _prompts_json(prompts), "resize": resize}
-        if size is not None:
-            body["size"] = list(size) if isinstance(size, (tuple, list)) else size
-        if template is not None:
-            body["template"] = template
-        if scores:
-            body["return_scores"] = True
-        return segmentation_from_json(self._request("POST", "/v1/segment", body))
+        """Like ``Engine.segment``: one image -> Segmentation, a list -> a list of them (in one
+        binary request, up to 256 frames per request; one JSON request each with
+        ``protocol="json"``). ``image``: a path, PNG/JPEG bytes, a PIL image or a uint8 RGB
+        array (sent raw). ``scores=False`` leaves ``Segmentation.scores`` empty (shape [0]);
+        ``scores=True`` fetches them, over JSON."""
+        several = isinstance(image, (list, tuple))
+        images = list(image) if several else [image]
+        if self.protocol == "binary" and not scores:
+            results: List[Segmentation] = []
+            for start in range(0, len(images), MAX_FRAMES):
+                frames = [frame_of(item) for item in images[start:start + MAX_FRAMES]]
+                header_length, payload = encode_frames(frames, _prompts_json(prompts), size=size, resize=resize,
+                                                       template=template, labels=self.labels)
+                headers = {"Content-Type": REQUEST_TYPE, HEADER_LENGTH: str(header_length)}
+                answer_headers, data = self._exchange("POST", "/v1/segment", payload, headers)
+                if answer_headers.get("content-type", "").split(";")[0] != RESPONSE_TYPE:
+                    raise ServerError("POST /v1/segment: the server did not answer binary frames")
+                results.extend(segmentations_from_binary(answer_headers.get(HEADER_LENGTH.lower()), data))
+            return results if several else results[0]
+        results = []
+        for item in images:
+            body: Dict[str, Any] = {"image": _b64(item), "prompts": _prompts_json(prompts), "resize": resize}
+            if size is not None:
+                body["size"] = list(size) if isinstance(size, (tuple, list)) else size
+            if template is not None:
+                body["template"] = template
+            if scores:
+                body["return_scores"] = True
+            results.append(segmentation_from_json(self._request("POST", "/v1/segment", body)))
+        return results if several else results[0]
 
     def classify(self, image, labels, top_k: int = 5, template: Optional[str] = None, size=None,
                  resize: str = "crop") -> Union[List[Tuple[str, float]], List[List[Tuple[str, float]]]]:
@@ -109,32 +148,49 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client({self.url!r}, timeout={self.timeout:g}, retries={self.retries})"
+        where = self.url if len(self.urls) == 1 else self.urls
+        return f"Client({where!r}, timeout={self.timeout:g}, retries={self.retries}, protocol={self.protocol!r})"
 
     # -- transport ---------------------------------------------------------------------
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> Tuple[http.client.HTTPConnection, str]:
+        """This thread's connection and its URL path prefix."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            connection = kind(self._host, self._port, timeout=self.timeout)
+            if getattr(self._local, "target", None) is None:
+                self._local.target = next(self._turn) % len(self._targets)
+            scheme, host, port, _ = self._targets[self._local.target]
+            kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            connection = kind(host, port, timeout=self.timeout)
             self._local.connection = connection
-        return connection
+        return connection, self._targets[self._local.target][3]
 
     def _request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         payload = json.dumps(body).encode("utf-8") if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        _, data = self._exchange(method, path, payload, headers)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ServerError(f"{method} {path}: the server's answer is not JSON") from None
+
+    def _exchange(self, method: str, path: str, payload: Optional[bytes],
+                  headers: Dict[str, str]) -> Tuple[Dict[str, str], bytes]:
+        """(answer headers with lower-case names, answer body) of a 2xx answer."""
         failure = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                connection = self._connection()
-                connection.request(method, self._prefix + path, body=payload, headers=headers)
+                connection, prefix = self._connection()
+                connection.request(method, prefix + path, body=payload, headers=headers)
                 response = connection.getresponse()
                 status, data = response.status, response.read()
+                answer_headers = {name.lower(): value for name, value in response.getheaders()}
             except (OSError, http.client.HTTPException) as exc:
-                # Refused, reset, timed out, or a keep-alive connection the server closed.
+                # Refused, reset, timed out, or a keep-alive connection the server closed:
+                # the next attempt goes to the next replica.
                 self.close()
+                self._local.target = next(self._turn) % len(self._targets)
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 continue
             if status == 503:
@@ -144,10 +200,7 @@ class Client:
                 if status < 500:
                     raise RequestError(f"server refused the request ({status}): {_message(data)}", status=status)
                 raise ServerError(f"server error {status} on {method} {path}: {_message(data)}")
-            try:
-                return json.loads(data)
-            except ValueError:
-                raise ServerError(f"{method} {path}: the server's answer is not JSON") from None
+            return answer_headers, data
         raise ServerError(f"{method} {self.url}{path} failed after {self.retries + 1} attempt(s): {failure}")
 
 

@@ -1,5 +1,6 @@
-"""The Ray Serve deployment: HTTP routing, the body-size limit and dynamic batching around
-a ``Replica``. Importing this module imports Ray; use ``clippy_rt.serve.build_app``.
+"""The Ray Serve deployment: HTTP routing (JSON or binary frames by ``Content-Type``), the
+body-size limit and dynamic batching around a ``Replica``. Importing this module imports
+Ray; use ``clippy_rt.serve.serve_until_stopped``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any, List
 
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
+from .frames import HEADER_LENGTH, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody
 from .options import ServeOptions
 from .protocol import RequestError, error_body, first_line
 from .replica import Replica, load_engine
@@ -54,7 +56,7 @@ class ClippyDeployment:
         self.handle_batch.set_max_batch_size(options.max_batch)
         self.handle_batch.set_batch_wait_timeout_s(options.batch_wait_ms / 1000.0)
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def __call__(self, request: Request) -> Response:
         route = ROUTES.get((request.method, request.url.path))
         if route is None:
             if any(path == request.url.path for _, path in ROUTES):
@@ -64,17 +66,28 @@ class ClippyDeployment:
             return JSONResponse(self.replica.health())
         if route == "stats":
             return JSONResponse(self.replica.stats())
+        binary = request.headers.get("content-type", "").split(";")[0].strip() == REQUEST_TYPE
         try:
-            body = await _read_json(request, self.options.max_body_bytes)
+            data = await _read_body(request, self.options.max_body_bytes)
             loop = asyncio.get_running_loop()
-            # Decoding an image is real work: keep it off the event loop that forms batches.
-            parsed = await loop.run_in_executor(None, self.replica.parse, route, body)
+            # Decoding images is real work: keep it off the event loop that forms batches.
+            if binary:
+                if route != "segment":
+                    raise RequestError(f"binary frames are accepted on /v1/segment only, not {request.url.path}",
+                                       status=415)
+                parsed = await loop.run_in_executor(None, self.replica.parse_binary,
+                                                    request.headers.get(HEADER_LENGTH), data)
+            else:
+                parsed = await loop.run_in_executor(None, _parse_json, self.replica, route, data)
         except RequestError as exc:
             return _error(exc.status, str(exc))
         except Exception as exc:  # a server fault: still one line of JSON
             logger.exception("parsing a %s request failed", route)
             return _error(500, f"internal error: {first_line(exc)}")
         status, reply = await self.handle_batch(parsed)
+        if isinstance(reply, BinaryBody):
+            return Response(reply.data, status_code=status, media_type=RESPONSE_TYPE,
+                            headers={HEADER_LENGTH: str(reply.header_length)})
         return JSONResponse(reply, status_code=status)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
@@ -88,7 +101,7 @@ class ClippyDeployment:
             return [(500, error_body(f"internal error: {first_line(exc)}"))] * len(requests)
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -106,11 +119,16 @@ async def _read_json(request: Request, limit: int) -> Any:
             raise RequestError(f"request body exceeds the limit of {limit} bytes", status=413)
         chunks.append(chunk)
     if not received:
-        raise RequestError("empty request body: send a JSON object")
+        raise RequestError("empty request body: send a JSON object or binary frames")
+    return b"".join(chunks)
+
+
+def _parse_json(replica: Replica, route: str, data: bytes):
     try:
-        return json.loads(b"".join(chunks))
+        body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"request body is not valid JSON: {first_line(exc)}") from None
+    return replica.parse(route, body)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -124,5 +142,9 @@ def build_deployment(options: ServeOptions):
         ray_actor_options=options.replica_resources,
         # Enough requests in flight per replica to fill two batches: one running, one forming.
         max_ongoing_requests=max(2 * options.max_batch, 8),
+        # Stop in seconds: drain for options.drain_s (see server.serve_environment), checking
+        # for requests still running every 0.2 s, and give up on them 5 s later.
+        graceful_shutdown_wait_loop_s=0.2,
+        graceful_shutdown_timeout_s=options.drain_s + 5.0,
     )
     return deployment.bind(options)

@@ -15,7 +15,7 @@ from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
 @dataclass(frozen=True)
 class ServeOptions:
     """``model`` is a path string (or "demo") that every replica loads: on a cluster it must
-    exist on each node. ``cpus_per_replica`` is the Ray CPU reservation of a replica; torch
+    exist on each node. The replicas answer HTTP on ``host``, one port each from ``port`` up. ``cpus_per_replica`` is the Ray CPU reservation of a replica; torch
     uses that many threads in it (at least one). On CUDA each replica also takes one GPU."""
 
     model: str
@@ -31,12 +31,17 @@ class ServeOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     address: Optional[str] = None
+    # Seconds a stopping replica keeps answering before it closes its port.
+    drain_s: float = 1.0
     # Text embeddings on disk: None = the default directory, a path = there, False = memory only.
     text_cache_dir: Union[None, str, bool] = None
 
     def __post_init__(self) -> None:
         check_positive_int("port", self.port, upper=65535)
         check_positive_int("replicas", self.replicas)
+        if self.port + self.replicas - 1 > 65535:
+            raise InputError(f"the replicas' ports {self.port}-{self.port + self.replicas - 1} pass 65535: "
+                             f"choose a lower port")
         check_positive_int("max_batch", self.max_batch, upper=1024)
         check_positive_int("max_body_bytes", self.max_body_bytes)
         check_positive_int("max_pixels", self.max_pixels)
@@ -46,6 +51,8 @@ class ServeOptions:
         if not (isinstance(self.cpus_per_replica, (int, float)) and self.cpus_per_replica >= 0
                 and math.isfinite(self.cpus_per_replica)):
             raise InputError(f"cpus_per_replica must be >= 0, got {self.cpus_per_replica!r}")
+        if not (isinstance(self.drain_s, (int, float)) and 0 <= self.drain_s <= 600 and math.isfinite(self.drain_s)):
+            raise InputError(f"drain_s must be in [0, 600], got {self.drain_s!r}")
 
     @property
     def uses_cuda(self) -> bool:

@@ -26,7 +26,7 @@ import binascii
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from PIL import Image
 from ..errors import InputError
 from ..images import RESIZE_MODES, load_image
 from ..prompts import PromptSet, build_prompt_set
-from ..results import Segmentation
+from ..results import Segmentation, class_label_dtype
 from ..visualize import label_image
 from ..validate import check_positive_int
 
@@ -100,21 +100,29 @@ def decode_image(text: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise RequestError("'image' is not valid base64") from None
     if not data:
         raise RequestError("'image' is empty")
+    return decode_image_file(data, "'image'", max_pixels)
+
+
+def decode_image_file(data, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      expected_format: Optional[str] = None) -> Image.Image:
+    """PNG or JPEG file bytes -> an RGB PIL image; ``name`` says which input it is in error
+    messages. Raises RequestError (400, or 413 for more than ``max_pixels`` pixels, checked
+    before the pixels are decoded)."""
     try:
         opened = Image.open(io.BytesIO(data), formats=FORMATS)
     except Exception:
-        raise RequestError("'image' is not a PNG or JPEG file") from None
+        raise RequestError(f"{name} is not a PNG or JPEG file") from None
+    if expected_format is not None and opened.format.lower() != expected_format:
+        raise RequestError(f"{name} is declared {expected_format}, its bytes are {opened.format}")
     width, height = opened.size
     if width * height > max_pixels:
-        raise RequestError(f"'image' is {width}x{height} pixels, more than the limit of {max_pixels}",
-                           status=413)
+        raise RequestError(f"{name} is {width}x{height} pixels, more than the limit of {max_pixels}", status=413)
     try:
         opened.load()
         # Palette, grayscale and alpha images are read as RGB, as load_image does for files.
         return load_image(opened)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RequestError(f"'image' cannot be decoded: {reason}") from None
+        raise RequestError(f"{name} cannot be decoded: {first_line(exc)}") from None
 
 
 def encode_image_file(image: Any) -> bytes:
@@ -260,13 +268,14 @@ def segmentation_to_json(result: Segmentation, return_scores: bool = False) -> D
 
 
 def segmentation_from_json(body: Dict[str, Any]) -> Segmentation:
-    """A /v1/segment response -> Segmentation. ``scores`` is float32 [H, W] when the response
-    carries them, otherwise an empty tensor (shape [0])."""
+    """A /v1/segment response -> Segmentation, labels in the engine's dtype
+    (``class_label_dtype``). ``scores`` is float32 [H, W] when the response carries them,
+    otherwise an empty tensor (shape [0])."""
     try:
         classes = tuple(body["classes"])
         height, width = int(body["height"]), int(body["width"])
         with Image.open(io.BytesIO(base64.b64decode(body["labels_png"]))) as picture:
-            labels = np.asarray(picture).astype(np.int64)
+            labels = np.asarray(picture)
         if labels.shape != (height, width):
             raise ValueError(f"labels are {labels.shape}, header says {(height, width)}")
         if "scores" in body:
@@ -278,7 +287,8 @@ def segmentation_from_json(body: Dict[str, Any]) -> Segmentation:
         timings = {str(k): float(v) for k, v in body.get("timings_ms", {}).items()}
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise InputError(f"malformed segment response: {first_line(exc)}") from None
-    return Segmentation(labels=torch.from_numpy(labels), scores=scores_tensor, prompts=classes,
+    labels_tensor = torch.from_numpy(labels.astype(np.int64)).to(class_label_dtype(len(classes)))
+    return Segmentation(labels=labels_tensor, scores=scores_tensor, prompts=classes,
                         crop_box=crop_box, timings_ms=timings)
 
 

@@ -3,8 +3,9 @@ one Engine, encode the responses, and count what it saw.
 
 ``Replica.run_batch`` groups the requests of a batch by ``batch_key`` (same kind, prompt
 set, input size and resize mode) and calls ``Engine.segment`` / ``Engine.classify`` once
-per group, so pre-processing, the image tower and the seg head run batched. The engine's
-text-embedding cache lives as long as the replica.
+per group, so pre-processing, the image tower and the seg head run batched; JSON requests
+and binary ones (several frames each) share a group. The engine's text-embedding cache
+lives as long as the replica.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ClippyError
+from .frames import BinaryBody, FramesRequest, parse_frames, segmentations_to_binary
 from .protocol import (DEFAULT_MAX_PIXELS, ClassifyRequest, RequestError, SegmentRequest,
                        classification_to_json, error_body, first_line, parse_classify, parse_segment,
                        segmentation_to_json)
 
-Request = Union[SegmentRequest, ClassifyRequest]
-# (HTTP status, JSON body)
-Reply = Tuple[int, Dict[str, Any]]
+Request = Union[SegmentRequest, ClassifyRequest, FramesRequest]
+# (HTTP status, JSON body or, for a binary request's success, a BinaryBody)
+Reply = Tuple[int, Union[Dict[str, Any], BinaryBody]]
 
 
 def load_engine(options):
@@ -63,6 +65,10 @@ class Replica:
             return parse_classify(body, self.patch_size, self.max_pixels)
         raise RequestError(f"unknown request kind {kind!r}", status=404)
 
+    def parse_binary(self, header_length: Any, body: bytes) -> FramesRequest:
+        """A binary /v1/segment request (``clippy_rt.serve.frames``). Raises RequestError."""
+        return parse_frames(header_length, body, self.patch_size, self.max_pixels)
+
     def run_batch(self, requests: Sequence[Request]) -> List[Reply]:
         """One reply per request, in order. A group whose engine call fails on bad input is
         rerun one request at a time, so one bad request fails alone."""
@@ -74,8 +80,8 @@ class Replica:
         for indices in groups.values():
             members = [requests[i] for i in indices]
             try:
-                outputs = self._call(members)
-                calls.append(len(members))
+                outputs = self._split(members, self._call(members))
+                calls.append(_frame_count(members))
             except (ClippyError, ValueError, TypeError) as exc:
                 if len(members) == 1:
                     replies[indices[0]] = (400, error_body(first_line(exc)))
@@ -83,13 +89,15 @@ class Replica:
                 outputs = []
                 for member in members:
                     try:
-                        outputs.append(self._call([member])[0])
-                        calls.append(1)
+                        outputs.append(self._split([member], self._call([member]))[0])
+                        calls.append(_frame_count([member]))
                     except (ClippyError, ValueError, TypeError) as single_exc:
                         outputs.append(RequestError(first_line(single_exc)))
             for index, member, output in zip(indices, members, outputs):
                 if isinstance(output, Exception):
                     replies[index] = (400, error_body(str(output)))
+                elif isinstance(member, FramesRequest):
+                    replies[index] = (200, segmentations_to_binary(output, member.labels))
                 elif isinstance(member, SegmentRequest):
                     replies[index] = (200, segmentation_to_json(output, member.return_scores))
                 else:
@@ -102,12 +110,26 @@ class Replica:
         return replies
 
     def _call(self, members: Sequence[Request]) -> list:
+        """One engine call for all the members' images; one output per image."""
         first = members[0]
-        images = [member.image for member in members]
-        if isinstance(first, SegmentRequest):
+        images = [image for member in members for image in _images(member)]
+        if isinstance(first, (SegmentRequest, FramesRequest)):
             return self.engine.segment(images, first.prompts, size=first.size, resize=first.resize)
         return self.engine.classify(images, first.labels, top_k=first.top_k, size=first.size,
                                     resize=first.resize)
+
+    @staticmethod
+    def _split(members: Sequence[Request], outputs: list) -> list:
+        """The engine's per-image outputs -> one output per member (a list for a FramesRequest)."""
+        split, offset = [], 0
+        for member in members:
+            if isinstance(member, FramesRequest):
+                split.append(outputs[offset:offset + len(member.images)])
+                offset += len(member.images)
+            else:
+                split.append(outputs[offset])
+                offset += 1
+        return split
 
     # -- reports -----------------------------------------------------------------------
     def health(self) -> Dict[str, Any]:
@@ -118,7 +140,7 @@ class Replica:
 
     def stats(self) -> Dict[str, Any]:
         """Counters since the replica started: ``batch_sizes`` maps a batch size to how many
-        batches of that size arrived, ``engine_calls`` the number of requests per engine call
+        batches of that size arrived, ``engine_calls`` the number of frames (images) per engine call
         to how many such calls were made."""
         with self._lock:
             return {"replica": self.replica_id, "node_id": self.node_id,
@@ -127,3 +149,11 @@ class Replica:
                     "batch_sizes": {str(k): v for k, v in sorted(self._batch_sizes.items())},
                     "engine_calls": {str(k): v for k, v in sorted(self._call_sizes.items())}}
 
+
+
+def _images(request: Request) -> tuple:
+    return request.images if isinstance(request, FramesRequest) else (request.image,)
+
+
+def _frame_count(members: Sequence[Request]) -> int:
+    return sum(len(_images(member)) for member in members)

@@ -1,5 +1,11 @@
 """Start Ray (or join a cluster), deploy the application, serve until Ctrl-C / SIGTERM, and
-shut Serve down again."""
+shut Serve down again.
+
+Requests reach the replicas without a Python proxy in between: Ray Serve's direct ingress
+gives each replica its own HTTP server on ``--host``, on a port from ``--port`` to
+``--port + replicas - 1``. Serve still starts its Python HTTP proxy (it keeps the
+application's routes), on a free port that nobody is sent to.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,49 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from .options import ServeOptions
 
 APP_NAME = "clippy-rt"
-# The one HTTP proxy would otherwise send every request to the replicas on its own node
-# until they are full: spread requests over all replicas instead. The Serve controller and
-# proxy inherit this job's environment.
-PROXY_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
 
 
-def serve_environment(environ: Mapping[str, str]) -> Dict[str, str]:
-    """Environment for the Serve processes: PROXY_ENV, overridden by any ``RAY_SERVE_*``
-    variable set for this command (Ray Serve's own tuning knobs reach the controller,
-    proxy and replicas also on a cluster started elsewhere)."""
-    env = dict(PROXY_ENV)
+def serve_environment(options: ServeOptions, environ: Mapping[str, str]) -> Dict[str, str]:
+    """Environment for the Serve controller and replicas (they read it when they start, also
+    on a cluster started elsewhere): direct ingress on ``options``' ports and drain period,
+    overridden by any ``RAY_SERVE_*`` variable set for this command."""
+    env = {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        # The replicas' HTTP ports: [port, port + replicas), the upper bound exclusive. Several
+        # nodes on one machine share the range: a port taken on one node is skipped on the next.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(options.port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(options.port + options.replicas),
+        # A stopping replica answers what it has and stops accepting after this long (Ray's
+        # default, 30 s, is for load balancers that must first deregister it).
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{options.drain_s:g}",
+        # A restarted replica takes its predecessor's port at once: no load balancer in front
+        # holds a stale entry for it.
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+    }
     env.update({name: value for name, value in environ.items() if name.startswith("RAY_SERVE_")})
     return env
+
+
+def replica_urls(options: ServeOptions) -> List[str]:
+    """The base URLs of the running replicas, as Serve's controller lists them; the
+    configured port range where it cannot tell (an older or newer Serve)."""
+    fallback = [f"http://{options.host}:{port}" for port in range(options.port, options.port + options.replicas)]
+    try:
+        import ray
+        from ray.serve.context import _get_global_client
+
+        controller = _get_global_client()._controller
+        groups = ray.get(controller.get_target_groups.remote(APP_NAME), timeout=30)
+        urls = sorted(f"http://{options.host if options.host not in ('0.0.0.0', '::') else target.ip}:{target.port}"
+                      for group in groups if str(group.protocol.value) == "HTTP" for target in group.targets)
+    except Exception:  # a private interface of Serve: the port range is the documented answer
+        return fallback
+    return urls or fallback
 
 
 def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event] = None,
@@ -58,21 +89,21 @@ def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event
         log(f"starting {where}")
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=True,
-                 runtime_env={"env_vars": serve_environment(os.environ)})
+                 runtime_env={"env_vars": serve_environment(options, os.environ)})
         catch_signals()
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
         if not stop.is_set():
-            # One HTTP proxy, on the node running this command: several nodes on one
-            # machine would otherwise all bind the same port.
-            serve.start(http_options={"host": options.host, "port": options.port, "location": "HeadOnly"},
+            # The replicas' HTTP servers take host from here. Serve's own proxy runs once, on
+            # this node, on a free port (0): requests go to the replicas' ports instead.
+            serve.start(http_options={"host": options.host, "port": 0, "location": "HeadOnly"},
                         logging_config=quiet)
         if not stop.is_set():
             log(f"deploying {options.replicas} replica(s) of {options.model} "
                 f"(max batch {options.max_batch}, wait {options.batch_wait_ms:g} ms)")
             serve.run(build_deployment(options), name=APP_NAME, route_prefix="/", logging_config=quiet)
         if not stop.is_set():
-            log(f"serving on http://{options.host}:{options.port} (Ctrl-C to stop)")
+            log(f"serving on {' '.join(replica_urls(options))} (Ctrl-C to stop)")
         stop.wait()
         log("shutting down")
     finally:

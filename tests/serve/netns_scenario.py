@@ -6,8 +6,10 @@
 Brings up ``lo``, starts ``clippy-rt serve`` (``single``: with its own local Ray;
 ``cluster``: a head and a worker node started with ``ray start`` first, the server joining
 them with --address), sends the requests of INPUTS/requests.json from concurrent clients
-and the bad requests, stops the server with SIGTERM, and writes what it saw to OUT
-(``report.json``, ``labels.npz``) for the test to check against a local engine.
+over JSON and over binary frames, the bad requests of each protocol and a client that
+leaves mid-request, notes which process listens on the port, stops the server with
+SIGTERM, and writes what it saw to OUT (``report.json``, ``labels.npz``) for the test to
+check against a local engine.
 """
 
 from __future__ import annotations
@@ -58,20 +60,24 @@ def main() -> int:
     server = subprocess.Popen(command, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     try:
         started = time.monotonic()
-        report["health"] = wait_for_health(server)
+        # Each replica answers on its own port: two in the cluster run.
+        urls = [URL] if mode == "single" else [URL, f"http://127.0.0.1:{PORT + 1}"]
+        report["health"] = [wait_for_health(server, url) for url in urls][0]
         report["startup_s"] = round(time.monotonic() - started, 1)
         from clippy_rt.serve.client import Client
 
-        client = Client(URL, timeout=120, retries=2)
+        client = Client(urls, timeout=120, retries=2)
         if mode == "single":
             single_scenario(client, spec, inputs, out, report)
         else:
             cluster_scenario(client, spec, inputs, out, report)
     finally:
+        stopping = time.monotonic()
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
         try:
             report["exit_code"] = server.wait(timeout=120)
+            report["shutdown_s"] = round(time.monotonic() - stopping, 1)
         except subprocess.TimeoutExpired:
             server.kill()
             report["exit_code"] = "killed after 120 s"
@@ -86,17 +92,17 @@ def main() -> int:
     return 0
 
 
-def wait_for_health(server: subprocess.Popen) -> dict:
+def wait_for_health(server: subprocess.Popen, url: str) -> dict:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with {server.returncode} before answering")
         try:
-            with urllib.request.urlopen(URL + "/v1/health", timeout=5) as response:
+            with urllib.request.urlopen(url + "/v1/health", timeout=5) as response:
                 return json.loads(response.read())
         except OSError:
             time.sleep(0.5)
-    raise RuntimeError(f"no answer from {URL} within {START_TIMEOUT_S} s")
+    raise RuntimeError(f"no answer from {url} within {START_TIMEOUT_S} s")
 
 
 def concurrent_segments(client, spec, inputs):
@@ -131,21 +137,105 @@ def single_scenario(client, spec, inputs, out, report):
     report["errors"] = errors
     report["stats_before"] = before
     report["stats_after"] = client.stats()
+    report["listener"] = listener(PORT)
     arrays = {}
     for index, result in enumerate(results):
         if result is not None:
             arrays[f"labels_{index}"] = result.labels.numpy()
             arrays[f"scores_{index}"] = result.scores.numpy()
             arrays[f"classes_{index}"] = np.array(result.prompts)
-    np.savez(out / "labels.npz", **arrays)
     classify = spec["classify"]
     report["classify"] = client.classify(inputs / classify["image"], classify["labels"], top_k=classify["top_k"])
+    report["binary_errors"] = binary_segments(spec, inputs, arrays)
     report["bad"] = bad_requests(spec, inputs)
+    report["bad_binary"] = bad_binary_requests(spec, inputs)
+    report["left_mid_request"] = leave_mid_request()
     # The replica keeps serving after the bad requests.
     first = spec["requests"][0]
     again = client.segment(inputs / first["image"], first["prompts"], size=first.get("size"))
     report["after_bad_equal"] = bool(np.array_equal(again.labels.numpy(), arrays.get("labels_0")))
     report["readme_curl"] = readme_curl()
+    np.savez(out / "labels.npz", **arrays)
+
+
+def binary_segments(spec, inputs, arrays):
+    """The requests again over binary frames, several frames per request (one per prompt set
+    and size), from concurrent threads; labels into ``arrays`` as binary_labels_<index>."""
+    from clippy_rt.serve.client import Client
+
+    groups = {}
+    for index, item in enumerate(spec["requests"]):
+        key = json.dumps([item["prompts"], item.get("size")])
+        groups.setdefault(key, []).append(index)
+    client = Client(URL, timeout=120, retries=0)
+    errors = []
+
+    def send(indices):
+        item = spec["requests"][indices[0]]
+        try:
+            results = client.segment([inputs / spec["requests"][i]["image"] for i in indices], item["prompts"],
+                                     size=item.get("size"))
+            for index, result in zip(indices, results):
+                arrays[f"binary_labels_{index}"] = result.labels.numpy()
+        except Exception as exc:  # reported, and the test fails on it
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=send, args=(indices,)) for indices in groups.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def bad_binary_requests(spec, inputs):
+    from clippy_rt.serve.frames import HEADER_LENGTH, REQUEST_TYPE, encode_frames, frame_of
+
+    length, body = encode_frames([frame_of(inputs / spec["requests"][0]["image"])], ["a", "b"])
+    cases = {
+        "truncated": ("/v1/segment", {HEADER_LENGTH: str(length)}, body[:-10]),
+        "no_header_length": ("/v1/segment", {}, body),
+        "header_not_json": ("/v1/segment", {HEADER_LENGTH: "3"}, b"{x}" + body),
+        "classify": ("/v1/classify", {HEADER_LENGTH: str(length)}, body),
+    }
+    return {name: answer_of("POST", path, data, {"Content-Type": REQUEST_TYPE, **headers})
+            for name, (path, headers, data) in cases.items()}
+
+
+def leave_mid_request():
+    """Send half of a binary request's body, then close the connection; "closed" once done."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", PORT), timeout=10) as connection:
+        connection.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/x-clippy-frames\r\nClippy-Header-Length: 40\r\n"
+                           b"Content-Length: 100000\r\n\r\n" + b"{" * 5000)
+        time.sleep(0.5)
+    return "closed"
+
+
+def listener(port):
+    """The address and the process command line of the socket listening on ``port``."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, local_port = fields[1].rsplit(":", 1)
+            if int(local_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes[fields[9]] = address
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        for inode, address in inodes.items():
+            if f"socket:[{inode}]" in links:
+                found.append({"address": address, "process": cmdline[:120]})
+    return found
 
 
 def readme_curl():
@@ -183,21 +273,23 @@ def bad_requests(spec, inputs):
         "bad_top_k": ("POST", "/v1/classify", json.dumps({"image": image, "labels": ["a"], "top_k": 0}).encode()),
         "unknown_route": ("GET", "/v1/nothing", None),
     }
-    answers = {}
-    for name, (method, path, body) in cases.items():
-        request = urllib.request.Request(URL + path, data=body, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                status, data = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, data = exc.code, exc.read()
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            parsed = {"raw": data.decode("utf-8", "replace")[:300]}
-        answers[name] = {"status": status, "body": parsed}
-    return answers
+    return {name: answer_of(method, path, body, {"Content-Type": "application/json"})
+            for name, (method, path, body) in cases.items()}
+
+
+def answer_of(method, path, data, headers):
+    """{"status", "body": the parsed JSON answer (or {"raw": its text})} of one request."""
+    request = urllib.request.Request(URL + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, answer = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read()
+    try:
+        parsed = json.loads(answer)
+    except ValueError:
+        parsed = {"raw": answer.decode("utf-8", "replace")[:300]}
+    return {"status": status, "body": parsed}
 
 
 def cluster_scenario(client, spec, inputs, out, report):
@@ -207,8 +299,8 @@ def cluster_scenario(client, spec, inputs, out, report):
     report["errors"] = errors
     arrays = {f"labels_{i}": r.labels.numpy() for i, r in enumerate(results) if r is not None}
     np.savez(out / "labels.npz", **arrays)
-    # Which nodes host a replica: ask /v1/stats (answered by whichever replica the proxy
-    # picks) from concurrent clients until both replicas answered, or give up.
+    # Which nodes host a replica: ask /v1/stats from concurrent clients (spread over the
+    # two replicas' ports) until both replicas answered, or give up.
     seen = {}
     for _ in range(10):
         answers = [None] * 8

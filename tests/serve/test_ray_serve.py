@@ -1,7 +1,9 @@
 """``clippy-rt serve`` on a real Ray Serve, inside a loopback-only network namespace.
 
-One server run (module fixture) answers every test here: concurrent requests against the
-local engine's results, the batches the replica formed, bad requests, health, shutdown.
+One server run (module fixture) answers every test here: concurrent requests (JSON and
+binary frames) against the local engine's results, the batches the replica formed, bad
+requests of each protocol, a client leaving mid-request, who listens on the port, health,
+shutdown.
 The two-node run (head + worker on this machine) is marked ``slow``.
 """
 
@@ -99,6 +101,35 @@ def test_concurrent_requests_match_local_engine(scenario, engine):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_binary_frames_match_local_engine(scenario, engine):
+    spec, report, arrays, inputs = scenario
+    assert report["binary_errors"] == []
+    for index, request in enumerate(spec["requests"]):
+        expected = engine.segment(str(inputs / request["image"]), request["prompts"], size=request.get("size"))
+        labels = torch.from_numpy(arrays[f"binary_labels_{index}"])
+        assert labels.dtype == expected.labels.dtype == torch.uint8
+        assert torch.equal(labels, expected.labels), f"request {index}: binary labels differ from the local engine"
+
+
+def test_requests_reach_the_replica_directly_on_loopback(scenario):
+    _, report, _, _ = scenario
+    [socket] = report["listener"]
+    assert socket["address"] == "0100007F"  # 127.0.0.1, as /proc/net/tcp writes it
+    # The replica's own HTTP server, not Serve's Python proxy.
+    assert "ServeReplica" in socket["process"] and "Proxy" not in socket["process"]
+
+
+def test_bad_binary_requests_answer_4xx_and_the_replica_keeps_serving(scenario):
+    _, report, _, _ = scenario
+    bad = report["bad_binary"]
+    assert {name: answer["status"] for name, answer in bad.items()} == {
+        "truncated": 400, "no_header_length": 400, "header_not_json": 400, "classify": 415}
+    assert "truncated or padded" in bad["truncated"]["body"]["error"]
+    assert "Clippy-Header-Length" in bad["no_header_length"]["body"]["error"]
+    assert report["left_mid_request"] == "closed"
+    assert report["after_bad_equal"] is True
+
+
 def test_concurrent_requests_were_batched(scenario):
     _, report, _, _ = scenario
     before = {int(k): v for k, v in report["stats_before"]["batch_sizes"].items()}
@@ -164,6 +195,8 @@ def test_readme_curl_examples_answer(scenario):
 def test_sigterm_shuts_down_cleanly(scenario):
     _, report, _, _ = scenario
     assert report["exit_code"] == 0, report["server_log_tail"]
+    # Seconds, not Serve's default 30 s drain of a directly reachable replica.
+    assert report["shutdown_s"] < 20, report["shutdown_s"]
     assert report["port_closed"] is True
     assert report["leftover_ray_processes"] == []
     assert "stopped" in report["server_log_tail"]

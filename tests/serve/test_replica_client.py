@@ -17,6 +17,7 @@ import clippy_rt
 from clippy_rt.serve.client import Client
 from clippy_rt.results import Segmentation
 from clippy_rt.errors import InputError, ServerError
+from clippy_rt.serve.frames import HEADER_LENGTH, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody
 from clippy_rt.serve.protocol import RequestError
 from clippy_rt.serve.replica import Replica
 
@@ -57,7 +58,8 @@ class CountingEngine:
 
     def segment(self, images, prompts, **kwargs):
         self.calls.append(len(images))
-        if any(image.size[0] == 40 for image in images):
+        widths = [image.size[0] if isinstance(image, Image.Image) else image.shape[1] for image in images]
+        if 40 in widths:
             raise InputError("width 40 is not supported")
         return self.engine.segment(images, prompts, **kwargs)
 
@@ -146,14 +148,19 @@ class Server:
                 pass
 
             def _answer(self, status, payload):
-                data = json.dumps(payload).encode()
+                if isinstance(payload, BinaryBody):
+                    data, kind = payload.data, RESPONSE_TYPE
+                else:
+                    data, kind = json.dumps(payload).encode(), "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
+                if isinstance(payload, BinaryBody):
+                    self.send_header(HEADER_LENGTH, str(payload.header_length))
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _handle(self, payload):
+            def _handle(self, payload, binary=False):
                 server.attempts += 1
                 if server.attempts <= server.drop_first:
                     self.close_connection = True
@@ -164,7 +171,10 @@ class Server:
                 if self.path == "/v1/boom":
                     return self._answer(500, {"error": "boom"})
                 try:
-                    request = server.replica.parse(self.path.rsplit("/", 1)[-1], payload)
+                    if binary:
+                        request = server.replica.parse_binary(self.headers.get(HEADER_LENGTH), payload)
+                    else:
+                        request = server.replica.parse(self.path.rsplit("/", 1)[-1], payload)
                 except RequestError as exc:
                     return self._answer(exc.status, {"error": str(exc)})
                 self._answer(*server.replica.run_batch([request])[0])
@@ -173,8 +183,11 @@ class Server:
                 self._handle(None)
 
             def do_POST(self):
-                length = int(self.headers["Content-Length"])
-                self._handle(json.loads(self.rfile.read(length)))
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Type") == REQUEST_TYPE:
+                    self._handle(data, binary=True)
+                else:
+                    self._handle(json.loads(data))
 
         self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -252,3 +265,70 @@ def test_client_rejects_bad_arguments():
         Client(retries=-1)
     with pytest.raises(InputError, match="one string"):
         Client().segment(np.zeros((8, 8, 3), np.uint8), "cat")
+
+
+def test_binary_client_returns_engine_labels_and_dtype_in_one_request(engine, images, tmp_path):
+    path = tmp_path / "scene.jpg"
+    Image.fromarray(images[2]).save(path, quality=90)
+    counting = CountingEngine(engine)
+    frames = [images[0], path, images[3], Image.fromarray(images[4])]
+    with Server(Replica(counting, model="tiny")) as server, Client(server.url, retries=0) as client:
+        assert client.protocol == "binary"
+        got = client.segment(frames, PROMPTS, size=[16, 24])
+        single = client.segment(images[3], {"animal": ["a cat", "a dog"], "sky": ["the sky"]}, resize="crop")
+        json_client = Client(server.url, retries=0, protocol="json")
+        over_json = json_client.segment(images[3], PROMPTS)
+    # One request, one engine call for the four frames.
+    assert counting.calls[0] == 4 and server.attempts == 3
+    for frame, result in zip(frames, got):
+        want = engine.segment(str(frame) if not isinstance(frame, (np.ndarray, Image.Image)) else frame, PROMPTS,
+                              size=(16, 24))
+        assert result.labels.dtype == want.labels.dtype == torch.uint8
+        assert torch.equal(result.labels, want.labels)
+        assert result.prompts == want.prompts and result.scores.shape == (0,)
+    want = engine.segment(images[3], {"animal": ["a cat", "a dog"], "sky": ["the sky"]}, resize="crop")
+    assert isinstance(single, Segmentation) and single.crop_box == want.crop_box
+    assert single.labels.dtype == torch.uint8 and torch.equal(single.labels, want.labels)
+    assert over_json.labels.dtype == torch.uint8
+    assert torch.equal(over_json.labels, engine.segment(images[3], PROMPTS).labels)
+
+
+def test_binary_client_zlib_labels_and_bad_frames(engine, images):
+    with Server(Replica(engine)) as server:
+        got = Client(server.url, retries=0, labels="zlib").segment([images[1], images[4]], PROMPTS)
+        for image, result in zip((images[1], images[4]), got):
+            assert torch.equal(result.labels, engine.segment(image, PROMPTS).labels)
+        with pytest.raises(RequestError, match=r"\(400\): frame 0 is 2x2 pixels"):
+            Client(server.url, retries=0).segment(np.zeros((2, 2, 3), np.uint8), PROMPTS)
+
+
+def test_json_and_binary_requests_share_an_engine_call(engine, images):
+    from clippy_rt.serve.frames import encode_frames, frame_of, segmentations_from_binary
+    from clippy_rt.serve.protocol import segmentation_from_json
+
+    counting = CountingEngine(engine)
+    replica = Replica(counting)
+    length, data = encode_frames([frame_of(images[0]), frame_of(images[3])], PROMPTS)
+    requests = [replica.parse("segment", body(images[4])), replica.parse_binary(length, data)]
+    (status_json, reply_json), (status_binary, reply_binary) = replica.run_batch(requests)
+    assert counting.calls == [3] and (status_json, status_binary) == (200, 200)
+    assert torch.equal(segmentation_from_json(reply_json).labels, engine.segment(images[4], PROMPTS).labels)
+    back = segmentations_from_binary(reply_binary.header_length, reply_binary.data)
+    assert [torch.equal(r.labels, engine.segment(i, PROMPTS).labels) for r, i in zip(back, (images[0], images[3]))] \
+        == [True, True]
+    assert replica.stats()["engine_calls"] == {"3": 1}
+
+
+def test_client_spreads_threads_over_replica_urls(engine):
+    with Server(Replica(engine)) as first, Server(Replica(engine)) as second:
+        client = Client([first.url, second.url], retries=0)
+        threads = [threading.Thread(target=client.health) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert (first.attempts, second.attempts) == (2, 2)
+    with Server(Replica(engine)) as alive:
+        dead = "http://127.0.0.1:1"
+        # A refused connection moves on to the next URL.
+        assert Client([dead, alive.url], retries=1, backoff_s=0.01).health()["status"] == "ok"

@@ -73,13 +73,32 @@ def test_options_cuda_and_threads():
                                                                                               "num_gpus": 1}
 
 
-def test_serve_environment_spreads_requests_and_passes_ray_serve_variables():
+def test_serve_environment_gives_replicas_their_ports_and_passes_ray_serve_variables():
     from clippy_rt.serve.server import serve_environment
 
-    assert serve_environment({"HOME": "/root"}) == {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
-    env = serve_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "1",
-                             "RAY_ADDRESS": "x", "PATH": "/bin"})
-    assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "1"}
+    options = ServeOptions(model="demo", port=9100, replicas=3, drain_s=0.5)
+    env = serve_environment(options, {"HOME": "/root", "RAY_ADDRESS": "x"})
+    assert env == {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "9100",
+                   "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "9103",
+                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5", "RAY_SERVE_PORT_QUARANTINE_S": "0"}
+    env = serve_environment(options, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                                      "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3", "PATH": "/bin"})
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "3"
+    assert "PATH" not in env
+
+
+def test_drain_and_port_range_reach_the_options(monkeypatch):
+    import clippy_rt.serve as serve_package
+
+    seen = []
+    monkeypatch.setattr(serve_package, "serve_until_stopped", lambda options: seen.append(options) or 0)
+    assert cli(["serve", "demo", "--drain-s", "2.5", "--port", "9000", "--replicas", "2"]) == 0
+    assert (seen[0].drain_s, seen[0].port, seen[0].replicas) == (2.5, 9000, 2)
+    with pytest.raises(InputError, match="65535"):
+        ServeOptions(model="demo", port=65535, replicas=2)
+    with pytest.raises(InputError, match="drain_s"):
+        ServeOptions(model="demo", drain_s=-1)
 
 
 def test_text_cache_flags_reach_the_options(tiny_model_dir, monkeypatch, tmp_path):
