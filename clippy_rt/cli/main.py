@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -65,6 +66,54 @@ def _version() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Ctrl-C and a closed stdout are handled from the first line: building the parser
+    # imports torch (seconds), and an interrupt there deserves one line, not a traceback.
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        print("clippy-rt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        return 0
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone (``clippy-rt info | head``); if so, point stdout at
+    the null device so the rest of the output (and the flush at exit) goes nowhere quietly."""
+    try:
+        sys.stdout.flush()
+        closed = _reader_gone(sys.stdout.fileno())
+    except BrokenPipeError:
+        closed = True
+    except (OSError, ValueError):
+        return False
+    if not closed:
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return True
+
+
+def _reader_gone(descriptor: int) -> bool:
+    """Whether ``descriptor`` is a pipe whose reading end is closed (POLLERR on Linux and
+    macOS; False where poll does not exist)."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -87,6 +136,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"clippy-rt {args.command}: error: out of memory", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        if _stdout_closed():
+            return 0
+        if getattr(args, "debug", False):
+            raise
+        print(f"clippy-rt {args.command}: error: broken pipe", file=sys.stderr)
         return 1
     except (ClippyError, OSError, ValueError, TypeError, RuntimeError) as exc:
         if getattr(args, "debug", False):
