@@ -23,6 +23,7 @@ can be inspected (and faked in tests).
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
@@ -484,8 +485,12 @@ def _check_jetson_clocks(probe: Probe) -> Finding:
 
 def check_disk(probe: Probe) -> List[Finding]:
     path = Path(probe.disk_path)
-    target = path if path.exists() else path.parent
-    usage = shutil.disk_usage(target)
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        problem = ("does not exist" if not path.exists() else "is not a directory" if not path.is_dir()
+                   else "is not writable")
+        return [Finding("disk", "free disk", "missing", f"{path} {problem}",
+                        "give --path an existing directory you can write to", {"path": str(path)})]
+    usage = shutil.disk_usage(path)
     facts = {"path": str(path.resolve()), "free_bytes": usage.free, "needed_bytes": NEEDED_FREE_BYTES}
     detail = f"{_gib(usage.free)} free at {path.resolve()}"
     if usage.free < NEEDED_FREE_BYTES:

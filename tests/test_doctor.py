@@ -188,6 +188,19 @@ def test_low_disk_is_missing(tmp_path, monkeypatch):
     assert line.status == "missing" and "--out" in line.fix
 
 
+def test_disk_path_that_is_not_a_writable_directory_is_missing(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for path, problem in ((tmp_path / "nonexistent", "does not exist"), (tmp_path / "file", "is not a directory")):
+        line = doctor.check_disk(Probe(disk_path=path))[0]
+        assert line.status == "missing" and line.detail == f"{path} {problem}", line
+        assert "free_bytes" not in line.facts
+    assert doctor.check_disk(Probe(disk_path=tmp_path))[0].status in ("ok", "missing")
+    from clippy_rt.cli.main import main as cli
+
+    cli(["doctor", "--path", str(tmp_path / "nonexistent")])
+    assert f"{tmp_path / 'nonexistent'} does not exist" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------------------------
 # Jetson, from faked version files and tools
 # ----------------------------------------------------------------------------------------------
