@@ -233,12 +233,16 @@ class DiskStore:
                 except (sqlite3.DatabaseError, OSError) as exc:
                     failure = exc
                 self._drop_connection()
-                if attempt == 0 and not isinstance(failure, PermissionError):
-                    warnings.warn(f"text cache {self.path} is unreadable ({failure}); rebuilding it",
+                # Only a file that exists and is damaged is worth rebuilding; a folder that
+                # cannot be created or written (a read-only HOME) is said once, in one line.
+                damaged = (isinstance(failure, sqlite3.DatabaseError) and self.path.is_file()
+                           and "unable to open" not in str(failure))
+                if attempt == 0 and damaged:
+                    warnings.warn(f"text cache {self.path} is unreadable ({_reason(failure)}); rebuilding it",
                                   RuntimeWarning)
                     self._remove_file()
                     continue
-                warnings.warn(f"text cache {self.path} cannot be used ({failure}); "
+                warnings.warn(f"text cache {self.path} cannot be used ({_reason(failure)}); "
                               "keeping embeddings in memory only", RuntimeWarning)
                 self.disabled = True
                 return None
@@ -292,6 +296,14 @@ class DiskStore:
             for chunk in _chunks(list(keys), 500):
                 connection.execute(f"DELETE FROM embeddings WHERE scope = ? AND key IN ({','.join('?' * len(chunk))})",
                                    (self.scope, *chunk))
+
+
+def _reason(failure: BaseException) -> str:
+    """A failure in a few words on one line: an OSError's strerror and file, else its text."""
+    if isinstance(failure, OSError) and failure.strerror:
+        return f"{failure.strerror}: {failure.filename}" if failure.filename else failure.strerror
+    text = str(failure).strip()
+    return text.splitlines()[0] if text else type(failure).__name__
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -262,7 +262,15 @@ def test_an_unwritable_directory_falls_back_to_memory(tmp_path):
     blocker.write_text("not a directory")
     cache = TextCache(8)
     cache.attach(blocker / "sub", "0" * 64, "torch", "fp32")
-    with pytest.warns(RuntimeWarning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         stored = cache.put(["a"], torch.ones(1, 4))
+        cache.put(["b"], torch.ones(1, 4))
+    # One warning, one line, that names the folder and no rebuild (there is no file to rebuild).
+    (warning,) = caught
+    assert warning.category is RuntimeWarning
+    text = str(warning.message)
+    assert "\n" not in text and str(blocker) in text and "Not a directory" in text
+    assert "in memory only" in text and "rebuild" not in text
     assert cache.store.disabled
     assert torch.equal(cache.get(["a"])["a"], stored["a"])

@@ -113,7 +113,24 @@ def _reader_gone(descriptor: int) -> bool:
     return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line on stderr, like the errors (no source line under them)."""
+    text = " ".join(str(message).split())
+    return f"clippy-rt: warning: {text}\n"
+
+
 def _main(argv: Optional[List[str]]) -> int:
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,8 +1,9 @@
-"""A reader that goes away (``clippy-rt info | head``) ends a command quietly with 0, and
-Ctrl-C during the start-up imports gives one line, not a traceback."""
+"""A reader that goes away (``clippy-rt info | head``) ends a command quietly with 0,
+Ctrl-C during the start-up imports gives one line, not a traceback, and so does a warning."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -68,3 +69,23 @@ def test_ctrl_c_during_the_imports_is_one_line():
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "clippy-rt: interrupted"
     assert stdout == ""
+
+
+def test_a_read_only_cache_folder_warns_in_one_line(tmp_path):
+    # XDG_CACHE_HOME under a file: the text cache's folder cannot be created, as with a
+    # read-only HOME. A command that keeps its text cache on disk says so in one line.
+    (tmp_path / "file").write_text("")
+    script = ("import sys, clippy_rt.cli.main as m, clippy_rt.cli.info as info\n"
+              "from clippy_rt.text_cache import enable_disk_cache\n"
+              "def run(args):\n"
+              "    engine = clippy_rt.load('demo'); enable_disk_cache(engine)\n"
+              "    engine.encode_text(['a circle']); engine.encode_text(['a square']); return 0\n"
+              "import clippy_rt; info.run = run\n"
+              "sys.exit(m.main(['info', 'demo']))\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "file" / "cache")}
+    done = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clippy-rt: warning: text cache "), done.stderr
+    assert str(tmp_path / "file") in lines[0] and "in memory only" in lines[0]
