@@ -223,7 +223,11 @@ class VideoWriter:
             self._writer.release()
             self._writer = None
         if keep and self.frames:
+            from .formats.atomic import fsync_directory, fsync_file
+
+            fsync_file(self._partial)              # the frames on disk before the name
             os.replace(self._partial, self.path)
+            fsync_directory(self.path.parent)
         else:
             self._partial.unlink(missing_ok=True)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+from pathlib import Path
 
 import pytest
 
@@ -31,14 +32,14 @@ def test_the_later_overwriter_loses_and_says_so(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    real_rmtree = shutil.rmtree
+    real_rename = os.rename
 
-    def other_lands_after_removal(path, *args, **kwargs):
-        real_rmtree(path, *args, **kwargs)
-        if path == out:
+    def other_lands_after_the_old_result_moved_aside(src, dst):
+        real_rename(src, dst)
+        if Path(src) == out:
             _other_writer_finishes(out)
 
-    monkeypatch.setattr(shutil, "rmtree", other_lands_after_removal)
+    monkeypatch.setattr(os, "rename", other_lands_after_the_old_result_moved_aside)
     with pytest.raises(ModelDirError, match="written by another process while this one ran"):
         with atomic_directory(out, overwrite=True) as staging:
             (staging / "result.txt").write_text("this writer's result")

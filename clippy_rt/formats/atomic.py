@@ -1,4 +1,14 @@
-"""Atomic writes of files and directories: a reader never sees a half-written output."""
+"""Atomic writes of files and directories: a reader never sees a half-written output, and
+after a crash or a power cut a path holds either its previous content or its new content.
+
+The order, for a file: the data is written to a temporary beside the target, flushed and
+fsynced; the temporary is renamed over the target; the parent directory is fsynced, so the
+rename itself is on disk. For a directory: every file of the staging directory is fsynced,
+then every directory in it bottom-up; the staging directory is renamed to the target; the
+parent is fsynced. Replacing an existing directory moves it aside first (named as a staging
+directory of the target) and removes it only after the new one is in place and the parent
+fsynced. What a crash leaves at each point is listed in docs/operations.md.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +62,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        temporary = None
+        fsync_directory(path.parent)
     except BaseException:
         if temporary is not None:
             try:
@@ -95,12 +107,28 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
         for written in tmp.rglob("*"):
             if written.is_file():
                 os.chmod(written, 0o666 & ~current_umask())
+        fsync_tree(tmp)
         _wait_at_publish_barrier()
+        previous = None
         if overwrite and out.is_dir():
-            shutil.rmtree(out)
+            # Aside under a staging name: a crash before the next rename leaves the old
+            # result there (complete), and the next write of ``out`` removes it.
+            previous = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(6)}.partial")
+            os.rename(out, previous)
         # rename() replaces an empty directory only: if another process finished writing
         # ``out`` meanwhile, its complete result stays and this one is discarded.
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            if previous is not None:
+                try:
+                    os.rename(previous, out)      # the old result back in place
+                except OSError:                   # another writer's result took its place
+                    shutil.rmtree(previous, ignore_errors=True)
+            raise
+        fsync_directory(out.parent)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
@@ -110,6 +138,38 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_file(path: PathLike) -> None:
+    """Flush a written file's data to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_directory(path: PathLike) -> None:
+    """Flush a directory's entries (names created, renamed or removed in it) to disk. A
+    no-op where directories cannot be opened (Windows)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(root: PathLike) -> None:
+    """fsync every file under ``root``, then every directory bottom-up, ``root`` last."""
+    directories = []
+    for folder, subfolders, files in os.walk(root):
+        for name in files:
+            fsync_file(os.path.join(folder, name))
+        directories.append(folder)
+    for folder in reversed(directories):
+        fsync_directory(folder)
 
 
 PUBLISH_BARRIER_ENV = "CLIPPY_RT_PUBLISH_BARRIER"
