@@ -73,6 +73,49 @@ def convert_timm_vit(state: Mapping[str, torch.Tensor]) -> Tuple[StateDict, list
     return out, unexpected
 
 
+def unwrap_vit_state(data: Mapping[str, Any]) -> Tuple[Dict[str, Any], str]:
+    """The ViT weights inside what a ViT file holds -> (state dict, how they were found).
+
+    Takes a timm state dict as it is (DDP's ``module.`` removed), and unwraps the layouts
+    training scripts save: a ``model`` / ``state_dict`` entry, and a DINO training
+    checkpoint (``teacher`` and ``student`` entries or key prefixes, the ViT under
+    ``backbone.`` beside DINO's projection ``head.``), taking the teacher as DINO's
+    released backbones do. The description is "" for a plain state dict.
+    """
+    state, found = strip_ddp(data), []
+    for wrapper in ("model", "state_dict", "teacher", "student"):
+        if isinstance(state.get(wrapper), dict):
+            state = strip_ddp(state[wrapper])
+            found.append(f"the {wrapper!r} entry")
+            break
+    for role in ("teacher.", "student."):
+        if any(key.startswith(role) for key in state):
+            state = strip_ddp(strip_prefix(state, role))
+            found.append(f"the keys under {role!r}")
+            break
+    if any(key.startswith("backbone.") for key in state) and not any(_VIT_KEY.match(key) for key in state):
+        head = sum(1 for key in state if key.startswith("head."))
+        state = strip_prefix(state, "backbone.")
+        found.append("its 'backbone.'" + (f" (DINO's projection head, {head} tensors, left out)" if head else ""))
+    return state, ", ".join(found)
+
+
+def describe_keys(keys, limit: int = 4) -> str:
+    """Keys summarised by their first two name parts: "'head.mlp.' (6 keys), 'x' (1 key)"."""
+    groups: Dict[str, int] = {}
+    for key in sorted(keys):
+        parts = key.split(".")
+        group = ".".join(parts[:2]) + "." if len(parts) > 2 else key
+        groups[group] = groups.get(group, 0) + 1
+    shown = [f"{group!r} ({count} key{'s' if count > 1 else ''})" for group, count in list(groups.items())[:limit]]
+    more = len(groups) - limit
+    return ", ".join(shown) + (f" and {more} more group{'s' if more > 1 else ''}" if more > 0 else "")
+
+
+_TRAINING_HINT = ("a DINO training checkpoint keeps the ViT under 'teacher' or 'student' and 'backbone.'; "
+                  "give that file as it is, or the timm state dict of its backbone")
+
+
 def convert_hf_t5(state: Mapping[str, torch.Tensor]) -> Tuple[StateDict, list]:
     """Hugging Face ``T5EncoderModel`` state dict -> (text tower state dict, unexpected keys).
 
@@ -183,9 +226,16 @@ def from_reference_checkpoint(path: Path, base: ClippyConfig, *, heads: Optional
     vit_raw = strip_prefix(state, "visual.trunk.")
     t5_raw = strip_prefix(state, "text.0.auto_model.")
     if not vit_raw or not t5_raw:
+        dino = any(key.split(".")[0] in ("teacher", "student", "backbone") for key in state) or \
+            any(isinstance(data.get(name), dict) for name in ("teacher", "student"))
+        if dino:
+            raise CheckpointError(
+                f"{path} is a DINO training checkpoint ({describe_keys(state, limit=2)}), not a CLIPpy one: "
+                f"give it with --vit (the teacher's backbone is taken) and --sentence-transformer")
         raise CheckpointError(
             f"{path} is not a CLIPpy reference checkpoint: expected keys under 'visual.trunk.' and "
-            f"'text.0.auto_model.', found {len(vit_raw)} and {len(t5_raw)}")
+            f"'text.0.auto_model.', found {len(vit_raw)} and {len(t5_raw)} (it holds "
+            f"{describe_keys(state, limit=3)})")
     vit, bad_vit = convert_timm_vit(vit_raw)
     text, bad_t5 = convert_hf_t5(t5_raw)
     if "text.2.linear.weight" in state:
@@ -197,7 +247,7 @@ def from_reference_checkpoint(path: Path, base: ClippyConfig, *, heads: Optional
     unexpected = ([f"visual.trunk.{k}" for k in bad_vit] + [f"text.0.auto_model.{k}" for k in bad_t5]
                   + [k for k in state if not k.startswith(known)])
     if unexpected:
-        raise CheckpointError(f"{path}: unexpected keys: {', '.join(sorted(unexpected)[:20])}")
+        raise CheckpointError(f"{path}: {len(unexpected)} unexpected keys: {describe_keys(unexpected)}")
     cfg = replace(base, image=infer_image_config(vit, base.image, heads),
                   text=infer_text_config(text, base.text), source=f"reference checkpoint {Path(path).name}")
     return assemble(vit, text, state.get("logit_scale")), cfg
@@ -226,14 +276,12 @@ def from_timm_and_sentence_transformer(vit_path: Path, st_dir: Path, base: Clipp
     st_dir = Path(st_dir)
     if not st_dir.is_dir():
         raise CheckpointError(f"sentence-transformers directory not found: {st_dir}")
-    vit_state = strip_ddp(load_torch_file(vit_path))
-    for wrapper in ("model", "state_dict", "teacher"):
-        if wrapper in vit_state and isinstance(vit_state[wrapper], dict):
-            vit_state = strip_ddp(vit_state[wrapper])
-            break
+    vit_state, unwrapped = unwrap_vit_state(load_torch_file(vit_path))
     vit, bad_vit = convert_timm_vit(vit_state)
     if bad_vit:
-        raise CheckpointError(f"{vit_path}: unexpected keys for a timm ViT: {', '.join(sorted(bad_vit)[:20])}")
+        hint = f"; {_TRAINING_HINT}" if not vit else ""
+        raise CheckpointError(f"{vit_path}: {len(bad_vit)} keys a timm ViT does not have: "
+                              f"{describe_keys(bad_vit)}{hint}")
 
     hf_config = _read_json(st_dir / "config.json")
     t5_file = _first_existing(st_dir, ("model.safetensors", "pytorch_model.bin"), "T5 weights")
@@ -273,6 +321,7 @@ def from_timm_and_sentence_transformer(vit_path: Path, st_dir: Path, base: Clipp
         raise CheckpointError(f"{st_dir}/config.json says feed_forward_proj={ffn!r} but the weights are "
                               f"{text_cfg.ffn!r}")
     tokenizer = _first_existing(st_dir, ("spiece.model", "tokenizer.json"), "tokenizer file")
+    taken = f" ({unwrapped})" if unwrapped else ""
     cfg = replace(base, image=infer_image_config(vit, base.image, heads), text=text_cfg,
-                  source=f"timm {Path(vit_path).name} + sentence-transformers {st_dir.name}")
+                  source=f"timm {Path(vit_path).name}{taken} + sentence-transformers {st_dir.name}")
     return assemble(vit, text, None), cfg, tokenizer

@@ -100,6 +100,67 @@ def test_timm_plus_sentence_transformers_directory(tmp_path, references, tiny_mo
     _check_against_references(engine, vit, t5, dense)
 
 
+def _sentence_t5_dir(st_dir: Path, t5, dense, tiny_model_dir) -> Path:
+    from safetensors.torch import save_file
+
+    t5.save_pretrained(st_dir)
+    if dense is not None:
+        (st_dir / "2_Dense").mkdir()
+        save_file({"linear.weight": dense.contiguous()}, str(st_dir / "2_Dense" / "model.safetensors"))
+    (st_dir / "spiece.model").write_bytes((tiny_model_dir / "spiece.model").read_bytes())
+    return st_dir
+
+
+def _dino_training_checkpoint(vit, layout: str) -> dict:
+    """What DINO's main_dino.py saves: student (DDP) and teacher, each a backbone and a head."""
+    head = {"head.mlp.0.weight": torch.randn(16, 32), "head.last_layer.weight_g": torch.ones(64, 1)}
+    teacher = {**{f"backbone.{k}": v for k, v in vit.state_dict().items()}, **head}
+    student = {f"module.{k}": torch.zeros_like(v) for k, v in teacher.items()}  # not what is taken
+    if layout == "entries":
+        return {"student": student, "teacher": teacher, "optimizer": {}, "epoch": 3}
+    return {**{f"teacher.{k}": v for k, v in teacher.items()}, **{f"student.{k}": v for k, v in student.items()}}
+
+
+@pytest.mark.parametrize("layout", ["entries", "prefixes"])
+def test_dino_training_checkpoint_takes_the_teacher_backbone(tmp_path, references, tiny_model_dir, layout,
+                                                             capsys):
+    vit, t5, dense = references
+    torch.save(_dino_training_checkpoint(vit, layout), tmp_path / "checkpoint.pth")
+    st_dir = _sentence_t5_dir(tmp_path / "sentence-t5", t5, dense, tiny_model_dir)
+    out = tmp_path / "converted"
+    assert cli(["convert", "--vit", str(tmp_path / "checkpoint.pth"), "--sentence-transformer", str(st_dir),
+                "--out", str(out), "--vit-heads", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher" in printed and "projection head, 2 tensors, left out" in printed
+    assert "projection: 32 -> " in printed and "never trained together" in printed
+    _check_against_references(clippy_rt.load(out), vit, t5, dense)
+
+
+def test_sentence_transformer_without_dense_is_reported(tmp_path, references, tiny_model_dir, capsys):
+    from safetensors.torch import save_file
+
+    vit, t5, _ = references
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    st_dir = _sentence_t5_dir(tmp_path / "st", t5, None, tiny_model_dir)
+    code = cli(["convert", "--vit", str(tmp_path / "vit.safetensors"), "--sentence-transformer", str(st_dir),
+                "--out", str(tmp_path / "out"), "--vit-heads", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert f"projection: none ({st_dir} has no 2_Dense)" in printed
+    assert not clippy_rt.load(tmp_path / "out").config.text.projection
+
+
+def test_dino_checkpoint_as_reference_checkpoint_gets_a_hint(tmp_path, references, tiny_model_dir, capsys):
+    vit, _, _ = references
+    torch.save(_dino_training_checkpoint(vit, "prefixes"), tmp_path / "checkpoint.pth")
+    assert cli(["convert", "--checkpoint", str(tmp_path / "checkpoint.pth"), "--tokenizer",
+                str(tiny_model_dir / "spiece.model"), "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and len(error.replace(str(tmp_path), "")) < 250, error
+    assert "is a DINO training checkpoint" in error and "give it with --vit" in error
+    assert "'student.module.' (32 keys)" in error
+
+
 @pytest.mark.parametrize("damage,expected", [
     ("missing", "missing keys: text.blocks.1.ffn.wo.weight"),
     ("extra", "unexpected keys"),
@@ -147,3 +208,18 @@ def test_truncated_checkpoint(tmp_path, references):
     from clippy_rt.convert import from_reference_checkpoint
     with pytest.raises(CheckpointError, match="cannot load"):
         from_reference_checkpoint(ckpt, tiny())
+
+
+def test_a_vit_file_of_other_keys_is_summarised(tmp_path, references, tiny_model_dir, capsys):
+    _, t5, dense = references
+    keys = {f"encoder.layer.{i}.attention.{name}.weight": torch.zeros(2, 2)
+            for i in range(12) for name in ("query", "key", "value")}
+    torch.save(keys, tmp_path / "bert.pth")
+    st_dir = _sentence_t5_dir(tmp_path / "st", t5, dense, tiny_model_dir)
+    capsys.readouterr()  # the progress bars of save_pretrained
+    assert cli(["convert", "--vit", str(tmp_path / "bert.pth"), "--sentence-transformer", str(st_dir),
+                "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "36 keys a timm ViT does not have: 'encoder.layer.' (36 keys)" in error
+    assert "DINO training checkpoint keeps the ViT under 'teacher'" in error

@@ -61,6 +61,35 @@ def run(args) -> int:
     cfg = replace(cfg, text=text, image=replace(cfg.image, pool_include_cls=not args.pool_exclude_cls))
     load_tokenizer(tokenizer, cfg)
     save_model_dir(args.out, cfg, state, tokenizer, overwrite=args.overwrite)
-    print(f"wrote {args.out} ({cfg.source}): image depth {cfg.image.depth} width {cfg.image.width}, "
-          f"text depth {cfg.text.depth} d_model {cfg.text.d_model} ffn {cfg.text.ffn}")
+    for line in _found(cfg, reference, args):
+        print(line)
+    print(f"wrote {args.out}")
     return 0
+
+
+def _found(cfg, reference: bool, args) -> list:
+    """What the conversion found, a line each: the source, the towers, the projection and
+    whether the towers were trained together."""
+    image, text = cfg.image, cfg.text
+    heads = "--vit-heads" if args.vit_heads else "width / 64, set --vit-heads if that is wrong"
+    lines = [f"found: {cfg.source}",
+             f"image tower: ViT patch {image.patch_size}, width {image.width}, depth {image.depth}, "
+             f"heads {image.heads} ({heads}), {image.pos_grid}x{image.pos_grid} position grid",
+             f"text tower: T5 d_model {text.d_model}, depth {text.depth}, heads {text.heads}, ffn {text.ffn}, "
+             f"vocab {text.vocab_size}, max length {text.max_length}"]
+    if text.projection:
+        where = "text.2.linear" if reference else "2_Dense"
+        lines.append(f"projection: {text.d_model} -> {text.projection_dim} ({where})")
+    else:
+        lines.append(f"projection: none ({args.sentence_transformer} has no 2_Dense): text embeddings are "
+                     f"the {text.d_model}-wide mean-pooled T5 states")
+    if text.embed_dim != image.width:
+        lines.append(f"warning: text embeddings are {text.embed_dim} wide and image features "
+                     f"{image.width}: the model cannot compare them")
+    if reference:
+        lines.append("towers: trained together (one CLIPpy training checkpoint)")
+    else:
+        lines.append("towers: from two separate checkpoints, never trained together: the image and text "
+                     "embeddings are not aligned until the pair is trained jointly (prompts will not find "
+                     "their regions)")
+    return lines
