@@ -6,9 +6,12 @@ a batch is right-padded with the pad id to its longest member, and a text longer
 
     ids(text) = pieces(text)[: max_length - 1] + [eos_id]
 
-Both file kinds go through the same path (the file's own special-token handling is switched
-off and EOS is appended here), so a ``spiece.model`` and the ``tokenizer.json`` converted
-from it give the same ids.
+Special-token text inside a prompt (``</s>``, ``<pad>``, ``<unk>``, and ``<extra_id_N>``
+where the model has T5's 100 sentinels) is read as that token, and the text around it is
+encoded on its own, as the Hugging Face T5 tokenizer of the same ``spiece.model`` does; a
+``tokenizer.json`` carries its special tokens itself. EOS is appended here for both file
+kinds (the file's own post-processing is switched off), so a ``spiece.model`` and the
+``tokenizer.json`` converted from it give the same ids.
 
 ``train_sentencepiece`` builds a small vocabulary in the same layout for random models and
 for training runs; ``builtin_corpus()`` is the English text shipped for that purpose.
@@ -34,6 +37,10 @@ TOKENIZER_JSON_NAME = "tokenizer.json"
 # the T5 family and the other is converted from it.
 TOKENIZER_FILE_NAMES = (SPIECE_NAME, TOKENIZER_JSON_NAME)
 
+# T5's special tokens as they may appear inside a text, and its sentinel count.
+PAD_TEXT, EOS_TEXT, UNK_TEXT = "<pad>", "</s>", "<unk>"
+T5_EXTRA_IDS = 100
+
 KIND_SENTENCEPIECE = "sentencepiece"
 KIND_TOKENIZER_JSON = "tokenizer.json"
 
@@ -54,7 +61,7 @@ class Tokenizer:
     """
 
     def __init__(self, path: PathLike, *, max_length: int, pad_id: int = 0, eos_id: int = 1,
-                 unk_id: int = 2) -> None:
+                 unk_id: int = 2, extra_ids: int = 0) -> None:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise ConfigError(f"tokenizer max_length must be an integer >= 2 (room for EOS), "
                               f"got {max_length!r}")
@@ -76,12 +83,27 @@ class Tokenizer:
             self.kind = KIND_SENTENCEPIECE
             self._backend, declared, self.vocab_size = _load_sentencepiece(self.path)
         self._check_ids(declared)
+        self.set_extra_ids(extra_ids)
+
+    def set_extra_ids(self, extra_ids: int) -> None:
+        """Read ``<extra_id_0>`` ... ``<extra_id_{extra_ids-1}>`` in a text as T5's sentinel
+        tokens, ids ``vocab_size + extra_ids - 1 - N`` (SentencePiece files only: a
+        tokenizer.json lists its own)."""
+        if not isinstance(extra_ids, int) or isinstance(extra_ids, bool) or extra_ids < 0:
+            raise ConfigError(f"tokenizer extra_ids must be a non-negative integer, got {extra_ids!r}")
+        self.extra_ids = extra_ids if self.kind == KIND_SENTENCEPIECE else 0
+        # The special tokens a T5 tokenizer reads as themselves inside a text.
+        self._specials = {PAD_TEXT: self.pad_id, EOS_TEXT: self.eos_id, UNK_TEXT: self.unk_id}
+        self._specials.update({f"<extra_id_{i}>": self.vocab_size + self.extra_ids - 1 - i
+                               for i in range(self.extra_ids)})
+        self._special_pattern = re.compile("|".join(re.escape(t) for t in sorted(self._specials, key=len,
+                                                                                   reverse=True)))
 
     @classmethod
     def from_file(cls, path: PathLike, *, max_length: int, pad_id: int = 0, eos_id: int = 1,
-                  unk_id: int = 2) -> "Tokenizer":
+                  unk_id: int = 2, extra_ids: int = 0) -> "Tokenizer":
         """Load ``path`` (a file, or a directory with ``spiece.model`` / ``tokenizer.json``)."""
-        return cls(path, max_length=max_length, pad_id=pad_id, eos_id=eos_id, unk_id=unk_id)
+        return cls(path, max_length=max_length, pad_id=pad_id, eos_id=eos_id, unk_id=unk_id, extra_ids=extra_ids)
 
     def __repr__(self) -> str:
         return (f"Tokenizer({str(self.path)!r}, kind={self.kind!r}, vocab_size={self.vocab_size}, "
@@ -104,8 +126,21 @@ class Tokenizer:
     def _pieces(self, texts: Sequence[str]) -> List[List[int]]:
         texts = _check_texts(texts)
         if self.kind == KIND_SENTENCEPIECE:
-            return [list(ids) for ids in self._backend.encode(texts, out_type=int)]
+            return [self._sentencepiece_ids(text) for text in texts]
         return [list(enc.ids) for enc in self._backend.encode_batch(texts, add_special_tokens=False)]
+
+    def _sentencepiece_ids(self, text: str) -> List[int]:
+        """As the Hugging Face T5 tokenizer of the same ``spiece.model``: special-token text
+        (``</s>``, ``<pad>``, ``<unk>``, ``<extra_id_N>``) is that token; the text between
+        them is encoded piece by piece on its own (empty or blank text adds nothing)."""
+        ids: List[int] = []
+        start = 0
+        for match in self._special_pattern.finditer(text):
+            ids += self._backend.encode(text[start:match.start()], out_type=int)
+            ids.append(self._specials[match.group()])
+            start = match.end()
+        ids += self._backend.encode(text[start:], out_type=int)
+        return ids
 
     def tokenize_lengths(self, texts: Sequence[str]) -> List[int]:
         """Token count of each text including its EOS, before truncation to ``max_length``.
@@ -320,6 +355,10 @@ def load_tokenizer(tokenizer_path: Path, config):
     text = config.text
     tokenizer = Tokenizer.from_file(tokenizer_path, max_length=text.max_length, pad_id=text.pad_id,
                                     eos_id=text.eos_id, unk_id=text.unk_id)
+    if tokenizer.kind == KIND_SENTENCEPIECE and text.vocab_size - tokenizer.vocab_size >= T5_EXTRA_IDS:
+        # T5's tokenizer adds 100 sentinel tokens after the pieces (Sentence-T5: 32,000 pieces,
+        # an embedding of 32,128 rows); a smaller embedding has no room for them.
+        tokenizer.set_extra_ids(T5_EXTRA_IDS)
     if tokenizer.vocab_size > text.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} pieces but the text "
                           f"tower's embedding holds {text.vocab_size}")
