@@ -175,7 +175,7 @@ def _read_file(path: Path) -> Image.Image:
             opened.load()
         except Exception as exc:
             raise InputError(f"cannot decode image file {path}: {_reason(exc)}") from None
-        return _to_rgb(_upright(opened), str(path))
+        return _to_rgb(upright(opened), str(path))
     finally:
         opened.close()
 
@@ -183,8 +183,10 @@ def _read_file(path: Path) -> Image.Image:
 _EXIF_ORIENTATION = 0x0112
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """``image`` turned as its EXIF orientation tag says (itself when there is none)."""
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` (decoded file bytes) turned as its EXIF orientation tag says (itself when
+    there is none or the EXIF block is malformed). Every reader of file bytes applies it, so
+    a photo comes out the same whichever way it arrives."""
     try:
         if image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
             return image

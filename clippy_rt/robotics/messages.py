@@ -159,11 +159,12 @@ def compressed_to_frame(message: Any) -> np.ndarray:
     """``sensor_msgs/msg/CompressedImage`` (jpeg or png) -> RGB uint8 [H, W, 3].
 
     ``format`` may be the plain codec name or image_transport's "bgr8; jpeg compressed bgr8";
-    the colour order of the decoded image is the codec's own, so both give RGB.
+    the colour order of the decoded image is the codec's own, so both give RGB. An EXIF
+    orientation is applied, as for image files.
     """
     from PIL import Image
 
-    from ..images import load_image
+    from ..images import load_image, upright
 
     text = str(message.format).lower()
     if "compresseddepth" in text or not any(name in text for name in COMPRESSED_FORMATS):
@@ -176,7 +177,7 @@ def compressed_to_frame(message: Any) -> np.ndarray:
             if opened.format not in ("JPEG", "PNG"):
                 raise InputError(f"compressed image says {message.format!r} but holds {opened.format}")
             opened.load()
-            picture = load_image(opened)
+            picture = load_image(upright(opened))
     except InputError:
         raise
     except Exception as exc:  # PIL's decoders raise many types on bad data
