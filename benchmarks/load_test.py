@@ -1,23 +1,31 @@
-"""Load test of ``clippy-rt serve``: N concurrent clients for a bounded number of requests
-and seconds, every answer checked against a local engine's labels.
+"""Load test of ``clippy-rt serve``: N concurrent clients for a bounded number of frames
+and seconds per protocol, every answer checked against a local engine's labels.
 
-    # against a running server (loopback only)
+    # against a running server (loopback only; several replicas: their URLs, comma-separated)
     python benchmarks/load_test.py --url http://127.0.0.1:8000 --clients 16 --requests 2000
 
     # start the server itself (inside a loopback-only network namespace, as Ray binds the
     # machine's address otherwise), then stop it with SIGTERM at the end
     unshare -n sh -c 'ip link set lo up && python benchmarks/load_test.py --start-server demo \
-        --server-args "--cpus-per-replica 1 --max-batch 16" --clients 16 --requests 2000'
+        --server-args "--cpus-per-replica 1 --batch-wait-ms 25" --clients 16 --requests 2000'
 
-Reports throughput, latency p50/p95/p99 (client side: request sent to answer parsed),
+Each protocol of ``--protocols`` runs in turn against the same server, with the same
+clients and frames: ``json`` (base64 PNG in a JSON body, labels PNG back), ``binary`` (the
+PNG file as a binary frame, raw labels back), ``binary-raw`` (decoded uint8 RGB frames),
+``binary-multi`` (``--frames-per-request`` raw frames per request) and ``session`` (one
+``Client.stream`` session per client, ``--frames-per-request`` raw frames in flight, each
+answered alone; latency per frame). For each it reports
+frames/s, latency p50/p95/p99 per request (client side: request sent to answer parsed),
 errors (HTTP error answers), lost requests (sent, never answered: connection dropped or
-timed out), mismatches (answers whose labels differ from the local engine's for the same
-image and prompts), the batch sizes the replica saw, the CPU seconds of each process in the
-namespace, and, for comparison (``--baseline``), the local engine's best batched ``segment``
-throughput on this machine (decoded images in, label tensors out: no request decoding or
-reply encoding) and the same request work the replica does (``Replica.parse`` and
-``Replica.run_batch`` plus JSON encoding, at that best batch size and thread count) run in
-this process without Ray or HTTP.
+timed out), mismatches (frames whose labels differ from the local engine's for the same
+image and prompts), the batch sizes the replica saw and the CPU seconds of each process in
+the namespace. For comparison (``--baseline``) the local engine's best batched ``segment``
+throughput on this machine is measured in the same run, before the server starts and again
+(at the best setting) after it stopped (decoded images in, label tensors out: no request
+decoding or reply encoding); ratios are against the higher of the two. The same request
+work the replica does for JSON (``Replica.parse`` and ``Replica.run_batch`` plus JSON
+encoding, at that best batch size and thread count) is also run in this process without Ray
+or HTTP.
 """
 
 from __future__ import annotations
@@ -41,18 +49,25 @@ REPO = Path(__file__).resolve().parent.parent
 MAX_REQUESTS = 100_000
 MAX_DURATION_S = 3600.0
 START_TIMEOUT_S = 300.0
+PROTOCOLS = ("json", "binary", "binary-raw", "binary-multi", "session")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server URL, loopback only")
+    parser.add_argument("--url", default="http://127.0.0.1:8000",
+                        help="server URL (several replicas: their URLs, comma-separated), loopback only")
     parser.add_argument("--start-server", metavar="MODEL", default=None,
                         help="start `clippy-rt serve MODEL` on --url's port first, stop it at the end")
     parser.add_argument("--server-args", default="", help="extra arguments for the started server")
     parser.add_argument("--reference-model", default=None,
                         help="model for the local reference labels (default: --start-server's, else 'demo')")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
-    parser.add_argument("--requests", type=int, default=2000, help=f"requests in all, at most {MAX_REQUESTS}")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help=f"frames per protocol, at most {MAX_REQUESTS} (default: 2000)")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS),
+                        help=f"protocols to measure, in this order (default: {','.join(PROTOCOLS)})")
+    parser.add_argument("--frames-per-request", type=int, default=4,
+                        help="frames per binary-multi request, and frames in flight per session (default: 4)")
     parser.add_argument("--duration", type=float, default=600.0,
                         help=f"stop sending after this many seconds, at most {MAX_DURATION_S:g} (default: 600)")
     parser.add_argument("--warmup", type=int, default=32, help="untimed requests first (default: 32)")
@@ -64,9 +79,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch thread counts to try for the local baseline; the best counts (default: 1,2)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     args = parser.parse_args(argv)
-    host = urlsplit(args.url).hostname or ""
-    if not _is_loopback(host):
-        parser.error(f"--url must point at this machine's loopback (127.0.0.1, ::1, localhost), got {host!r}")
+    args.urls = [part.strip() for part in args.url.split(",") if part.strip()]
+    for url in args.urls:
+        host = urlsplit(url).hostname or ""
+        if not _is_loopback(host):
+            parser.error(f"--url must point at this machine's loopback (127.0.0.1, ::1, localhost), got {host!r}")
+    args.protocols = [part.strip() for part in args.protocols.split(",") if part.strip()]
+    unknown = sorted(set(args.protocols) - set(PROTOCOLS))
+    if unknown or not args.protocols:
+        parser.error(f"--protocols: choose from {', '.join(PROTOCOLS)}, got {args.protocols}")
+    if not 1 <= args.frames_per_request <= 256:
+        parser.error("--frames-per-request must be in [1, 256]")
     if not 1 <= args.clients <= 1024:
         parser.error("--clients must be in [1, 1024]")
     if not 1 <= args.requests <= MAX_REQUESTS:
@@ -92,9 +115,10 @@ def prompts_for(model: str):
     return eval_prompts() if model == "demo" else class_names()
 
 
-def baseline(model: str, images, prompts, thread_counts: List[int], seconds: float = 4.0) -> Dict[str, object]:
-    """Best frames/s of the local engine's batched ``segment`` over batch sizes 1-32 and
-    the given torch thread counts."""
+def baseline(model: str, images, prompts, thread_counts: List[int], seconds: float = 4.0,
+             batches=(1, 2, 4, 8, 16, 32)) -> Dict[str, object]:
+    """Best frames/s of the local engine's batched ``segment`` over ``batches`` and the
+    given torch thread counts."""
     import torch
 
     import clippy_rt
@@ -103,7 +127,7 @@ def baseline(model: str, images, prompts, thread_counts: List[int], seconds: flo
     rates = {}
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        for batch in (1, 2, 4, 8, 16, 32):
+        for batch in batches:
             frames = [images[i % len(images)] for i in range(batch)]
             engine.segment(frames, prompts)
             done, start = 0, time.perf_counter()
@@ -201,9 +225,11 @@ def wait_healthy(client, server: Optional[subprocess.Popen]) -> dict:
             time.sleep(1.0)
 
 
-def run_load(url: str, payloads: List[bytes], references, prompts, clients: int, total: int,
-             duration: float, timeout: float) -> Dict[str, object]:
-    """Send ``total`` requests (or stop after ``duration`` s) from ``clients`` threads."""
+def run_load(urls: List[str], protocol: str, payloads: List[object], references, prompts, clients: int,
+             total: int, duration: float, timeout: float, frames_per_request: int = 1) -> Dict[str, object]:
+    """Send ``total`` frames (or stop after ``duration`` s) from ``clients`` threads over
+    ``protocol``, ``frames_per_request`` frames per request (the last request may carry
+    fewer); ``payloads[i]`` is what is sent for image i, ``references[i]`` its labels."""
     from clippy_rt.serve.client import Client
     from clippy_rt.errors import InputError, ServerError
 
@@ -213,39 +239,74 @@ def run_load(url: str, payloads: List[bytes], references, prompts, clients: int,
     outcome = {"ok": 0, "errors": 0, "lost": 0, "mismatched": 0}
     messages: Dict[str, int] = {}
     stop_at = time.monotonic() + duration
+    client = Client(urls, timeout=timeout, retries=0, protocol="json" if protocol == "json" else "binary")
 
     def worker() -> None:
-        client = Client(url, timeout=timeout, retries=0)
+        session = (client.stream(prompts, in_flight=frames_per_request, max_pending=frames_per_request)
+                   if protocol == "session" else None)
+        try:
+            work(session)
+        finally:
+            if session is not None:
+                session.close()
+
+    def work(session) -> None:
         while True:
             with lock:
-                index = counter["next"]
-                if index >= total or time.monotonic() >= stop_at:
+                first = counter["next"]
+                if first >= total or time.monotonic() >= stop_at:
                     return
-                counter["next"] += 1
-            image = index % len(payloads)
+                count = min(frames_per_request, total - first)
+                counter["next"] += count
+            images = [(first + offset) % len(payloads) for offset in range(count)]
             start = time.perf_counter()
+            kinds: List[str] = []
+            if session is not None:
+                # ``count`` frames in flight at once; each frame's latency from its submission.
+                for i in images:
+                    session.submit(payloads[i], frame_id=i, timestamp=time.perf_counter())
+                answers = session.answers(wait=True)
+                done = time.perf_counter()
+                with lock:
+                    for answer in answers:
+                        if answer.error is not None:
+                            outcome["errors"] += 1
+                            messages[str(answer.error)[:160]] = messages.get(str(answer.error)[:160], 0) + 1
+                            continue
+                        labels, want = answer.segmentation.labels, references[answer.frame_id]
+                        outcome["ok" if labels.dtype == want.dtype and torch_equal(labels, want) else "mismatched"] += 1
+                        latencies.append((done - answer.timestamp) * 1000.0)
+                    outcome["lost"] += count - len(answers)
+                continue
             try:
-                result = client.segment(payloads[image], prompts)
-                kind = "ok" if bool((result.labels == references[image]).all()) else "mismatched"
+                if frames_per_request == 1:
+                    results = [client.segment(payloads[images[0]], prompts)]
+                else:
+                    results = client.segment([payloads[i] for i in images], prompts)
+                kinds = ["ok" if result.labels.dtype == references[i].dtype and torch_equal(result.labels, references[i])
+                         else "mismatched" for i, result in zip(images, results)]
+                kinds += ["lost"] * (count - len(results))
                 message = None
             except InputError as exc:  # a 4xx answer
-                kind, message = "errors", str(exc)
+                kinds, message = ["errors"] * count, str(exc)
             except ServerError as exc:
-                kind = "errors" if "server error" in str(exc) else "lost"
+                kinds = ["errors" if "server error" in str(exc) else "lost"] * count
                 message = str(exc)
             elapsed = (time.perf_counter() - start) * 1000.0
             with lock:
-                outcome[kind] += 1
-                if kind in ("ok", "mismatched"):
+                for kind in kinds:
+                    outcome[kind] += 1
+                if message is None:
                     latencies.append(elapsed)
-                if message:
+                else:
                     messages[message[:160]] = messages.get(message[:160], 0) + 1
 
     def progress() -> None:
         while any(thread.is_alive() for thread in threads):
             time.sleep(5.0)
             with lock:
-                print(f"  {counter['next']}/{total} sent, {outcome['ok']} ok", file=sys.stderr, flush=True)
+                print(f"  {protocol}: {counter['next']}/{total} frames sent, {outcome['ok']} ok",
+                      file=sys.stderr, flush=True)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
     started = time.perf_counter()
@@ -260,36 +321,57 @@ def run_load(url: str, payloads: List[bytes], references, prompts, clients: int,
 
     answered = outcome["ok"] + outcome["mismatched"]
     stats = summarize(latencies) if latencies else None
-    return {"sent": counter["next"], **outcome, "wall_s": round(wall, 2),
+    return {"protocol": protocol, "frames_per_request": frames_per_request, "sent": counter["next"], **outcome,
+            "requests": len(latencies), "wall_s": round(wall, 2),
             "throughput_per_s": round(answered / wall, 2),
             "latency_ms": {"p50": round(stats.median, 1), "p95": round(stats.p95, 1), "p99": round(stats.p99, 1),
                            "max": round(stats.max, 1)} if stats else None,
             "error_messages": messages}
 
 
-MARKDOWN_HEADER = ("| date (UTC) | server args | clients | requests | throughput /s | local best /s | ratio "
-                   "| p50 ms | p95 ms | p99 ms | p99/p50 | errors | lost | mismatched | load avg (1 min) before, after |\n"
-                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
-def markdown_row(report: Dict[str, object], server_args: str) -> str:
-    """One row of RESULTS.md's serving table (header: MARKDOWN_HEADER)."""
-    load = report["load"]
-    latency = load["latency_ms"] or {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
-    local = report.get("local_baseline") or {}
+MARKDOWN_HEADER = ("| date (UTC) | server args | protocol | clients | frames | frames/s | local best /s | ratio "
+                   "| p50 ms | p95 ms | p99 ms | p99/p50 | errors | lost | mismatched | replica CPU ms/frame "
+                   "| load avg (1 min) before, after |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_rows(report: Dict[str, object], server_args: str) -> List[str]:
+    """RESULTS.md's serving table rows, one per protocol (header: MARKDOWN_HEADER)."""
+    local = report.get("local_best_frames_per_s", "-")
     before, after = report["environment_before"], report.get("environment_after") or {}
-    loads = [str((env.get("load_average") or ["?"])[0]) for env in (before, after)]
-    cells = [before["date"][:16].replace("T", " "), f"`{server_args}`" if server_args else "(defaults)",
-             report["clients"], load["sent"], load["throughput_per_s"], local.get("best_frames_per_s", "-"),
-             report.get("throughput_vs_local", "-"), latency["p50"], latency["p95"], latency["p99"],
-             round(latency["p99"] / latency["p50"], 2) if latency["p50"] else "-", load["errors"], load["lost"],
-             load["mismatched"], ", ".join(loads)]
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+    loads = ", ".join(str((env.get("load_average") or ["?"])[0]) for env in (before, after))
+    rows = []
+    for load in report["loads"]:
+        latency = load["latency_ms"] or {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+        unit = "in flight" if load["protocol"] == "session" else "/request"
+        protocol = load["protocol"] + (f" ({load['frames_per_request']}{' ' if unit == 'in flight' else ''}{unit})"
+                                       if load["frames_per_request"] > 1 else "")
+        cells = [before["date"][:16].replace("T", " "), f"`{server_args}`" if server_args else "(defaults)", protocol,
+                 report["clients"], load["sent"], load["throughput_per_s"], local, load.get("vs_local", "-"),
+                 latency["p50"], latency["p95"], latency["p99"],
+                 round(latency["p99"] / latency["p50"], 2) if latency["p50"] else "-", load["errors"], load["lost"],
+                 load["mismatched"], load.get("replica_cpu_ms_per_frame", "-"), loads]
+        rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return rows
+
+
+def replica_cpu_ms(cpu: Dict[str, float], frames: int):
+    """CPU milliseconds per frame of the Serve replica processes, from ``cpu_used_during``."""
+    used = sum(seconds for name, seconds in cpu.items() if "ServeReplica" in name)
+    return round(1000.0 * used / frames, 2) if frames and used else "-"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
+    import numpy as np
+
     from clippy_rt.bench.environment import collect_environment
     from clippy_rt.serve.client import Client
     from clippy_rt.images import load_image
@@ -302,61 +384,82 @@ def main(argv=None) -> int:
     prompts = prompts_for(model)
     pictures = [load_image(p) for p in paths]
     report: Dict[str, object] = {"environment_before": collect_environment(), "model": model,
-                                 "clients": args.clients, "requests": args.requests, "images": len(paths)}
+                                 "clients": args.clients, "requests": args.requests, "images": len(paths),
+                                 "protocols": args.protocols}
+    thread_counts = [int(part) for part in args.baseline_threads.split(",") if part.strip()]
     if args.baseline:
         print("measuring the local engine's batched segment throughput", file=sys.stderr, flush=True)
-        thread_counts = [int(part) for part in args.baseline_threads.split(",") if part.strip()]
         report["local_baseline"] = baseline(model, pictures, prompts, thread_counts)
     import clippy_rt
 
     reference_engine = clippy_rt.load(model)
     references = [reference_engine.segment(p, prompts).labels for p in pictures]
     del reference_engine
-    payloads = [encode_image_file(p) for p in paths]
+    files = [encode_image_file(p) for p in paths]
+    arrays = [np.asarray(picture, dtype=np.uint8) for picture in pictures]
     if args.baseline:
         local = report["local_baseline"]
-        report["replica_in_process"] = replica_baseline(model, payloads, prompts, local["best_threads"],
+        report["replica_in_process"] = replica_baseline(model, files, prompts, local["best_threads"],
                                                         local["best_batch"])
 
-    server = start_server(args.start_server, args.url, args.server_args) if args.start_server else None
+    server = start_server(args.start_server, args.urls[0], args.server_args) if args.start_server else None
+    report["loads"] = []
     try:
-        probe = Client(args.url, timeout=10, retries=0)
-        report["health"] = wait_healthy(probe, server)
-        if args.warmup:
-            run_load(args.url, payloads, references, prompts, args.clients, args.warmup, 120.0, args.timeout)
-        stats_before = probe.stats()
-        print(f"load: {args.clients} clients, {args.requests} requests, at most {args.duration:g} s",
-              file=sys.stderr, flush=True)
-        cpu_before = namespace_cpu_seconds()
-        report["load"] = run_load(args.url, payloads, references, prompts, args.clients, args.requests,
-                                  args.duration, args.timeout)
-        report["cpu_seconds_during_load"] = cpu_used_during(cpu_before, namespace_cpu_seconds())
-        report["replica_stats_before"] = stats_before
-        report["replica_stats_after"] = probe.stats()
+        probes = [Client(url, timeout=10, retries=0) for url in args.urls]
+        report["health"] = [wait_healthy(probe, server) for probe in probes][0]
+        for protocol in args.protocols:
+            payloads = arrays if protocol in ("binary-raw", "binary-multi", "session") else files
+            per_request = args.frames_per_request if protocol in ("binary-multi", "session") else 1
+            if args.warmup:
+                run_load(args.urls, protocol, payloads, references, prompts, args.clients, args.warmup, 120.0,
+                         args.timeout, per_request)
+            stats_before = [probe.stats() for probe in probes]
+            print(f"load: {protocol}, {args.clients} clients, {args.requests} frames, at most {args.duration:g} s",
+                  file=sys.stderr, flush=True)
+            cpu_before = namespace_cpu_seconds()
+            load = run_load(args.urls, protocol, payloads, references, prompts, args.clients, args.requests,
+                            args.duration, args.timeout, per_request)
+            load["cpu_seconds"] = cpu_used_during(cpu_before, namespace_cpu_seconds())
+            load["replica_cpu_ms_per_frame"] = replica_cpu_ms(load["cpu_seconds"], load["ok"] + load["mismatched"])
+            load["replica_stats_before"] = stats_before
+            load["replica_stats_after"] = [probe.stats() for probe in probes]
+            report["loads"].append(load)
         report["environment_after"] = collect_environment()
     finally:
         if server is not None:
+            stopping = time.monotonic()
             server.send_signal(signal.SIGTERM)
             try:
                 report["server_exit_code"] = server.wait(timeout=120)
+                report["server_shutdown_s"] = round(time.monotonic() - stopping, 1)
             except subprocess.TimeoutExpired:
                 server.kill()
                 report["server_exit_code"] = "killed"
-    load = report["load"]
-    if "local_baseline" in report:
-        best = report["local_baseline"]["best_frames_per_s"]
-        report["throughput_vs_local"] = round(load["throughput_per_s"] / best, 3) if best else None
+    if args.baseline:
+        local = report["local_baseline"]
+        print("measuring the local engine again at its best setting", file=sys.stderr, flush=True)
+        again = baseline(model, pictures, prompts, [local["best_threads"]], batches=(local["best_batch"],))
+        report["local_baseline_after"] = again["best_frames_per_s"]
+        best = max(local["best_frames_per_s"], again["best_frames_per_s"])
+        report["local_best_frames_per_s"] = best
+        for load in report["loads"]:
+            load["vs_local"] = round(load["throughput_per_s"] / best, 3) if best else None
     if args.json:
         from clippy_rt.formats.atomic import atomic_write
 
         text = json.dumps(report, indent=1).encode()
         atomic_write(args.json, lambda handle: handle.write(text))
-    print(json.dumps({key: report.get(key) for key in
-                      ("load", "local_baseline", "replica_in_process", "throughput_vs_local", "replica_stats_after",
-                       "cpu_seconds_during_load")}, indent=1))
+    summary = {key: report.get(key) for key in ("local_baseline", "local_baseline_after", "replica_in_process",
+                                                "server_shutdown_s")}
+    summary["loads"] = [{key: load[key] for key in ("protocol", "sent", "ok", "errors", "lost", "mismatched",
+                                                    "throughput_per_s", "vs_local", "latency_ms",
+                                                    "replica_cpu_ms_per_frame", "cpu_seconds") if key in load}
+                        for load in report["loads"]]
+    print(json.dumps(summary, indent=1))
     print(MARKDOWN_HEADER)
-    print(markdown_row(report, args.server_args))
-    return 0 if load["errors"] == 0 and load["lost"] == 0 and load["mismatched"] == 0 else 1
+    print("\n".join(markdown_rows(report, args.server_args)))
+    clean = all(load["errors"] == 0 and load["lost"] == 0 and load["mismatched"] == 0 for load in report["loads"])
+    return 0 if clean and len(report["loads"]) == len(args.protocols) else 1
 
 
 if __name__ == "__main__":

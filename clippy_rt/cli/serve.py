@@ -37,6 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="cache text embeddings on disk, so a restarted replica does not encode its "
                              "prompts again (default: on)")
+    parser.add_argument("--replicas-per-gpu", type=int, default=1,
+                        help="replicas sharing one GPU, each taking 1/N of it in Ray (default: 1)")
     parser.add_argument("--drain-s", type=float, default=1.0,
                         help="seconds a stopping replica keeps answering before it closes its port (default: 1)")
     parser.add_argument("--address", default=None,
@@ -57,7 +59,7 @@ def run(args) -> int:
                            host=args.host, port=args.port, replicas=args.replicas, max_batch=args.max_batch,
                            batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica,
                            max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, address=args.address,
-                           drain_s=args.drain_s,
+                           drain_s=args.drain_s, replicas_per_gpu=args.replicas_per_gpu,
                            text_cache_dir=(str(args.text_cache_dir) if args.text_cache_dir else None)
                            if args.text_cache else False)
     return serve_until_stopped(options)

@@ -25,6 +25,7 @@ import itertools
 import json
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ from .frames import (HEADER_LENGTH, LABEL_ENCODINGS, MAX_FRAMES, REQUEST_TYPE, R
                      frame_of, segmentations_from_binary)
 from .protocol import RequestError, classification_from_json, encode_image_file, segmentation_from_json
 
-__all__ = ["Client"]
+__all__ = ["Client", "Session", "SessionAnswer"]
 PROTOCOLS = ("binary", "json")
 
 
@@ -126,6 +127,14 @@ class Client:
             body["template"] = template
         return classification_from_json(self._request("POST", "/v1/classify", body))
 
+    def stream(self, prompts, size=None, template: Optional[str] = None, resize: str = "squash",
+               in_flight: int = 2, max_pending: int = 1) -> "Session":
+        """A ``Session`` for a camera loop: frames go out with these prompts, up to
+        ``in_flight`` at a time (each in-flight slot keeps its own keep-alive connection);
+        at most ``max_pending`` more wait, the oldest dropped first when more arrive."""
+        return Session(self, prompts, size=size, template=template, resize=resize, in_flight=in_flight,
+                       max_pending=max_pending)
+
     def health(self) -> Dict[str, Any]:
         """The server's /v1/health answer: status, model, backend, device, precision, random_weights."""
         return self._request("GET", "/v1/health")
@@ -202,6 +211,128 @@ class Client:
                 raise ServerError(f"server error {status} on {method} {path}: {_message(data)}")
             return answer_headers, data
         raise ServerError(f"{method} {self.url}{path} failed after {self.retries + 1} attempt(s): {failure}")
+
+
+class Session:
+    """Frames of one camera to the server, answered in the order they were sent.
+
+        with client.stream(["a person", "a car", "the road"], in_flight=2) as session:
+            for frame_id, frame in enumerate(camera):
+                session.submit(frame, frame_id)
+                for answer in session.answers():        # what is ready, without waiting
+                    show(answer.frame_id, answer.segmentation)
+
+    ``submit`` never blocks: a frame waits while ``in_flight`` requests are out, and when
+    more than ``max_pending`` frames wait the oldest is dropped (counted in ``dropped``), so
+    a slow link or server drops stale frames rather than falling behind. Each answer
+    carries the frame's id and timestamp; a frame the server refused carries the error.
+    The prompts travel with every request (the replicas keep their text embeddings
+    cached); the replicas batch frames of all sessions with the same prompts together.
+    """
+
+    def __init__(self, client: "Client", prompts, *, size=None, template=None, resize: str = "squash",
+                 in_flight: int = 2, max_pending: int = 1) -> None:
+        if not isinstance(in_flight, int) or isinstance(in_flight, bool) or in_flight < 1:
+            raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
+        if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 0:
+            raise InputError(f"max_pending must be a non-negative integer, got {max_pending!r}")
+        self._client = client
+        self._prompts = _prompts_json(prompts)
+        self._options = {"size": size, "template": template, "resize": resize}
+        self._max_pending = max_pending
+        self._condition = threading.Condition()
+        self._pending: List[Tuple[Any, Any, float, int]] = []
+        self._done: Dict[int, SessionAnswer] = {}
+        self._next_sequence = 0
+        self._next_answer = 0
+        self._closed = False
+        self.sent = 0
+        self.dropped = 0
+        self._busy = 0
+        self._workers = [threading.Thread(target=self._work, daemon=True) for _ in range(in_flight)]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, frame, frame_id: Any = None, timestamp: Optional[float] = None) -> None:
+        """Queue ``frame`` (as ``Client.segment`` takes it); ``frame_id`` and ``timestamp``
+        (default: now) come back with its answer."""
+        with self._condition:
+            if self._closed:
+                raise InputError("the session is closed")
+            self._pending.append((frame, frame_id, time.time() if timestamp is None else timestamp,
+                                  self._next_sequence))
+            self._next_sequence += 1
+            while len(self._pending) > self._max_pending + self._idle_workers():
+                _, dropped_id, dropped_at, sequence = self._pending.pop(0)
+                self._done[sequence] = SessionAnswer(dropped_id, dropped_at, None, dropped=True)
+                self.dropped += 1
+            self._condition.notify_all()
+
+    def answers(self, wait: bool = False) -> List["SessionAnswer"]:
+        """The answers ready now, in the order their frames were submitted (dropped frames
+        left out); with ``wait=True``, first wait until every submitted frame is answered."""
+        ready = []
+        with self._condition:
+            if wait:
+                self._condition.wait_for(lambda: all(sequence in self._done for sequence in
+                                                     range(self._next_answer, self._next_sequence)))
+            while self._next_answer in self._done:
+                answer = self._done.pop(self._next_answer)
+                self._next_answer += 1
+                if not answer.dropped:
+                    ready.append(answer)
+        return ready
+
+    def close(self) -> List["SessionAnswer"]:
+        """Wait for the frames already sent or queued; return their answers; end the workers."""
+        remaining = self.answers(wait=True)
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        for worker in self._workers:
+            worker.join()
+        return remaining
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _idle_workers(self) -> int:
+        return len(self._workers) - self._busy
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    self._client.close()
+                    return
+                frame, frame_id, timestamp, sequence = self._pending.pop(0)
+                self._busy += 1
+                self.sent += 1
+            error, result = None, None
+            try:
+                result = self._client.segment(frame, self._prompts, **self._options)
+            except (InputError, ServerError) as exc:
+                error = exc
+            with self._condition:
+                self._busy -= 1
+                self._done[sequence] = SessionAnswer(frame_id, timestamp, result, error=error)
+                self._condition.notify_all()
+
+
+@dataclass
+class SessionAnswer:
+    """One frame's answer: its id and timestamp as submitted, the Segmentation (None when
+    ``error`` holds the server's refusal or ``dropped`` is true)."""
+
+    frame_id: Any
+    timestamp: float
+    segmentation: Optional[Segmentation]
+    error: Optional[Exception] = None
+    dropped: bool = False
 
 
 def _b64(image) -> str:

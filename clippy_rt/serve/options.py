@@ -15,8 +15,11 @@ from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
 @dataclass(frozen=True)
 class ServeOptions:
     """``model`` is a path string (or "demo") that every replica loads: on a cluster it must
-    exist on each node. The replicas answer HTTP on ``host``, one port each from ``port`` up. ``cpus_per_replica`` is the Ray CPU reservation of a replica; torch
-    uses that many threads in it (at least one). On CUDA each replica also takes one GPU."""
+    exist on each node. The replicas answer HTTP on ``host``, one port each from ``port``
+    up. ``cpus_per_replica`` is the Ray CPU reservation of a replica; torch uses that many
+    threads in it (at least one). On CUDA each replica also takes
+    ``1 / replicas_per_gpu`` of a GPU in Ray, so that many replicas share one: while one
+    replica decodes requests or encodes answers on the CPU, another can use the GPU."""
 
     model: str
     backend: str = "torch"
@@ -28,6 +31,7 @@ class ServeOptions:
     max_batch: int = 16
     batch_wait_ms: float = 5.0
     cpus_per_replica: float = 1.0
+    replicas_per_gpu: int = 1
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     address: Optional[str] = None
@@ -43,6 +47,7 @@ class ServeOptions:
             raise InputError(f"the replicas' ports {self.port}-{self.port + self.replicas - 1} pass 65535: "
                              f"choose a lower port")
         check_positive_int("max_batch", self.max_batch, upper=1024)
+        check_positive_int("replicas_per_gpu", self.replicas_per_gpu, upper=16)
         check_positive_int("max_body_bytes", self.max_body_bytes)
         check_positive_int("max_pixels", self.max_pixels)
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 10_000
@@ -61,10 +66,10 @@ class ServeOptions:
 
     @property
     def replica_resources(self) -> dict:
-        """Ray actor resources of one replica: its CPUs, and one GPU when it runs on CUDA."""
+        """Ray actor resources of one replica: its CPUs, and its share of a GPU on CUDA."""
         resources = {"num_cpus": self.cpus_per_replica}
         if self.uses_cuda:
-            resources["num_gpus"] = 1
+            resources["num_gpus"] = 1 / self.replicas_per_gpu
         return resources
 
     @property

@@ -332,3 +332,43 @@ def test_client_spreads_threads_over_replica_urls(engine):
         dead = "http://127.0.0.1:1"
         # A refused connection moves on to the next URL.
         assert Client([dead, alive.url], retries=1, backoff_s=0.01).health()["status"] == "ok"
+
+
+def test_session_answers_in_order_with_ids_timestamps_and_refusals(engine, images):
+    frames = [images[i % len(images)] for i in range(7)]
+    frames[3] = np.zeros((2, 2, 3), np.uint8)  # refused: smaller than a patch
+    with Server(Replica(engine)) as server:
+        client = Client(server.url, retries=0)
+        with client.stream(PROMPTS, in_flight=3, max_pending=10) as session:
+            for index, frame in enumerate(frames):
+                session.submit(frame, frame_id=f"f{index}", timestamp=100.0 + index)
+            answers = session.answers(wait=True)
+        assert session.close() == []
+    assert [answer.frame_id for answer in answers] == [f"f{i}" for i in range(7)]
+    assert [answer.timestamp for answer in answers] == [100.0 + i for i in range(7)]
+    assert session.sent == 7 and session.dropped == 0
+    assert isinstance(answers[3].error, RequestError) and answers[3].segmentation is None
+    for index, (frame, answer) in enumerate(zip(frames, answers)):
+        if index != 3:
+            assert answer.error is None
+            assert torch.equal(answer.segmentation.labels, engine.segment(frame, PROMPTS).labels), index
+
+
+def test_session_drops_stale_frames_when_the_server_is_slow(engine, images):
+    with Server(Replica(engine), delay_s=0.5) as server:
+        session = Client(server.url, retries=0).stream(PROMPTS, in_flight=1, max_pending=1)
+        session.submit(images[0], frame_id=0)
+        deadline = time.monotonic() + 5
+        while session.sent < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for frame_id in range(1, 5):
+            session.submit(images[frame_id], frame_id=frame_id)
+        answers = session.close()
+    # Frame 0 was out; 1-3 were overtaken while waiting; 4, the newest, went next.
+    assert [answer.frame_id for answer in answers] == [0, 4]
+    assert (session.sent, session.dropped) == (2, 3)
+    assert torch.equal(answers[1].segmentation.labels, engine.segment(images[4], PROMPTS).labels)
+    with pytest.raises(InputError, match="closed"):
+        session.submit(images[0])
+    with pytest.raises(InputError, match="in_flight"):
+        Client().stream(PROMPTS, in_flight=0)

@@ -71,6 +71,9 @@ def test_options_cuda_and_threads():
     assert ServeOptions(model="demo").replica_resources == {"num_cpus": 1.0}
     assert ServeOptions(model="demo", device="cuda", cpus_per_replica=4).replica_resources == {"num_cpus": 4,
                                                                                               "num_gpus": 1}
+    assert ServeOptions(model="demo", device="cuda", replicas_per_gpu=4).replica_resources == {"num_cpus": 1.0,
+                                                                                              "num_gpus": 0.25}
+    assert ServeOptions(model="demo", replicas_per_gpu=4).replica_resources == {"num_cpus": 1.0}
 
 
 def test_serve_environment_gives_replicas_their_ports_and_passes_ray_serve_variables():
@@ -93,12 +96,15 @@ def test_drain_and_port_range_reach_the_options(monkeypatch):
 
     seen = []
     monkeypatch.setattr(serve_package, "serve_until_stopped", lambda options: seen.append(options) or 0)
-    assert cli(["serve", "demo", "--drain-s", "2.5", "--port", "9000", "--replicas", "2"]) == 0
-    assert (seen[0].drain_s, seen[0].port, seen[0].replicas) == (2.5, 9000, 2)
+    assert cli(["serve", "demo", "--drain-s", "2.5", "--port", "9000", "--replicas", "2",
+                "--replicas-per-gpu", "3"]) == 0
+    assert (seen[0].drain_s, seen[0].port, seen[0].replicas, seen[0].replicas_per_gpu) == (2.5, 9000, 2, 3)
     with pytest.raises(InputError, match="65535"):
         ServeOptions(model="demo", port=65535, replicas=2)
     with pytest.raises(InputError, match="drain_s"):
         ServeOptions(model="demo", drain_s=-1)
+    with pytest.raises(InputError, match="replicas_per_gpu"):
+        ServeOptions(model="demo", replicas_per_gpu=0)
 
 
 def test_text_cache_flags_reach_the_options(tiny_model_dir, monkeypatch, tmp_path):
