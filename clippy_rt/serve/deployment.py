@@ -48,7 +48,8 @@ class ClippyDeployment:
         except Exception:  # outside a running Serve application (never in service)
             replica_id = ""
         self.replica = Replica(engine, model=str(options.model), max_pixels=options.max_pixels,
-                               replica_id=replica_id, node_id=context.get_node_id())
+                               replica_id=replica_id, node_id=context.get_node_id(),
+                               stream_batch=options.max_batch)
         # The model, Ray and torch leave a large heap of long-lived objects: move them out
         # of the collector's reach so each request's garbage collections stay cheap.
         gc.collect()

@@ -4,16 +4,20 @@ one Engine, encode the responses, and count what it saw.
 ``Replica.run_batch`` groups the requests of a batch by ``batch_key`` (same kind, prompt
 set, input size and resize mode) and calls ``Engine.segment`` / ``Engine.classify`` once
 per group, so pre-processing, the image tower and the seg head run batched; JSON requests
-and binary ones (several frames each) share a group. The engine's text-embedding cache
-lives as long as the replica.
+and binary ones (several frames each) share a group. A segment group made only of raw
+frames goes through the engine's streaming path instead (``Engine.stream``: frames of one
+size per chunk, CUDA graphs on a CUDA engine), one ``Stream`` kept per prompt set, size
+and resize mode. The engine's text-embedding cache lives as long as the replica.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from ..errors import ClippyError
 from .frames import BinaryBody, FramesRequest, parse_frames, segmentations_to_binary
@@ -22,6 +26,8 @@ from .protocol import (DEFAULT_MAX_PIXELS, ClassifyRequest, RequestError, Segmen
                        segmentation_to_json)
 
 Request = Union[SegmentRequest, ClassifyRequest, FramesRequest]
+# Streams kept per replica (prompt set x size x resize); the least recently used goes first.
+MAX_STREAMS = 8
 # (HTTP status, JSON body or, for a binary request's success, a BinaryBody)
 Reply = Tuple[int, Union[Dict[str, Any], BinaryBody]]
 
@@ -42,8 +48,11 @@ class Replica:
     to run one batch at a time (``@serve.batch`` does)."""
 
     def __init__(self, engine, *, model: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 replica_id: str = "", node_id: str = "") -> None:
+                 replica_id: str = "", node_id: str = "", stream_batch: int = 16) -> None:
+        """``stream_batch``: the most frames one chunk of the streaming path runs at once."""
         self.engine = engine
+        self.stream_batch = stream_batch
+        self._streams: "OrderedDict[tuple, Any]" = OrderedDict()
         self.model = model
         self.max_pixels = max_pixels
         self.replica_id = replica_id
@@ -114,9 +123,23 @@ class Replica:
         first = members[0]
         images = [image for member in members for image in _images(member)]
         if isinstance(first, (SegmentRequest, FramesRequest)):
+            if all(isinstance(image, np.ndarray) for image in images):
+                return self._stream(first)(images)
             return self.engine.segment(images, first.prompts, size=first.size, resize=first.resize)
         return self.engine.classify(images, first.labels, top_k=first.top_k, size=first.size,
                                     resize=first.resize)
+
+    def _stream(self, request: FramesRequest):
+        """The replica's Stream for ``request``'s prompts, size and resize mode."""
+        key = request.batch_key
+        stream = self._streams.pop(key, None)
+        if stream is None:
+            stream = self.engine.stream(request.prompts, size=request.size, resize=request.resize,
+                                        batch=self.stream_batch)
+        self._streams[key] = stream
+        while len(self._streams) > MAX_STREAMS:
+            self._streams.popitem(last=False)
+        return stream
 
     @staticmethod
     def _split(members: Sequence[Request], outputs: list) -> list:

@@ -372,3 +372,41 @@ def test_session_drops_stale_frames_when_the_server_is_slow(engine, images):
         session.submit(images[0])
     with pytest.raises(InputError, match="in_flight"):
         Client().stream(PROMPTS, in_flight=0)
+
+
+def test_raw_frames_run_on_the_stream_path_and_match_segment(engine, images):
+    from clippy_rt.serve.frames import encode_frames, frame_of, segmentations_from_binary
+
+    replica = Replica(engine, stream_batch=2)
+    raw = [frame_of(images[i]) for i in (0, 2, 0, 0, 3)]  # sizes A, B, A, A, C: chunks of one size, at most 2
+    requests = [replica.parse_binary(*encode_frames(raw[:3], PROMPTS, size=[16, 24])),
+                replica.parse_binary(*encode_frames(raw[3:], PROMPTS, size=[16, 24])),
+                replica.parse_binary(*encode_frames([frame_of(_png(images[1]))], PROMPTS, size=[24, 16])),
+                replica.parse_binary(*encode_frames(raw[:2], ["a dog", "a tree"], resize="crop"))]
+    replies = replica.run_batch(requests)
+    got = [segmentations_from_binary(reply.header_length, reply.data) for _, reply in replies]
+    cases = ((images_of(0, 2, 0, 0, 3, source=images), got[0] + got[1], PROMPTS, {"size": (16, 24)}),
+             ([images[1]], got[2], PROMPTS, {"size": (24, 16)}),
+             (images_of(0, 2, source=images), got[3], ["a dog", "a tree"], {"resize": "crop"}))
+    for frames, results, prompts, kwargs in cases:
+        assert len(results) == len(frames)
+        for frame, result in zip(frames, results):
+            want = engine.segment(frame, prompts, **kwargs)
+            assert torch.equal(result.labels, want.labels) and result.crop_box == want.crop_box
+    # Raw frames went through a Stream (one per prompt set, size and resize); the PNG through segment.
+    assert [set(results[0].timings_ms) for results in got] == [{"stream"}, {"stream"},
+                                                               {"preprocess", "text", "image", "postprocess"},
+                                                               {"stream"}]
+    assert len(replica._streams) == 2
+
+
+def images_of(*indices, source):
+    return [source[i] for i in indices]
+
+
+def _png(array):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
