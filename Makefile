@@ -1,7 +1,8 @@
 # make test: install into .venv with the locked versions and run the test suite (CPU).
 # make test-latest: the same suite on the newest releases (.venv-latest), then what moved.
 # make lock: write the lock from .venv-latest (after test-latest passed).
-# make demo: install, then segment the example images with the shipped model.
+# make demo: install only what the demo needs (the package, and torch unless the venv has
+#   one), then segment the example images with the shipped model.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,11 @@ BUILD_LOCK_FLAG := $(if $(LOCK),--build-constraint $(LOCK))
 # torch and torchvision are pinned as a matching pair for the test references (timm needs
 # torchvision); on a GPU or Jetson machine install your platform's torch first (README).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# The demo runs on the package's own dependencies (torch, numpy, pillow, safetensors and the
+# tokenizers): no extras. A torch already in the venv (a CUDA or Jetson build) is kept.
+DEMO_TORCH ?= torch==2.14.1
 DEMO_OUT ?= demo-out
+PIP_QUIET := -q --disable-pip-version-check
 
 .PHONY: install test test-latest lock test-all demo bench native clean
 
@@ -46,7 +51,15 @@ lock:
 	@test -x $(LATEST_PY) || { echo "make lock: run make test-latest first (it builds $(LATEST_VENV))"; exit 2; }
 	$(LATEST_PY) tools/env_lock.py write $(LOCK)
 
-demo: install
+$(VENV)/.demo-installed: pyproject.toml $(LOCK)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install $(PIP_QUIET) $(LOCK_FLAG) --upgrade pip
+	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install $(PIP_QUIET) $(LOCK_FLAG) $(DEMO_TORCH)
+	@# setuptools warns about every editable install with a package-dir (a UserWarning).
+	@PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install $(PIP_QUIET) $(LOCK_FLAG) $(BUILD_LOCK_FLAG) -e .
+	@touch $@
+
+demo: $(VENV)/.demo-installed
 	$(PY) -m clippy_rt.demo --out $(DEMO_OUT)
 
 bench: install
