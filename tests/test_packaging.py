@@ -43,3 +43,18 @@ def test_import_without_optional_dependencies():
             "from clippy_rt.cli.main import build_parser\n"
             "build_parser()\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_wheel_build_warns_about_no_package_data(tmp_path):
+    # setuptools warns for every folder of package data that `packages` does not list; the
+    # demo model and the CUDA sources must ship all the same.
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                           "-v", "-w", str(tmp_path)], check=True, capture_output=True, text=True, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert "absent from the `packages` configuration" not in output
+    assert "Building wheel" in output or "Created wheel" in output  # -v showed the backend's output
+    (wheel,) = tmp_path.glob("clippy_rt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in ("clippy_rt/data/demo/weights.safetensors", "clippy_rt/data/demo/config.json",
+                     "clippy_rt/kernels/csrc/seg_head.cu"):
+        assert expected in names, expected
