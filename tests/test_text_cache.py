@@ -274,3 +274,50 @@ def test_an_unwritable_directory_falls_back_to_memory(tmp_path):
     assert "in memory only" in text and "rebuild" not in text
     assert cache.store.disabled
     assert torch.equal(cache.get(["a"])["a"], stored["a"])
+
+
+def _rows_on_disk(folder) -> int:
+    """Embedding rows in the cache files under ``folder``, read with sqlite3 directly."""
+    total = 0
+    for path in folder.glob("*.sqlite"):
+        with sqlite3.connect(str(path)) as connection:
+            total += connection.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+    return total
+
+
+@pytest.mark.parametrize("disk", [False, True])
+def test_clear_forgets_on_disk_only_when_asked_in_the_engine_and_after_a_restart(tiny_model_dir, tmp_path, disk):
+    prompts = _prompts(4)
+    engine = clippy_rt.load(tiny_model_dir, text_cache_dir=tmp_path)
+    expected = engine.encode_text(prompts)
+    assert _rows_on_disk(tmp_path) == 4
+    engine.clear_text_cache(disk=disk)
+    assert len(engine.text_cache) == 0
+    assert _rows_on_disk(tmp_path) == (0 if disk else 4)
+    with CountingForward(engine) as counter:
+        torch.testing.assert_close(engine.encode_text(prompts), expected, rtol=0, atol=0)
+        assert counter.calls == ([4] if disk else [])
+    engine.clear_text_cache(disk=disk)
+    engine.text_cache.store.close()
+    restarted = clippy_rt.load(tiny_model_dir, text_cache_dir=tmp_path)
+    with CountingForward(restarted) as counter:
+        restarted.encode_text(prompts)
+        assert counter.calls == ([4] if disk else [])
+
+
+def test_new_weights_in_the_same_folder_are_not_served_the_old_embeddings(tiny_model_dir, tmp_path):
+    import shutil
+
+    from clippy_rt.formats.random_init import random_init
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    old = clippy_rt.load(folder, text_cache_dir=tmp_path / "cache").encode_text(["a cat"])
+    random_init("tiny", folder, seed=7, overwrite=True)
+    retrained = clippy_rt.load(folder, text_cache_dir=tmp_path / "cache")
+    # The expectation comes from the new weights with no cache at all.
+    fresh = clippy_rt.load(folder).encode_text(["a cat"])
+    assert not torch.allclose(fresh, old)
+    with CountingForward(retrained) as counter:
+        torch.testing.assert_close(retrained.encode_text(["a cat"]), fresh, rtol=0, atol=0)
+        assert counter.calls == [1]
