@@ -74,6 +74,29 @@ class Segmentation:
         labels = self.labels.detach().cpu().numpy()
         return labels[None, :, :] == np.arange(len(self.prompts)).reshape(-1, 1, 1)
 
+    def instances(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One instance per class present: (boxes float32 [N, 4] as x_min, y_min, x_max, y_max
+        with the max inclusive, as supervision's ``mask_to_xyxy``; masks bool [N, H, W];
+        class ids int64 [N]), in class order."""
+        masks = self.to_masks()
+        present = np.flatnonzero(masks.reshape(len(self.prompts), -1).any(axis=1))
+        boxes = np.zeros((len(present), 4), dtype=np.float32)
+        for row, index in enumerate(present):
+            ys, xs = np.nonzero(masks[index])
+            boxes[row] = (xs.min(), ys.min(), xs.max(), ys.max())
+        return boxes, masks[present], present.astype(np.int64)
+
+    def to_detections(self):
+        """``supervision.Detections`` of ``instances()``, with ``data["class_name"]``; needs
+        supervision (``pip install supervision``), imported here only."""
+        try:
+            import supervision
+        except ImportError as exc:
+            raise ImportError(f"Segmentation.to_detections needs supervision: pip install supervision ({exc})") from exc
+        boxes, masks, class_ids = self.instances()
+        names = np.array([self.prompts[i] for i in class_ids], dtype=object)
+        return supervision.Detections(xyxy=boxes, mask=masks, class_id=class_ids, data={"class_name": names})
+
     def select(self, classes: Optional[Sequence[str]] = None, min_score: Optional[float] = None,
                unknown: str = UNKNOWN) -> "Segmentation":
         """A new Segmentation over ``classes`` (names from ``prompts``, in the order given;

@@ -165,3 +165,30 @@ def test_segmentation_numpy_masks_and_select(engine):
     assert torch.equal(seg.select().labels, seg.labels)
     with pytest.raises(InputError, match="purple"):
         seg.select(["purple"])
+
+
+def test_instances_one_box_and_mask_per_present_class():
+    labels = np.zeros((6, 9), dtype=np.uint8)
+    labels[1:3, 2:5] = 2          # class 2: rows 1-2, columns 2-4
+    labels[5, 8] = 2              # and one far pixel: its box reaches (8, 5)
+    labels[4, 0] = 3              # class 3: one pixel; class 1 absent
+    seg = clippy_rt.Segmentation(torch.from_numpy(labels), torch.zeros(6, 9), ("a", "b", "c", "d"))
+    boxes, masks, class_ids = seg.instances()
+    assert class_ids.tolist() == [0, 2, 3]
+    assert boxes.tolist() == [[0, 0, 8, 5], [2, 1, 8, 5], [0, 4, 0, 4]]
+    assert masks.shape == (3, 6, 9) and masks[1].sum() == 7 and masks[2].sum() == 1
+    np.testing.assert_array_equal(masks[0], labels == 0)
+
+
+def test_to_detections_matches_supervisions_boxes():
+    supervision = pytest.importorskip("supervision")
+    labels = np.zeros((6, 9), dtype=np.uint8)
+    labels[1:3, 2:5] = 2
+    labels[5, 8] = 2
+    labels[4, 0] = 3
+    seg = clippy_rt.Segmentation(torch.from_numpy(labels), torch.zeros(6, 9), ("a", "b", "c", "d"))
+    boxes, masks, _ = seg.instances()
+    detections = seg.to_detections()
+    np.testing.assert_array_equal(supervision.mask_to_xyxy(masks), boxes)
+    assert detections.data["class_name"].tolist() == ["a", "c", "d"]
+    assert detections.class_id.tolist() == [0, 2, 3] and len(detections) == 3
