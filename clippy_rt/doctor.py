@@ -310,6 +310,53 @@ def check_onnxruntime(gpu: Optional[GpuFacts]) -> List[Finding]:
     return [Finding("runtimes", "onnxruntime", "ok", detail, facts=facts)]
 
 
+def check_openvino() -> List[Finding]:
+    """The openvino line: version, the CPU plugin's optimisation capabilities, NNCF (for int8 graphs)."""
+    try:
+        import openvino
+    except ImportError as exc:
+        return [Finding("runtimes", "openvino", "missing", f"does not import ({exc}); the openvino backend "
+                        f"needs it", "pip install 'clippy-rt[openvino]'")]
+    capabilities = list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    try:
+        import nncf
+        nncf_version = nncf.__version__
+    except ImportError:
+        nncf_version = None
+    facts = {"version": openvino.__version__, "cpu_capabilities": capabilities, "nncf": nncf_version}
+    detail = f"{openvino.__version__}, CPU plugin: {', '.join(capabilities)}"
+    if nncf_version is None:
+        return [Finding("runtimes", "openvino", "missing", detail + "; no nncf, so no int8 graphs can be made "
+                        "(`clippy-rt export --openvino-int8`)", "pip install 'clippy-rt[openvino]'", facts)]
+    return [Finding("runtimes", "openvino", "ok", f"{detail}; nncf {nncf_version}", facts=facts)]
+
+
+def check_cpu(probe: Probe) -> List[Finding]:
+    """The CPU line: model and the instructions the reduced-precision paths use (VNNI for
+    int8, AVX512_BF16 or AMX for bf16), read from ``/proc/cpuinfo`` below ``probe.root``."""
+    from .bench.environment import cpu_isa
+
+    text = probe.read("/proc/cpuinfo")
+    if text is None:
+        return [Finding("cpu", "CPU features", "n/a", "no /proc/cpuinfo here: the CPU's features are not known")]
+    model = next((line.partition(":")[2].strip() for line in text.splitlines()
+                  if line.partition(":")[0].strip() in ("model name", "Model", "Hardware")), "unknown CPU")
+    isa = cpu_isa(text)
+    vnni = any(flag in isa for flag in ("avx512_vnni", "avx_vnni"))
+    bf16 = any(flag in isa for flag in ("avx512_bf16", "amx_bf16"))
+    amx = any(flag.startswith("amx") for flag in isa)
+    facts = {"model": model, "isa": isa, "int8_vnni": vnni, "bf16": bf16, "amx": amx}
+    detail = (f"{model}: {', '.join(isa) or 'none of AVX2, AVX-512, VNNI, BF16, AMX'}; int8 dot products "
+              f"(VNNI) {'yes' if vnni else 'no'}, bf16 {'yes' if bf16 else 'no'}, AMX {'yes' if amx else 'no'}")
+    notes = []
+    if not bf16:
+        notes.append("bf16 is refused here (torch would emulate it); use fp32 or int8")
+    if not vnni:
+        notes.append("no VNNI: ONNX Runtime's int8 products add pairs in 16 bits and can saturate; check "
+                     "the agreement with clippy-rt eval --precision int8")
+    return [Finding("cpu", "CPU features", "ok", detail, "; ".join(notes) or None, facts)]
+
+
 def tensorrt_version() -> Optional[str]:
     """The version of the importable ``tensorrt`` module, or None."""
     try:
@@ -521,10 +568,12 @@ def diagnose(engine_dirs: Sequence[Path] = (), probe: Probe = Probe()) -> Report
         return check_torch(gpu_holder[0], torch.__version__, torch.version.cuda, jetson)
 
     findings += _guarded("torch", "torch", torch_lines)
+    findings += _guarded("cpu", "CPU features", lambda: check_cpu(probe))
     gpu = gpu_holder[0]
     findings += _guarded("kernels", "triton", lambda: check_triton(gpu, jetson))
     findings += _guarded("kernels", "CUDA C++ library", lambda: check_native(gpu))
     findings += _guarded("runtimes", "onnxruntime", lambda: check_onnxruntime(gpu))
+    findings += _guarded("runtimes", "openvino", check_openvino)
     trt_holder: List[Optional[str]] = [None]
 
     def tensorrt_lines() -> List[Finding]:

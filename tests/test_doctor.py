@@ -147,6 +147,40 @@ def test_tensorrt_lines_with_a_fake_module(monkeypatch):
     assert "JetPack" in check_tensorrt(None, ORIN_NANO, "12.6", jetson=True)[0].fix
 
 
+SAPPHIRE_RAPIDS_CPUINFO = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f "
+                           "avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n")
+EPYC_AVX2_CPUINFO = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize("cpuinfo,vnni,bf16,amx", [(SAPPHIRE_RAPIDS_CPUINFO, True, True, True),
+                                                    (EPYC_AVX2_CPUINFO, False, False, False)])
+def test_cpu_features_from_cpuinfo(tmp_path, cpuinfo, vnni, bf16, amx):
+    probe = _bare_probe(tmp_path)
+    (probe.root / "proc").mkdir()
+    (probe.root / "proc" / "cpuinfo").write_text(cpuinfo)
+    line = doctor.check_cpu(probe)[0]
+    assert line.status == "ok"
+    assert (line.facts["int8_vnni"], line.facts["bf16"], line.facts["amx"]) == (vnni, bf16, amx)
+    assert line.facts["model"] in line.detail
+    assert ("bf16 is refused" in (line.fix or "")) == (not bf16)
+    assert ("VNNI" in (line.fix or "")) == (not vnni)
+
+
+def test_cpu_features_without_cpuinfo_are_not_applicable(tmp_path):
+    assert doctor.check_cpu(_bare_probe(tmp_path))[0].status == "n/a"
+
+
+def test_openvino_line(monkeypatch):
+    ov = pytest.importorskip("openvino", reason="needs openvino (pip install 'clippy-rt[openvino]')")
+    line = doctor.check_openvino()[0]
+    assert line.facts["version"] == ov.__version__
+    assert line.facts["cpu_capabilities"] == list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    assert line.status == ("ok" if importlib.util.find_spec("nncf") else "missing")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # an import of it now raises ImportError
+    absent = doctor.check_openvino()[0]
+    assert absent.status == "missing" and absent.fix == "pip install 'clippy-rt[openvino]'"
+
+
 def test_onnxruntime_without_cuda_provider_on_a_gpu(monkeypatch):
     import onnxruntime
 

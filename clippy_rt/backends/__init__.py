@@ -48,6 +48,7 @@ class BackendRecord:
     made_from: Tuple[str, ...] = ()   # artifact kinds a benchmark may convert into this one first
     precisions: Tuple[str, ...] = ()  # the precisions its loader serves (the artifact may hold fewer)
     kind_default: bool = True         # the backend that loads its artifact kind unless another is named
+    int8_export: Optional[str] = None  # the ``export_onnx`` option writing the int8 graphs it runs
 
     @property
     def cuda_graphs(self) -> bool:
@@ -81,14 +82,14 @@ _RECORDS = (
     BackendRecord("torch", MODEL, "clippy_rt.backends.torch", "load_torch", None, "cpu", runs_in_torch=True,
                   precisions=tuple(COMPUTE_DTYPES)),
     BackendRecord("onnxruntime", ONNX, "clippy_rt.backends.onnxruntime", "load_onnxruntime", "onnx", "cpu",
-                  runs_in_torch=False, made_from=(MODEL,), precisions=GRAPH_PRECISIONS),
+                  runs_in_torch=False, made_from=(MODEL,), precisions=GRAPH_PRECISIONS, int8_export="int8"),
     BackendRecord("tensorrt", ENGINE, "clippy_rt.backends.tensorrt", "load_tensorrt", None, "cuda",
                   runs_in_torch=False, precisions=("fp32", "fp16")),
     # The same ONNX directories on OpenVINO's CPU plugin: bf16 through the inference
     # precision hint, int8 from the directory's NNCF-quantised graphs.
     BackendRecord("openvino", ONNX, "clippy_rt.backends.openvino", "load_openvino", "openvino", "cpu",
                   runs_in_torch=False, made_from=(MODEL,), precisions=("fp32", "bf16", "int8"),
-                  kind_default=False),
+                  kind_default=False, int8_export="openvino_int8"),
 )
 REGISTRY = {record.name: record for record in _RECORDS}
 BACKENDS = tuple(REGISTRY)

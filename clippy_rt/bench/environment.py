@@ -27,6 +27,8 @@ _PACKAGES = {
     "numpy": ("numpy",),
     "pillow": ("pillow", "Pillow"),
     "onnx": ("onnx",),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
     "clippy-rt": ("clippy-rt", "clippy_rt"),
 }
 _COMMAND_TIMEOUT_S = 5.0
@@ -106,7 +108,35 @@ def cpu_info() -> Dict[str, Any]:
         "logical_threads": os.cpu_count(),
         "physical_cores": len(physical) or None,
         "usable_threads": usable,
+        "isa": cpu_isa(cpuinfo),
     }
+
+
+# CPU features that decide the reduced-precision paths: integer dot products (VNNI) for int8,
+# bfloat16 dot products for bf16, and the AMX tile units for both.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags(cpuinfo: Optional[str] = None) -> List[str]:
+    """The first ``flags`` line of ``/proc/cpuinfo`` (or of ``cpuinfo``), split; [] where there is none."""
+    text = cpuinfo if cpuinfo is not None else (_read_text("/proc/cpuinfo") or "")
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return value.split()
+    return []
+
+
+def cpu_isa(cpuinfo: Optional[str] = None) -> List[str]:
+    """The ``ISA_FLAGS`` this CPU lists, in that order."""
+    flags = set(cpu_flags(cpuinfo))
+    return [flag for flag in ISA_FLAGS if flag in flags]
+
+
+def native_bf16(cpuinfo: Optional[str] = None) -> bool:
+    """Whether the CPU computes bfloat16 products natively (AVX512_BF16 or AMX); elsewhere
+    torch emulates them, far slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags(cpuinfo)))
 
 
 def gpu_info() -> Optional[Dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 from clippy_rt.backends import backend_record
 from clippy_rt.errors import InputError
 from clippy_rt.formats.kinds import ENGINE, MODEL, ONNX, artifact_config, artifact_kind
+from clippy_rt.precisions import COMPUTE_DTYPES
 
 from .settings import BASELINE_VARIANT, NOT_APPLICABLE, VARIANTS, BenchSettings, Case
 
@@ -57,7 +58,8 @@ def _backend_reachable(backend: str, kind: str, settings: BenchSettings) -> bool
 
 
 def plan_cases(settings: BenchSettings, config, kind: str = MODEL) -> List[Case]:
-    """Every case of the matrix in run order (grouped so each engine loads once).
+    """Every case of the matrix in run order (grouped so each engine loads once; the GEMM
+    probes, CPU only, follow each backend and precision's image tower).
 
     The baseline combination is added when the input can run it (``kind`` is the input's
     kind: "model", "onnx" or "engine"). Raises InputError for a size that is not a
@@ -85,7 +87,8 @@ def plan_cases(settings: BenchSettings, config, kind: str = MODEL) -> List[Case]
                         cases.append(Case("preprocess", variant, NOT_APPLICABLE, NOT_APPLICABLE, device,
                                           batch, size, None))
         if "seg-head" in stages:
-            for precision in precisions:
+            # The seg head computes in a float dtype; int8 applies to the towers only.
+            for precision in (p for p in precisions if p in COMPUTE_DTYPES):
                 baseline_only = precision not in settings.precisions
                 for batch in settings.batches:
                     for size in sizes:
@@ -103,6 +106,10 @@ def plan_cases(settings: BenchSettings, config, kind: str = MODEL) -> List[Case]
                     for size in sizes:
                         for variant in variants:
                             cases.append(Case("image", variant, backend, precision, device, batch, size, None))
+            if "gemm" in stages and device == "cpu":
+                for batch in settings.batches:
+                    for size in sizes:
+                        cases.append(Case("gemm", "probe", backend, precision, device, batch, size, None))
             if "text" in stages:
                 for k in settings.prompts:
                     for variant in VARIANTS["text"]:

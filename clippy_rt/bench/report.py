@@ -5,6 +5,9 @@ Ratios: ``speedup = baseline median / median`` of host latency, where the baseli
 same stage, device, batch, size and prompt count run by the stage's baseline variant on
 the baseline backend and precision (``stages`` module doc). Above 1 is faster than the
 baseline.
+
+GEMM limit (CPU): an image tower row's GFLOP/s (its matrix products, ``clippy_rt.bench.gemm``)
+over the fastest ``gemm`` probe of the same precision, batch and size in the run.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ JSON_SCHEMA: Dict[str, object] = {
                         "logical_threads": _NULLABLE_INT,
                         "physical_cores": _NULLABLE_INT,
                         "usable_threads": _NULLABLE_INT,
+                        "isa": {"type": "array", "items": {"type": "string"}},
                     },
                 },
                 "memory_bytes": _NULLABLE_INT,
@@ -162,7 +166,7 @@ JSON_SCHEMA: Dict[str, object] = {
                              "warmup_iterations", "latency_ms", "device_ms", "phases_ms", "phase_clock",
                              "throughput", "throughput_unit", "memory", "baseline_median_ms", "speedup"],
                 "properties": {
-                    "stage": {"enum": ["preprocess", "image", "text", "seg-head", "end-to-end", "stream"]},
+                    "stage": {"enum": ["preprocess", "image", "text", "seg-head", "end-to-end", "stream", "gemm"]},
                     "variant": {"type": "string"},
                     "backend": {"type": "string"},
                     "precision": {"type": "string"},
@@ -172,7 +176,7 @@ JSON_SCHEMA: Dict[str, object] = {
                     "prompts": _NULLABLE_INT,
                     "status": {"enum": ["ok", "skipped", "failed"]},
                     "reason": _NULLABLE_STRING,
-                    "unit": {"enum": ["images", "prompts"]},
+                    "unit": {"enum": ["images", "prompts", "products"]},
                     "items_per_iteration": {"type": "integer"},
                     "iterations": {"type": "integer"},
                     "warmup_iterations": {"type": "integer"},
@@ -181,7 +185,7 @@ JSON_SCHEMA: Dict[str, object] = {
                     "phases_ms": {"type": "object", "additionalProperties": _STATS},
                     "phase_clock": {"enum": ["host", "cuda-events", None]},
                     "throughput": _NULLABLE_NUMBER,
-                    "throughput_unit": {"enum": ["images/s", "prompts/s"]},
+                    "throughput_unit": {"enum": ["images/s", "prompts/s", "products/s"]},
                     "memory": {
                         "type": "object",
                         "required": ["peak_rss_bytes", "rss_scope", "peak_device_bytes"],
@@ -193,6 +197,8 @@ JSON_SCHEMA: Dict[str, object] = {
                     },
                     "baseline_median_ms": _NULLABLE_NUMBER,
                     "speedup": _NULLABLE_NUMBER,
+                    "gflops": _NULLABLE_NUMBER,
+                    "fraction_of_gemm_limit": _NULLABLE_NUMBER,
                 },
             },
         },
@@ -241,6 +247,8 @@ def result_to_dict(run: BenchRun, result: CaseResult) -> Dict[str, object]:
                    "peak_device_bytes": result.peak_device_bytes},
         "baseline_median_ms": _finite(baseline_median),
         "speedup": _finite(speedup),
+        "gflops": _finite(result.gflops),
+        "fraction_of_gemm_limit": _finite(run.fraction_of_gemm_limit(result)),
     }
 
 
@@ -273,7 +281,7 @@ def write_json(run: BenchRun, path: Path) -> None:
 CSV_FIELDS = ("stage", "variant", "backend", "precision", "device", "batch", "size", "prompts", "status",
               "reason", "iterations", "warmup_iterations") + tuple(f"{name}_ms" for name in STAT_FIELDS) + (
               "device_median_ms", "device_p99_ms", "throughput", "throughput_unit", "peak_rss_bytes",
-              "peak_device_bytes", "baseline_median_ms", "speedup")
+              "peak_device_bytes", "baseline_median_ms", "speedup", "gflops", "fraction_of_gemm_limit")
 
 
 def to_csv(run: BenchRun) -> str:
@@ -371,6 +379,9 @@ def format_table(run: BenchRun, *, max_listed: int = 6) -> str:
     header += ["baseline", "speedup", "peak RSS"]
     if with_device:
         header += ["peak dev"]
+    with_gemm = any(run.fraction_of_gemm_limit(r) is not None for r in ok)
+    if with_gemm:
+        header += ["GFLOP/s", "GEMM limit"]
     rows = []
     for result in ok:
         entry = result_to_dict(run, result)
@@ -392,6 +403,10 @@ def format_table(run: BenchRun, *, max_listed: int = 6) -> str:
                 _bytes(result.peak_rss_bytes)]
         if with_device:
             row.append(_bytes(result.peak_device_bytes))
+        if with_gemm:
+            fraction = entry["fraction_of_gemm_limit"]
+            row += [f"{result.gflops:.0f}" if result.gflops is not None else "-",
+                    f"{100 * fraction:.0f} %" if fraction is not None else "-"]
         rows.append(row)
     right = [False] * 5 + [True] * (len(header) - 5)
     if rows:
@@ -440,6 +455,9 @@ def format_markdown(run: BenchRun) -> str:
     if with_device:
         header.append("GPU median ms")
     header += ["baseline ms", "speedup"]
+    with_gemm = any(run.fraction_of_gemm_limit(r) is not None for r in ok)
+    if with_gemm:
+        header += ["GFLOP/s", "% of GEMM limit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for result in ok:
         entry = result_to_dict(run, result)
@@ -451,6 +469,10 @@ def format_markdown(run: BenchRun) -> str:
             cells.append(_ms(result.device_latency.median if result.device_latency else None))
         speedup = entry["speedup"]
         cells += [_ms(entry["baseline_median_ms"]), f"{speedup:.2f}x" if speedup is not None else "-"]
+        if with_gemm:
+            fraction = entry["fraction_of_gemm_limit"]
+            cells += [f"{result.gflops:.0f}" if result.gflops is not None else "-",
+                      f"{100 * fraction:.0f}" if fraction is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     if not ok:
         lines = ["No configuration ran."]

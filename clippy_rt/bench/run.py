@@ -19,8 +19,8 @@ from clippy_rt.formats.kinds import ENGINE, KIND_NAMES, ONNX
 
 from .plan import ModelSource, plan_cases, resolve_source
 from .settings import BenchRun, BenchSettings, Case, CaseResult, PreparationFailed, Unavailable
-from .stages import (Timed, end_to_end_case, image_case, preprocess_case, seg_head_case, stream_case,
-                     text_case)
+from .stages import (Timed, case_flops, end_to_end_case, gemm_case, image_case, preprocess_case, seg_head_case,
+                     stream_case, text_case)
 from .stats import summarize
 from .timer import is_cuda, measure, peak_device_bytes, peak_rss_bytes, reset_peak_memory
 
@@ -31,8 +31,10 @@ class _Engines:
     """Loads one engine at a time (the previous one is released), remembering failures."""
 
     def __init__(self, source: ModelSource, workdir: Path, onnx_precisions: Sequence[str],
-                 onnx_dir: Optional[ModelSource] = None, engine_dir: Optional[ModelSource] = None) -> None:
+                 onnx_dir: Optional[ModelSource] = None, engine_dir: Optional[ModelSource] = None,
+                 int8_exports: Iterable[str] = ()) -> None:
         self.source = source
+        self.int8_exports = set(int8_exports)
         self.workdir = workdir
         self.onnx_precisions = tuple(onnx_precisions)
         self.onnx_source = onnx_dir
@@ -84,7 +86,8 @@ class _Engines:
         return clippy_rt.load(path, backend=backend, device=device, precision=precision)
 
     def _onnx_path(self) -> Path:
-        """Export the model directory to ONNX once per run (fp16 graphs when asked for)."""
+        """Export the model directory to ONNX once per run (fp16 and int8 graphs when asked for;
+        OpenVINO's int8 graphs too when the openvino backend runs int8)."""
         if self._onnx_error is not None:
             raise self._onnx_error
         if self._onnx_dir is not None:
@@ -95,6 +98,19 @@ class _Engines:
             self._onnx_error = exc
             raise
         return self._onnx_dir
+
+    def _calibration(self):
+        """Generated calibration scenes for OpenVINO's int8 graphs, or None where NNCF is missing
+        (the openvino int8 cases then say the directory has no such graphs)."""
+        if "openvino_int8" not in self.int8_exports:
+            return None
+        try:
+            importlib.import_module("nncf")
+        except ImportError:
+            return None
+        from clippy_rt.datasets.calibration import calibration_set
+
+        return calibration_set()
 
     def _export(self) -> Path:
         try:
@@ -111,8 +127,10 @@ class _Engines:
         out = self.workdir / "onnx"
         # One parity check at the model's own size keeps the export short; `clippy-rt export`
         # is the place for the full check.
+        calibration = self._calibration()
         try:
-            export(self.source.path, out, fp16="fp16" in self.onnx_precisions,
+            export(self.source.path, out, fp16="fp16" in self.onnx_precisions, int8="int8" in self.int8_exports,
+                   openvino_int8=calibration is not None, calibration=calibration,
                    check_sizes=[self.source.config.image.image_size], check_batches=(1,))
         except ImportError as exc:
             raise Unavailable(f"the ONNX export needs a package that is not installed: {exc}") from exc
@@ -147,6 +165,7 @@ class Runner:
     def __init__(self, settings: BenchSettings, source: ModelSource, workdir: Path) -> None:
         self.settings = settings
         self.source = source
+        self.workdir = workdir
         self.cases = plan_cases(settings, source.config, source.kind)
         # Precisions an ONNX export made during the run must hold, for backends serving ONNX graphs.
         serves_onnx = any(backend_record(name).artifact_kind == ONNX for name in settings.backends)
@@ -159,7 +178,10 @@ class Runner:
                 if extra[name].kind != kind:
                     raise ModelDirError(f"--{name.replace('_', '-')} {path} is a {extra[name].kind} directory, "
                                         f"not an {'ONNX' if kind == ONNX else 'engine'} directory")
-        self._engines = _Engines(source, workdir, onnx_precisions, **extra)
+        # The int8 graphs an export during the run writes: those of the backends asked for.
+        int8_exports = ({backend_record(name).int8_export for name in settings.backends} - {None}
+                        if "int8" in onnx_precisions else set())
+        self._engines = _Engines(source, workdir, onnx_precisions, **extra, int8_exports=int8_exports)
 
     def run_case(self, case: Case) -> CaseResult:
         """Measure one case; never raises for a case that cannot run (KeyboardInterrupt aside)."""
@@ -184,6 +206,7 @@ class Runner:
             peak_rss_bytes=peak_rss_bytes(),
             rss_scope=scope,
             peak_device_bytes=peak_device_bytes(case.device),
+            flops=case_flops(case, self.source.config),
         )
         return result
 
@@ -194,6 +217,8 @@ class Runner:
             return preprocess_case(case, self.source.config, self.settings)
         if case.stage == "seg-head":
             return seg_head_case(case, self.source.config, self.settings)
+        if case.stage == "gemm":
+            return gemm_case(case, self.source.config, self.settings, self.workdir)
         engine = self._engines.get(case.device, case.backend, case.precision)
         if case.stage == "image":
             return image_case(case, engine, self.settings)

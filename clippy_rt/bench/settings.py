@@ -2,7 +2,8 @@
 
 The matrix is device x backend x precision x batch x size x prompts x stage; the stages
 and their variants are described in ``stages`` (the first variant of each stage is its
-baseline variant). Backend names come from ``clippy_rt.backends``, precisions from ``clippy_rt.precisions``.
+baseline variant). Backend names come from ``clippy_rt.backends``, precisions from ``clippy_rt.precisions`` (int8
+exists for the exported runtimes only; the other backends skip it with their reason).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import torch
 
 from clippy_rt.backends import BACKENDS
 from clippy_rt.errors import InputError
-from clippy_rt.precisions import COMPUTE_DTYPES
+from clippy_rt.precisions import PRECISIONS
 
 from .stats import LatencyStats
 from .timer import TimingPolicy
 
-STAGES = ("preprocess", "image", "text", "seg-head", "end-to-end", "stream")
+STAGES = ("preprocess", "image", "text", "seg-head", "end-to-end", "stream", "gemm")
 VARIANTS = {
     "preprocess": ("pil", "kernel"),
     "image": ("forward", "cuda-graph"),
@@ -27,6 +28,7 @@ VARIANTS = {
     "seg-head": ("reference", "torch", "triton", "native"),
     "end-to-end": ("reference-post", "segment"),
     "stream": ("stream",),
+    "gemm": ("probe",),
 }
 BASELINE_VARIANT = {stage: variants[0] for stage, variants in VARIANTS.items()}
 # Stages that run without an engine: their backend (and for preprocess, precision) is "-".
@@ -75,7 +77,7 @@ class BenchSettings:
             if self.arch not in ARCHITECTURES:
                 raise InputError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         _check_choices("backend", self.backends, BACKENDS)
-        _check_choices("precision", self.precisions, COMPUTE_DTYPES)
+        _check_choices("precision", self.precisions, PRECISIONS)
         _check_choices("stage", self.stages, STAGES)
         if not self.devices:
             raise InputError("give at least one device")
@@ -94,8 +96,8 @@ class BenchSettings:
         if not isinstance(self.policy, TimingPolicy):
             raise TypeError(f"policy must be a TimingPolicy, got {type(self.policy).__name__}")
         if self.baseline is not None:
-            if len(self.baseline) != 2 or self.baseline[0] not in BACKENDS or self.baseline[1] not in COMPUTE_DTYPES:
-                raise InputError(f"baseline must be (backend, precision) from {BACKENDS} x {tuple(COMPUTE_DTYPES)}, "
+            if len(self.baseline) != 2 or self.baseline[0] not in BACKENDS or self.baseline[1] not in PRECISIONS:
+                raise InputError(f"baseline must be (backend, precision) from {BACKENDS} x {PRECISIONS}, "
                                  f"got {self.baseline!r}")
 
     def to_dict(self) -> Dict[str, object]:
@@ -146,12 +148,13 @@ class Case:
 
     @property
     def unit(self) -> str:
-        return "prompts" if self.stage == "text" else "images"
+        return {"text": "prompts", "gemm": "products"}.get(self.stage, "images")
 
     @property
     def items(self) -> int:
-        """Items processed by one iteration (prompts for the text tower, images otherwise)."""
-        return int(self.prompts if self.stage == "text" else self.batch)
+        """Items processed by one iteration (prompts for the text tower, one product for
+        the GEMM probe, images otherwise)."""
+        return int({"text": self.prompts, "gemm": 1}.get(self.stage, self.batch))
 
     def baseline(self, baseline: Optional[Tuple[str, str]]) -> Optional["Case"]:
         """The case this one is compared with, or None without a baseline."""
@@ -178,7 +181,9 @@ class CaseResult:
     """The outcome of one case. ``status``: "ok", "skipped" or "failed" (with ``reason``).
 
     latency: host wall time per iteration; device_latency: CUDA-event time (CUDA only);
-    phases: per named phase (see the stage descriptions); memory in bytes.
+    phases: per named phase (see the stage descriptions); memory in bytes; flops: the
+    floating-point operations of the matrix products in one iteration (image tower and GEMM
+    probe on the CPU; ``clippy_rt.bench.gemm``), None elsewhere.
     """
 
     case: Case
@@ -193,6 +198,14 @@ class CaseResult:
     peak_rss_bytes: Optional[int] = None
     rss_scope: Optional[str] = None
     peak_device_bytes: Optional[int] = None
+    flops: Optional[float] = None
+
+    @property
+    def gflops(self) -> Optional[float]:
+        """The rate of ``flops`` at the median latency, in GFLOP/s; None without both."""
+        if self.flops is None or self.latency is None or self.latency.median <= 0:
+            return None
+        return self.flops / (self.latency.median * 1e6)
 
     @property
     def throughput(self) -> Optional[float]:
@@ -220,6 +233,22 @@ class BenchRun:
             if result.case == case:
                 return result
         return None
+
+    def gemm_limit_of(self, result: CaseResult) -> Optional[CaseResult]:
+        """The fastest measured GEMM probe of ``result``'s precision, device, batch and size
+        (the GEMM limit an image tower row is compared with), or None."""
+        case = result.case
+        probes = [r for r in self.results if r.status == "ok" and r.case.stage == "gemm" and r.gflops
+                  and (r.case.precision, r.case.device, r.case.batch, r.case.size)
+                  == (case.precision, case.device, case.batch, case.size)]
+        return max(probes, key=lambda r: r.gflops) if probes else None
+
+    def fraction_of_gemm_limit(self, result: CaseResult) -> Optional[float]:
+        """An image tower row's GFLOP/s over its GEMM limit's; None for other rows or without a probe."""
+        limit = self.gemm_limit_of(result) if result.case.stage == "image" else None
+        if limit is None or result.gflops is None:
+            return None
+        return result.gflops / limit.gflops
 
     def baseline_of(self, result: CaseResult) -> Optional[CaseResult]:
         """The measured baseline of ``result``, or None (no baseline, or it did not run)."""

@@ -25,6 +25,11 @@ Stages and their variants (the first variant of each stage is its baseline varia
   the frame size. ``segment``: the engine's own path; ``reference-post``: the same stages
   with the reference procedure as post-processing (the baseline combination only).
   Phases: ``preprocess``, ``text``, ``image``, ``postprocess`` (host times).
+- ``gemm``: the GEMM probe of the backend's runtime at the precision (``clippy_rt.bench.gemm``):
+  one product of the image tower's largest shape at batch B and size S (tokens x width @
+  width x MLP width, constant weight), CPU only. Its GFLOP/s is the GEMM limit the image
+  tower rows of the same precision, batch and size are compared with (the fastest probe of
+  that precision in the run). Throughput in products/s; prompts do not apply.
 - ``stream``: ``Engine.stream`` (batch B, K prompts) called with B uint8 frames of
   ``frame_size`` per iteration, labels and scores back on the host; on CUDA with the
   torch backend, CUDA graphs captured during the warm-up.
@@ -302,6 +307,38 @@ class HostSplit:
         return elapsed
 
 
+
+
+def gemm_case(case: Case, config, settings: BenchSettings, workdir) -> Timed:
+    from .gemm import build_probes, probe_shape
+
+    threads = settings.threads or torch.get_num_threads()
+    probes, missing = build_probes([(case.backend, case.precision)], probe_shape(config.image, case.batch, case.size),
+                                   threads, workdir, seed=settings.seed, repeats=1)
+    if not probes:
+        raise Unavailable(f"no GEMM probe for {case.backend} {case.precision}: "
+                          f"{next(iter(missing.values()), 'not available')}")
+    probe = probes[0]
+
+    def run_probe(marks):
+        probe.run()
+
+    return run_probe, None
+
+
+def case_flops(case: Case, config) -> Optional[float]:
+    """Floating-point operations of the matrix products in one iteration of ``case`` (image
+    tower and GEMM probe on the CPU), None for other stages."""
+    from .gemm import image_tower_flops, probe_shape
+
+    if is_cuda(case.device):
+        return None
+    if case.stage == "image":
+        return image_tower_flops(config.image, case.batch, case.size)
+    if case.stage == "gemm":
+        m, k, n = probe_shape(config.image, case.batch, case.size)
+        return 2.0 * m * k * n
+    return None
 
 
 def stream_case(case: Case, engine, settings: BenchSettings) -> Timed:

@@ -8,12 +8,15 @@ values and the run covers their product:
   clippy-rt bench MODEL --backend torch,onnxruntime --batch 1,8 --size 224,448
   clippy-rt bench MODEL --engine-dir ENGINE_DIR --backend torch,tensorrt --device cuda --precision fp32,fp16
   clippy-rt bench ONNX_DIR --backend onnxruntime --json out.json
+  clippy-rt bench MODEL --backend torch,onnxruntime,openvino --precision fp32,bf16,int8 --stage image,gemm
 
 Stages: preprocess (PIL on the CPU vs the preprocess kernel), image (the image tower),
 text (K prompts, cold = cache cleared every iteration, and cached), seg-head (reference
 procedure / fused torch / Triton / native CUDA), end-to-end (Engine.segment on uint8
 frames of --frame-size), stream (Engine.stream on --batch frames per call, CUDA graphs on
-CUDA; not in the default set: ask for it with --stage stream). Each configuration is warmed up for --warmup-ms, then timed for
+CUDA; not in the default set: ask for it with --stage stream), gemm (CPU only: one product of
+the image tower's largest shape in each backend's runtime and precision; each image row's
+GFLOP/s is then also given as a fraction of the fastest probe of its precision, the GEMM limit). Each configuration is warmed up for --warmup-ms, then timed for
 at least --duration-s and --min-iters iterations, with device synchronisation (CUDA
 events give GPU time; host wall time is reported apart). Percentiles are nearest-rank.
 
@@ -37,7 +40,7 @@ from pathlib import Path
 
 from .common import int_list, progress, size_arg, str_list
 
-DEFAULT_STAGES = "preprocess,image,text,seg-head,end-to-end"
+DEFAULT_STAGES = "preprocess,image,text,seg-head,end-to-end,gemm"
 
 
 def add_arguments(parser) -> None:
@@ -50,9 +53,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--engine-dir", default=None, metavar="ENGINE_DIR",
                         help="TensorRT engine directory for the tensorrt backend, beside a MODEL")
     parser.add_argument("--backend", type=str_list, default=["torch"],
-                        help="backends, from torch, onnxruntime, tensorrt (default: torch)")
+                        help="backends, from torch, onnxruntime, tensorrt, openvino (default: torch)")
     parser.add_argument("--precision", type=str_list, default=["fp32"],
-                        help="precisions, from fp32, fp16, bf16 (default: fp32)")
+                        help="precisions, from fp32, fp16, bf16, int8 (default: fp32); a backend that does "
+                             "not serve one skips it with the reason")
     parser.add_argument("--device", type=str_list, default=["cpu"],
                         help="devices, cpu and/or cuda[:N] (default: cpu)")
     parser.add_argument("--batch", type=int_list, default=[1], help="batch sizes (default: 1)")

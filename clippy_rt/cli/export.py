@@ -20,32 +20,11 @@ from pathlib import Path
 
 from .common import int_list
 
-CALIBRATION_COUNT = 64
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-def calibration_set(directory, count: int):
-    """(images, prompts, source) for --openvino-int8: the first ``count`` images of
-    ``directory`` (sorted by name) with the evaluation prompts, or by default ``count``
-    generated scenes of training seeds (never an evaluation seed) with their captions."""
-    from clippy_rt.datasets.synthetic import TRAIN_SEED_BASE, eval_prompts, generate_scene
-    from clippy_rt.errors import InputError
-
-    if count < 1:
-        raise InputError(f"--calibration-count must be >= 1, got {count}")
-    if directory is None:
-        scenes = [generate_scene(TRAIN_SEED_BASE + index) for index in range(count)]
-        return ([scene.image for scene in scenes], [scene.caption for scene in scenes],
-                f"generated scenes, seeds {TRAIN_SEED_BASE}..{TRAIN_SEED_BASE + count - 1}")
-    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
-    if not paths:
-        raise InputError(f"{directory} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    prompts = [prompt for group in eval_prompts().values() for prompt in group]
-    return paths, prompts, f"{len(paths)} images of {Path(directory).name}"
 
 
 def add_arguments(parser) -> None:
     from clippy_rt.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from clippy_rt.datasets.calibration import CALIBRATION_COUNT
 
     parser.add_argument("model", type=Path, help="model directory (config.json, weights.safetensors, tokenizer)")
     parser.add_argument("--out", type=Path, required=True, help="output ONNX directory")
@@ -77,6 +56,8 @@ def run(args) -> int:
 
     def log(message: str) -> None:
         print(f"export: {message}", file=sys.stderr, flush=True)
+
+    from clippy_rt.datasets.calibration import calibration_set
 
     calibration = calibration_set(args.calibration, args.calibration_count) if args.openvino_int8 else None
     result = export_onnx(resolve_model_path(args.model), args.out, fp16=args.fp16, int8=args.int8,

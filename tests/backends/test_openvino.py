@@ -17,7 +17,7 @@ ov = pytest.importorskip("openvino", reason="the openvino backend needs openvino
 import clippy_rt  # noqa: E402
 from clippy_rt.backends import openvino as ov_backend  # noqa: E402
 from clippy_rt.backends.openvino import load_openvino  # noqa: E402
-from clippy_rt.cli.export import calibration_set  # noqa: E402
+from clippy_rt.datasets.calibration import calibration_set  # noqa: E402
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError  # noqa: E402
 from clippy_rt.export.onnx import export_onnx  # noqa: E402
 

@@ -138,7 +138,7 @@ def test_interrupt_keeps_what_finished(tiny_model_dir, fast_settings):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(backends=("torch", "tvm")), "unknown backend 'tvm'"),
-    (dict(precisions=("int8",)), "unknown precision 'int8'"),
+    (dict(precisions=("int4",)), "unknown precision 'int4'"),
     (dict(stages=("decode",)), "unknown stage 'decode'"),
     (dict(devices=("tpu",)), "tpu"),
     (dict(batches=(0,)), "batches"),
@@ -206,3 +206,35 @@ def test_cuda_stages_report_transfers_and_device_time(tiny_model_dir, fast_setti
         assert result.device_latency is not None and result.peak_device_bytes is not None
     for variant in ("forward", "cuda-graph"):
         assert set(by_variant[("image", variant)].phases) == {"h2d", "compute", "d2h"}
+
+
+def test_int8_and_openvino_with_the_gemm_limit(tiny_model_dir, fast_settings, onnx_available):
+    pytest.importorskip("openvino", reason="the openvino backend needs openvino (pip install 'clippy-rt[openvino]')")
+    pytest.importorskip("nncf", reason="OpenVINO int8 graphs need nncf (pip install 'clippy-rt[openvino]')")
+    if not onnx_available:
+        pytest.skip("needs the ONNX exporter and onnxruntime (pip install 'clippy-rt[onnx]')")
+    from clippy_rt.bench.gemm import image_tower_flops
+
+    settings = fast_settings(tiny_model_dir, backends=("torch", "onnxruntime", "openvino"), precisions=("int8",),
+                             stages=("image", "gemm", "seg-head"), batches=(1,))
+    run = run_benchmark(settings)
+    by_key = {(r.case.stage, r.case.backend, r.case.precision): r for r in run.results}
+    # int8 is no torch precision: skipped with the loader's reason, never run as float.
+    assert by_key[("image", "torch", "int8")].status == "skipped"
+    assert "int8" in by_key[("image", "torch", "int8")].reason
+    assert by_key[("gemm", "torch", "int8")].status == "skipped"
+    # The seg head computes in float: planned for the fp32 baseline only.
+    assert {r.case.precision for r in run.results if r.case.stage == "seg-head"} == {"fp32"}
+    for backend in ("onnxruntime", "openvino"):
+        image, probe = by_key[("image", backend, "int8")], by_key[("gemm", backend, "int8")]
+        assert image.status == "ok" and probe.status == "ok", (image.reason, probe.reason)
+    limit = max((by_key[("gemm", b, "int8")] for b in ("onnxruntime", "openvino")), key=lambda r: r.gflops)
+    for backend in ("onnxruntime", "openvino"):
+        image = by_key[("image", backend, "int8")]
+        assert run.gemm_limit_of(image) is limit
+        assert run.fraction_of_gemm_limit(image) == pytest.approx(
+            image_tower_flops(clippy_rt.load(tiny_model_dir).config.image, 1, 32)
+            / (image.latency.median * 1e6) / limit.gflops)
+    # fp32 rows are compared with the fp32 probes only.
+    torch_image = by_key[("image", "torch", "fp32")]
+    assert run.gemm_limit_of(torch_image).case.precision == "fp32"
