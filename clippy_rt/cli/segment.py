@@ -185,7 +185,7 @@ def _mask_name(index: int, name: str) -> str:
     return f"mask-{index:02d}-{slug}" if slug else f"mask-{index:02d}"
 
 
-def full_frame_labels(labels, frame_size, crop_box, n_classes):
+def _full_frame_labels(labels, frame_size, crop_box, n_classes):
     """``labels`` [h, w] placed at ``crop_box`` (top, left, h, w) in an int64 frame of
     ``frame_size`` (H, W) whose other pixels hold ``n_classes`` (no class: an overlay leaves
     them unpainted); ``labels`` itself without a crop box."""
@@ -213,7 +213,7 @@ def _write_outputs(out: Path, name: str, image, result, save_masks: bool) -> dic
     written = []
     try:
         written.append(save_label_png(result.labels, files["labels"], len(classes)))
-        full = full_frame_labels(result.labels, frame.shape[:2], result.crop_box, len(classes))
+        full = _full_frame_labels(result.labels, frame.shape[:2], result.crop_box, len(classes))
         written.append(save_overlay(np.ascontiguousarray(frame), full, classes, files["overlay"], legend=False))
         if save_masks:
             for index, mask in enumerate(result.to_masks()):
@@ -279,7 +279,7 @@ def _run_source(args, prompt_set, classes) -> int:
                 if args.out is not None:
                     files = _write_outputs(args.out, frame.name, frame.image, seg, args.save_masks)
                 if writer is not None or cv2 is not None:
-                    full = full_frame_labels(seg.labels, frame.image.shape[:2], seg.crop_box, len(classes))
+                    full = _full_frame_labels(seg.labels, frame.image.shape[:2], seg.crop_box, len(classes))
                     picture = np.asarray(overlay(np.ascontiguousarray(frame.image), full, classes, legend=False))
                     if writer is not None:
                         writer.write(picture)

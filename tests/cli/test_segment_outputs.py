@@ -192,3 +192,23 @@ def test_to_detections_matches_supervisions_boxes():
     np.testing.assert_array_equal(supervision.mask_to_xyxy(masks), boxes)
     assert detections.data["class_name"].tolist() == ["a", "c", "d"]
     assert detections.class_id.tolist() == [0, 2, 3] and len(detections) == 3
+
+
+def test_source_folder_writes_masks_and_unknown(tmp_path, tiny_model_dir, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(2):
+        _write_png(folder / f"f{k}.png", 24, 40, seed=k)
+    out = tmp_path / "out"
+    # Cosine similarities are at most 1: with --min-score 2 every pixel is unknown.
+    assert cli(["segment", str(tiny_model_dir), "--source", str(folder), "--prompts", "red,green",
+                "--min-score", "2", "--save-masks", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == ["red", "green", "unknown"] and report["frames"] == 2
+    for frame in report["per_frame"]:
+        assert frame["input_size"] == frame["output_size"] == [24, 40]
+        assert frame["fractions"] == {"red": 0.0, "green": 0.0, "unknown": 1.0}
+        assert (_read(frame["files"]["labels"]) == 2).all()
+        masks = [_read(path) for path in frame["files"]["masks"]]
+        assert len(masks) == 3 and (masks[2] == 255).all() and not masks[0].any() and not masks[1].any()
+        assert _read(frame["files"]["overlay"]).shape == (24, 40, 3)
