@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -94,6 +94,8 @@ def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> Pr
         seen.add(name)
         if isinstance(synonyms, str):
             synonyms = [synonyms]
+        elif isinstance(synonyms, Mapping) or not isinstance(synonyms, Iterable):
+            raise InputError(f"class {name!r} must map to a list of prompts, got {type(synonyms).__name__}")
         synonyms = [_check_text(s, f"prompt for class {name!r}") for s in synonyms]
         if not synonyms:
             raise InputError(f"class {name!r} has no prompts")

@@ -88,7 +88,7 @@ class Stream:
             raise InputError(f"preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, got {preprocess!r}")
         check_positive_int("warmup", warmup)
         self.engine = engine
-        self.input_size = check_input_size(size or cfg.image_size, cfg.patch_size)
+        self.input_size = check_input_size(cfg.image_size if size is None else size, cfg.patch_size)
         self.resize = resize
         self.batch = batch
         self.bgr = bool(bgr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -41,15 +42,23 @@ def header_fields(header: Any) -> Dict[str, Any]:
     """A message header (stamp, frame_id) as a dict, ready to copy into an output."""
     try:
         stamp = header.stamp
-        return {"stamp": {"sec": int(stamp.sec), "nanosec": int(stamp.nanosec)},
+        return {"stamp": {"sec": _whole(stamp.sec, "stamp.sec"), "nanosec": _whole(stamp.nanosec, "stamp.nanosec")},
                 "frame_id": str(header.frame_id)}
     except AttributeError as exc:
         raise InputError(f"the message header lacks a field ({exc})") from None
 
 
 def stamp_ns(header: Any) -> int:
-    """The header's stamp in nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    """The header's stamp in nanoseconds (exact: integers throughout)."""
+    return _whole(header.stamp.sec, "stamp.sec") * 1_000_000_000 + _whole(header.stamp.nanosec, "stamp.nanosec")
+
+
+def _whole(value: Any, name: str) -> int:
+    """An integer field of a message (Python or numpy integer) as an int; anything else
+    (a float, a string, a boolean) is an InputError, never truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"message field {name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def is_compressed(message: Any) -> bool:
@@ -83,7 +92,14 @@ def _bytes(data: Any) -> np.ndarray:
     try:
         return np.frombuffer(memoryview(data), dtype=np.uint8)
     except TypeError:
+        pass
+    if isinstance(data, (str, numbers.Number)):
+        raise InputError(f"message data must be bytes or a sequence of bytes, got {type(data).__name__}")
+    try:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"message data must be bytes or a sequence of bytes (0..255), got "
+                         f"{type(data).__name__}") from None
 
 
 def image_to_frame(message: Any) -> np.ndarray:
@@ -110,7 +126,7 @@ def image_to_frame(message: Any) -> np.ndarray:
 
 def _rows(message: Any, channels: int) -> np.ndarray:
     """The pixel bytes of an Image message as [H, W, channels], row padding (``step``) skipped."""
-    height, width, step = int(message.height), int(message.width), int(message.step)
+    height, width, step = (_whole(getattr(message, name), name) for name in ("height", "width", "step"))
     if height <= 0 or width <= 0:
         raise InputError(f"image message is empty: {width}x{height} pixels")
     if step < width * channels:
