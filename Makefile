@@ -19,7 +19,8 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # tokenizers): no extras. A torch already in the venv (a CUDA or Jetson build) is kept.
 DEMO_TORCH ?= torch==2.14.1
 DEMO_OUT ?= demo-out
-PIP_QUIET := -q --disable-pip-version-check
+# --no-compile: the demo byte-compiles only the modules it imports, not every installed file.
+PIP_QUIET := -q --disable-pip-version-check --no-compile
 
 .PHONY: install test test-latest lock test-all demo bench native clean
 
