@@ -112,8 +112,9 @@ def test_segment_returns_labels_at_original_size(engine):
         assert result.crop_box is None
     cropped = engine.segment(image, ["a", "b", "c"], resize="crop")
     top, left, height, width = cropped.crop_box
-    # the 32x32 crop of the 32x49 resize is 32/49 * 70 = 45.7 original columns wide
-    assert cropped.labels.shape == (height, width) == (45, 46)
+    # a square input keeps a square of the 45 x 70 image, the shorter side whole (not the
+    # 32/49 * 70 = 45.7 columns the floored 32 x 49 resize would map back to)
+    assert cropped.labels.shape == (height, width) == (45, 45)
 
 
 def test_classify_probabilities(engine):
