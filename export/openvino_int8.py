@@ -17,8 +17,10 @@ captions unless ``--calibration DIR`` gives images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -70,8 +72,10 @@ def quantize_openvino(source: Path, target: Path, feeds: Sequence[Dict[str, np.n
     nncf, ov = _require_nncf()
     model = ov.Core().read_model(str(source))
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(feeds))
+    # NNCF draws its progress bars on stdout; a command's stdout is its result (a table, JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(feeds))
     ov.save_model(quantized, str(target), compress_to_fp16=False)
     fake_quantize = sum(1 for op in quantized.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
     if fake_quantize == 0:

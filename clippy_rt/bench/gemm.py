@@ -22,6 +22,8 @@ Probes (each built lazily; a runtime that is not installed has no probe):
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -143,7 +145,8 @@ def _openvino_probe(precision: str, graph: Path, x: np.ndarray, threads: int, re
 
         rng = np.random.default_rng(seed + 1)
         feeds = [{"x": rng.standard_normal(x.shape).astype(np.float32)} for _ in range(4)]
-        model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds))
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: not part of a report
+            model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds))
     compiled = core.compile_model(model, "CPU", compile_settings(precision, threads))
     request = compiled.create_infer_request()
     return _repeat(lambda: request.infer({"x": x}), repeats)
