@@ -114,18 +114,25 @@ def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> Pr
 def parse_cli_prompts(spec: str) -> PromptSet:
     """``"background|sky|wall,cat,dog"`` -> classes background (3 prompts), cat, dog.
 
-    The class is named by its first synonym.
+    The class is named by its first synonym, or, written ``name=prompt|prompt``, by ``name``
+    without ``name`` being a prompt (``"background=a grassy background|a sky background"``).
     """
     classes = {}
     for index, group in enumerate(spec.split(",")):
+        name = None
+        if "=" in group:
+            name, group = (part.strip() for part in group.split("=", 1))
+            if not name:
+                raise InputError(f"--prompts: entry {index} has an empty class name before '='")
         synonyms = [s.strip() for s in group.split("|")]
         if not any(synonyms):
             raise InputError(f"--prompts: entry {index} is empty in {spec!r}")
         if not all(synonyms):
             raise InputError(f"--prompts: entry {index} ({group!r}) has an empty synonym")
-        if synonyms[0] in classes:
-            raise InputError(f"--prompts: duplicate class {synonyms[0]!r}")
-        classes[synonyms[0]] = synonyms
+        name = synonyms[0] if name is None else name
+        if name in classes:
+            raise InputError(f"--prompts: duplicate class {name!r}")
+        classes[name] = synonyms
     return build_prompt_set(classes)
 
 

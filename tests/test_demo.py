@@ -143,3 +143,10 @@ def test_missing_model_files_raise_a_clear_error(tmp_path, monkeypatch):
 def test_figure_rejects_bad_scale():
     with pytest.raises(InputError):
         demo.figure(Image.new("RGB", (8, 8)), np.zeros((8, 8), dtype=np.int64), ["a"], scale=0)
+
+
+def test_shipped_vocabulary_is_the_one_the_figures_are_measured_with():
+    import json
+
+    vocabulary = json.loads((demo.demo_model_dir() / "vocabulary.json").read_text())
+    assert vocabulary == eval_prompts()

@@ -226,3 +226,16 @@ def test_one_prompt_in_two_classes_is_refused(engine):
     assert build_prompt_set({"cat": ["cat", "cat"], "dog": ["dog"]}).prompt_class == (0, 0, 1)
     with pytest.raises(InputError, match="could never win"):
         engine.segment(np.zeros((16, 16, 3), np.uint8), {"a": ["x", "y"], "b": ["y"]})
+
+
+def test_cli_prompts_name_a_class_apart_from_its_prompts():
+    from clippy_rt.prompts import parse_cli_prompts
+
+    spec = parse_cli_prompts("background=a grassy background|a sky background, circle = a circle ,cat|kitty")
+    assert spec.classes == ("background", "circle", "cat")
+    assert spec.prompts == ("a grassy background", "a sky background", "a circle", "cat", "kitty")
+    assert spec.prompt_class == (0, 0, 1, 2, 2)
+    with pytest.raises(InputError, match="empty class name"):
+        parse_cli_prompts("=a circle")
+    with pytest.raises(InputError, match="duplicate class 'circle'"):
+        parse_cli_prompts("circle=a circle,circle")

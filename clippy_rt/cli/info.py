@@ -92,12 +92,12 @@ def read_vocabulary(path: Path):
 
 
 def prompts_argument(vocabulary) -> str:
-    """``vocabulary`` as segment's --prompts: classes by ',', prompts by '|', the class name
-    first (the CLI takes a class's first synonym as its name and as a prompt)."""
+    """``vocabulary`` as segment's --prompts: classes by ',', prompts by '|', each class as
+    ``name=prompt|prompt`` unless its name is its first prompt (the same classes and prompts)."""
     parts = []
     for name, prompts in vocabulary.items():
-        synonyms = [name] + [prompt for prompt in prompts if prompt != name]
-        parts.append("|".join(synonyms))
+        joined = "|".join(prompts)
+        parts.append(joined if prompts[0] == name else f"{name}={joined}")
     return ",".join(parts)
 
 

@@ -73,6 +73,10 @@ def test_shipped_vocabulary_is_shown_and_its_prompts_argument_works(tmp_path, ti
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     assert cli(["segment", str(model), str(tmp_path / "in.png"), "--prompts", argument, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["classes"] == ["background", "circle", "square"]
+    # ... and exactly the vocabulary's prompts, no others.
+    from clippy_rt.prompts import build_prompt_set, parse_cli_prompts
+
+    assert parse_cli_prompts(argument) == build_prompt_set(vocabulary)
 
 
 @pytest.mark.parametrize("content, message", [
