@@ -5,6 +5,7 @@ source model directory::
 
     config.json       the model config (as in the model directory)
     spiece.model      (or tokenizer.json) the tokenizer
+    vocabulary.json   where the model directory has one (listed and hashed like the rest)
     image.onnx        pixel_values -> patch_features, image_embeds      (float32)
     text.onnx         input_ids, attention_mask -> text_embeds           (float32)
     image.fp16.onnx   the same graphs in float16 (with ``fp16=True``)
@@ -51,6 +52,7 @@ from clippy_rt.config import ClippyConfig
 from clippy_rt.errors import BackendUnavailableError, InputError, ModelDirError
 from clippy_rt.formats.atomic import atomic_directory, check_output_dir
 from clippy_rt.formats.io_spec import DTYPES, GRAPHS, IMAGE, SEG_HEAD, TEXT, TOWERS, GraphSpec, check_io
+from clippy_rt.formats.model_dir import VOCABULARY_FILE
 from clippy_rt.formats.onnx_dir import CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, OPENVINO_INT8, sha256_file
 
 MIN_OPSET = 17
@@ -433,6 +435,9 @@ def export_onnx(model_dir: Path, out: Path, *, fp16: bool = False, int8: bool = 
         # Every file is listed and hashed, the tokenizer and config.json included.
         files[CONFIG_FILE] = {}
         files[info.tokenizer.name] = {}
+        if (Path(model_dir) / VOCABULARY_FILE).is_file():
+            shutil.copyfile(Path(model_dir) / VOCABULARY_FILE, tmp / VOCABULARY_FILE)
+            files[VOCABULARY_FILE] = {}
         for filename, entry in files.items():
             entry["bytes"] = (tmp / filename).stat().st_size
             entry["sha256"] = sha256_file(tmp / filename)

@@ -3,6 +3,7 @@
 An engine directory is self-contained::
 
     config.json, spiece.model (or tokenizer.json)   copied from the ONNX directory
+    vocabulary.json                                 copied too, where the ONNX directory has one
     image.plan, text.plan                           serialized engines, one per tower
     engine.json                                     the sidecar (see ``engine_sidecar``)
 
@@ -41,7 +42,7 @@ from clippy_rt.formats.atomic import atomic_directory, atomic_write_bytes, check
 from clippy_rt.formats.engine_dir import (PLAN_SUFFIX, SIDECAR_FILE, SIDECAR_FORMAT, SIDECAR_VERSION,
                                           RuntimeEnvironment, current_environment, import_tensorrt)
 from clippy_rt.formats.io_spec import TOWERS, GraphSpec
-from clippy_rt.formats.model_dir import CONFIG_FILE
+from clippy_rt.formats.model_dir import CONFIG_FILE, VOCABULARY_FILE
 from clippy_rt.formats.onnx_dir import read_onnx_dir, sha256_file
 
 
@@ -291,6 +292,8 @@ def build_engines(onnx_dir: Path, out: Path, settings: BuildSettings, *, overwri
                                    "sha256": onnx_dir.manifest["files"][onnx_path.name]["sha256"]}
         shutil.copyfile(onnx_dir.path / CONFIG_FILE, tmp / CONFIG_FILE)
         shutil.copyfile(onnx_dir.tokenizer, tmp / onnx_dir.tokenizer.name)
+        if (onnx_dir.path / VOCABULARY_FILE).is_file():
+            shutil.copyfile(onnx_dir.path / VOCABULARY_FILE, tmp / VOCABULARY_FILE)
         sidecar = engine_sidecar(config=config, logit_scale=onnx_dir.logit_scale,
                                  precision="fp16" if settings.fp16 else "fp32", mode=mode, settings=settings,
                                  env=env, onnx_files=sources, plans=plans, tokenizer=onnx_dir.tokenizer.name,

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clippy_rt.formats.model_dir import VOCABULARY_FILE
+
 from .common import print_json
 
-VOCABULARY_FILE = "vocabulary.json"
 
 
 def add_arguments(parser) -> None:

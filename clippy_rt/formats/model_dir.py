@@ -21,6 +21,9 @@ from .atomic import atomic_directory
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+# Optional: the prompts a model is meant to be used with, {class: [prompt, ...]}; export
+# and build carry it into ONNX and engine directories.
+VOCABULARY_FILE = "vocabulary.json"
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 # The small model shipped with the package (``clippy_rt.load("demo")``; see clippy_rt.demo).
 DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"

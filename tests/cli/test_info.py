@@ -90,3 +90,19 @@ def test_a_bad_vocabulary_is_one_line(tmp_path, tiny_model_dir, capsys, content,
     assert cli(["info", str(model)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error and "vocabulary.json" in error
+
+
+def test_export_carries_the_vocabulary_into_the_onnx_directory(tmp_path, tiny_model_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    from clippy_rt.export.onnx import export_onnx
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    vocabulary = {"background": ["a grassy background"], "circle": ["a circle"]}
+    (model / "vocabulary.json").write_text(json.dumps(vocabulary))
+    out = tmp_path / "onnx"
+    export_onnx(model, out, check_sizes=[32], check_batches=[1], seg_head=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = (out / "vocabulary.json").read_bytes()
+    assert manifest["files"]["vocabulary.json"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert cli(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vocabulary"] == vocabulary
