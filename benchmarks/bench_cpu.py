@@ -29,6 +29,13 @@ pause), the image tower right after ``encode_text`` of K prompts, and ``Engine.s
 a 480 x 640 frame with the K prompts' embeddings cleared before each call (the text tower
 then the image tower, as when the vocabulary changes) and cached.
 
+Part ``static`` (not in the default set): ONNX Runtime int8 with static QDQ quantisation
+(``clippy_rt.export.int8.quantize_int8_static``: activation ranges fixed on --static-calibration
+generated training scenes) beside the dynamic scheme the exporter writes, on the same two
+models: the image tower interleaved with torch fp32 and ONNX Runtime fp32 / dynamic int8, and
+the agreement on the demo model. The static graphs replace the int8 ones in a copy of the ONNX
+directory, whose manifest gets their sizes and checksums.
+
 The last lines name the fastest contender that meets the accuracy goals (label agreement
 >= 99 %, mIoU within 0.5 points of torch fp32) and the fastest float one.
 """
@@ -48,7 +55,7 @@ import numpy as np
 import torch
 
 HELD_OUT_SEED = 10**9 + 11_000_000
-PARTS = ("contenders", "agreement", "spinning")
+PARTS = ("contenders", "agreement", "spinning", "static")
 PRECISIONS = ("fp32", "bf16", "int8")
 MIN_AGREEMENT = 0.99
 MAX_MIOU_CHANGE = 0.005
@@ -336,6 +343,89 @@ def format_spinning(part: Dict[str, object]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Part 4: ONNX Runtime int8, static QDQ vs dynamic
+# ----------------------------------------------------------------------------------------------
+
+def static_copy(onnx_dir: Path, out: Path, count: int) -> Path:
+    """A copy of ``onnx_dir`` whose int8 graphs are statically quantised on ``count`` generated scenes."""
+    import shutil
+
+    from clippy_rt.datasets.calibration import calibration_set
+    from clippy_rt.export.int8 import quantize_int8_static
+    from clippy_rt.export.openvino_int8 import calibration_feeds
+    from clippy_rt.formats.io_spec import IMAGE, TEXT
+    from clippy_rt.formats.onnx_dir import MANIFEST_FILE, read_onnx_dir, sha256_file
+    from clippy_rt.tokenizer import load_tokenizer
+
+    source = read_onnx_dir(onnx_dir)
+    images, prompts, _ = calibration_set(None, count)
+    image_feeds, text_feeds, _ = calibration_feeds(source.config, load_tokenizer(source.tokenizer, source.config),
+                                                   images, prompts)
+    shutil.copytree(onnx_dir, out)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    for graph, feeds in ((IMAGE, image_feeds), (TEXT, text_feeds)):
+        log(f"static int8 {graph.name} graph of {onnx_dir.name} on {len(feeds)} samples ...")
+        target = out / graph.filename("int8")
+        quantize_int8_static(out / graph.filename("fp32"), target, feeds)
+        manifest["files"][target.name].update(bytes=target.stat().st_size, sha256=sha256_file(target))
+    manifest["quantization"]["method"] = f"onnxruntime static QDQ quantization, {len(images)} generated scenes"
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def static_part(args, model_dir: Path, onnx_dir: Path, workdir: Path, threads: int) -> Dict[str, object]:
+    import clippy_rt
+    from clippy_rt.backends import backend_for_kind
+    from clippy_rt.evaluate import evaluate, synthetic_set
+    from clippy_rt.formats.kinds import ONNX
+    from clippy_rt.formats.model_dir import demo_model_dir
+
+    record = backend_for_kind(ONNX)
+
+    def engines_for(model: Path, exported: Path, static: Path) -> Dict[str, object]:
+        return {REFERENCE: clippy_rt.load(model, backend="torch", precision="fp32", threads=threads),
+                f"{record.name} fp32": record.load(exported, precision="fp32", threads=threads),
+                f"{record.name} int8 dynamic": record.load(exported, precision="int8", threads=threads),
+                f"{record.name} int8 static": record.load(static, precision="int8", threads=threads)}
+
+    static_b16 = static_copy(onnx_dir, workdir / "b16-static", args.static_calibration)
+    engines = engines_for(model_dir, onnx_dir, static_b16)
+    pixels = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    runs = {name: (lambda engine=engine: engine.encode_image(pixels)) for name, engine in engines.items()}
+    latency = paired_rows(interleave(runs, args.rounds, args.warmup), REFERENCE)
+    del engines, runs
+
+    demo_onnx = workdir / "demo-onnx-static-base"
+    export_both_int8(demo_model_dir(), demo_onnx, args.calibration_count, None)
+    static_demo = static_copy(demo_onnx, workdir / "demo-static", args.static_calibration)
+    eval_set = synthetic_set(args.scenes, args.seed)
+    reference = clippy_rt.load("demo", backend="torch", precision="fp32", threads=threads)
+    agreement = {}
+    for name, engine in engines_for(demo_model_dir(), demo_onnx, static_demo).items():
+        log(f"evaluating {name} on {eval_set.name} ...")
+        result = evaluate(engine, eval_set, reference=reference)
+        agreement[name] = {"miou": result.miou, "pixel_accuracy": result.pixel_accuracy,
+                           "agreement": result.agreement}
+    return {"size": args.size, "rounds": args.rounds, "calibration": args.static_calibration,
+            "dataset": eval_set.name, "latency": latency, "agreement": agreement}
+
+
+def format_static(part: Dict[str, object]) -> str:
+    base = part["agreement"][REFERENCE]["miou"]
+    lines = [f"ONNX Runtime int8, static QDQ (calibrated on {part['calibration']} generated training scenes) vs "
+             f"dynamic: image tower batch 1 at {part['size']}, {part['rounds']} interleaved rounds; demo model on "
+             f"{part['dataset']}:", "",
+             "| contender | median ms | p90 ms | / torch fp32 (medians) | median of paired ratios | mIoU change "
+             "(points) | label agreement with torch fp32 % |", "|---|---|---|---|---|---|---|"]
+    for name, row in part["latency"].items():
+        stats, scores = row["stats"], part["agreement"][name]
+        lines.append(f"| {name} | {stats['median']:.1f} | {stats['p90']:.1f} | {row['ratio_of_medians']:.2f} | "
+                     f"{row['median_paired_ratio']:.2f} | {100 * (scores['miou'] - base):+.2f} | "
+                     f"{100 * scores['agreement']:.2f} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 
 def verdict(contenders: Optional[Dict[str, object]], agreement: Optional[Dict[str, object]]) -> List[str]:
     if contenders is None or agreement is None:
@@ -363,7 +453,8 @@ def main(argv=None) -> int:
     from clippy_rt.cli.common import int_list, str_list
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", type=str_list, default=list(PARTS), help=f"parts (default: {','.join(PARTS)})")
+    parser.add_argument("--part", type=str_list, default=list(PARTS[:3]),
+                        help=f"parts, from {', '.join(PARTS)} (default: {','.join(PARTS[:3])})")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="model for the latency parts (default: random clippy-b16 in a temporary directory)")
     parser.add_argument("--size", type=int, default=224)
@@ -380,6 +471,8 @@ def main(argv=None) -> int:
                         help="ONNX Runtime precisions of the spinning part (default: fp32,int8)")
     parser.add_argument("--pause-ms", type=float, default=200.0,
                         help="idle time before each call of the spinning part (default: 200)")
+    parser.add_argument("--static-calibration", type=int, default=32,
+                        help="generated training scenes the static int8 graphs calibrate on (default: 32)")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: physical cores)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -394,7 +487,7 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         if "agreement" in args.part:
             figures["agreement"] = agreement_part(args, workdir, threads)
-        if "contenders" in args.part or "spinning" in args.part:
+        if {"contenders", "spinning", "static"} & set(args.part):
             model_dir = args.model_dir
             if model_dir is None:
                 from clippy_rt.formats.random_init import random_init
@@ -408,10 +501,12 @@ def main(argv=None) -> int:
                 figures["contenders"] = contenders_part(args, Path(model_dir), onnx_dir, workdir, threads)
             if "spinning" in args.part:
                 figures["spinning"] = spinning_part(args, onnx_dir, threads)
+            if "static" in args.part:
+                figures["static"] = static_part(args, Path(model_dir), onnx_dir, workdir, threads)
     figures["machine"] = machine_line(threads)
     print(f"Machine: {figures['machine']}\n")
     for part, formatter in (("contenders", format_contenders), ("agreement", format_agreement),
-                            ("spinning", format_spinning)):
+                            ("spinning", format_spinning), ("static", format_static)):
         if part in figures:
             print(formatter(figures[part]) + "\n")
     for line in verdict(figures.get("contenders"), figures.get("agreement")):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 from clippy_rt.errors import ModelDirError
 
@@ -89,6 +89,40 @@ def quantize_int8(source: Path, target: Path) -> Dict[str, object]:
         raise ModelDirError(f"{source}: the quantiser converted {integer_nodes} of {len(products)} weight "
                             f"products" + (f" (left float32: {left[0]}, ...)" if left else ""))
     return {"quantized_matmuls": integer_nodes}
+
+
+def quantize_int8_static(source: Path, target: Path, feeds: Sequence[Dict[str, object]]) -> Dict[str, object]:
+    """The static (calibrated) alternative to ``quantize_int8``, written to ``target``: the same
+    weight products as QDQ pairs, weights int8 per output channel, activations uint8 with one
+    scale and zero point per tensor fixed from their min / max over ``feeds`` (input name ->
+    array, one dict per calibration sample). ONNX Runtime fuses each pair into an integer
+    product. Measured against the dynamic scheme by ``benchmarks/bench_cpu.py --part static``;
+    not written by the exporter (module doc). Returns the count of quantised products."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class _Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    model = onnx.load(str(source), load_external_data=False)
+    products = weight_products(model)
+    if not products:
+        raise ModelDirError(f"{source}: no MatMul with a constant weight to quantise")
+    with _quiet_quantizer():
+        quantize_static(str(source), str(target), _Feeds(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_quantize=products, per_channel=True,
+                        reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True})
+    quantized = onnx.load(str(target), load_external_data=False)
+    left = weight_products(quantized)
+    if left:
+        raise ModelDirError(f"{source}: the static quantiser left {len(left)} weight products float32 ({left[0]}, ...)")
+    return {"quantized_matmuls": len(products)}
 
 
 def quantization_manifest(graph_records: Dict[str, Dict[str, object]]) -> Dict[str, object]:

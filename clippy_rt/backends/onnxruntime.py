@@ -19,7 +19,8 @@ Session options, and why:
   threads keep spinning for a while after each run, and an engine holds two sessions
   (image and text tower), each with its own pool. Run one right after the other and the
   second one's threads compete for the cores with the first one's still-spinning threads:
-  the image tower right after ``encode_text`` took 1.3-1.7x its time alone. Blocking
+  with spinning pools ``segment`` with a changing vocabulary (text tower, then image tower)
+  took 1.2x (fp32) and 1.6x (int8) its time without, on a loaded 2-core host. Blocking
   threads cost a wake-up per parallel region, which the towers' large GEMMs do not feel
   (``benchmarks/bench_cpu.py --part spinning``; figures in benchmarks/RESULTS.md).
 - the CPU memory arena and memory patterns stay on: they remove per-call allocations;

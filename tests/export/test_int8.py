@@ -151,3 +151,31 @@ def test_eval_reports_agreement_for_int8(exported_int8, tiny_model_dir, capsys):
         same += int((mine.labels == ref.labels).sum())
         total += mine.labels.numel()
     assert result["agreement_with_torch_fp32"] == pytest.approx(same / total, abs=1e-12)
+
+
+def test_static_int8_fixes_activation_ranges_from_the_calibration_feeds(exported_int8, tmp_path):
+    import onnxruntime as ort
+
+    from clippy_rt.export.int8 import quantize_int8_static
+
+    source = exported_int8 / "image.onnx"
+    rng = np.random.default_rng(0)
+    feeds = [{"pixel_values": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    target = tmp_path / "image.static.onnx"
+    record = quantize_int8_static(source, target, feeds)
+    fp32, static = onnx.load(str(source)), onnx.load(str(target))
+    assert record == {"quantized_matmuls": len(_weight_matmuls(fp32))}
+    assert _weight_matmuls(static) == []
+    # Activation ranges are constants of the graph (a QuantizeLinear with initializer scales), not
+    # computed per call as the dynamic scheme does.
+    initializers = {init.name for init in static.graph.initializer}
+    quantize = [node for node in static.graph.node if node.op_type == "QuantizeLinear"]
+    assert quantize and all(node.input[1] in initializers for node in quantize)
+    assert not any(node.op_type == "DynamicQuantizeLinear" for node in static.graph.node)
+    # Close to the float32 graph on a calibration-like input, not identical to it.
+    x = {"pixel_values": feeds[0]["pixel_values"]}
+    reference = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    result = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    cosine = (reference * result).sum(-1) / (np.linalg.norm(reference, axis=-1) * np.linalg.norm(result, axis=-1))
+    assert cosine.min() > 0.99
+    assert not np.allclose(reference, result, atol=1e-6)
