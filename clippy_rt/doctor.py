@@ -350,7 +350,7 @@ def check_cpu(probe: Probe) -> List[Finding]:
               f"(VNNI) {'yes' if vnni else 'no'}, bf16 {'yes' if bf16 else 'no'}, AMX {'yes' if amx else 'no'}")
     notes = []
     if not bf16:
-        notes.append("bf16 is refused here (torch would emulate it); use fp32 or int8")
+        notes.append("no native bf16: OpenVINO refuses it and torch emulates it (slower than fp32); use fp32 or int8")
     if not vnni:
         notes.append("no VNNI: ONNX Runtime's int8 products add pairs in 16 bits and can saturate; check "
                      "the agreement with clippy-rt eval --precision int8")

@@ -99,3 +99,25 @@ def test_ctrl_c_prints_what_finished_and_exits_130(tiny_model_dir, tmp_path, cap
     assert "interrupted: 1 of 2 configurations finished" in captured.out
     report = json.loads(out_json.read_text())
     assert report["interrupted"] is True and len(report["results"]) == 1
+
+
+def test_precision_int8_on_an_onnx_dir_with_the_gemm_limit(tiny_model_dir, tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("onnxruntime", reason="int8 graphs run on onnxruntime (pip install 'clippy-rt[onnx]')")
+    from clippy_rt.export.onnx import export_onnx
+
+    onnx_dir = tmp_path / "tiny-onnx"
+    export_onnx(tiny_model_dir, onnx_dir, int8=True, seg_head=False, check_sizes=[32], check_batches=[1])
+    out_json = tmp_path / "bench.json"
+    code = cli(["bench", str(onnx_dir), "--backend", "onnxruntime", "--precision", "fp32,int8",
+                "--stage", "image,gemm", "--size", "32", *FAST, "--json", str(out_json)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = {(r["stage"], r["precision"]): r for r in json.loads(out_json.read_text())["results"]}
+    assert set(rows) == {("image", "fp32"), ("image", "int8"), ("gemm", "fp32"), ("gemm", "int8")}
+    assert all(r["status"] == "ok" for r in rows.values())
+    for precision in ("fp32", "int8"):
+        image, probe = rows[("image", precision)], rows[("gemm", precision)]
+        assert image["fraction_of_gemm_limit"] == pytest.approx(image["gflops"] / probe["gflops"], rel=1e-4)
+    assert "GEMM limit" in captured.out
