@@ -20,6 +20,7 @@ with the server's one-line message, a 5xx answer or an unreachable server ``Serv
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import itertools
 import json
@@ -35,6 +36,7 @@ from ..results import Segmentation
 from .frames import (HEADER_LENGTH, LABEL_ENCODINGS, MAX_FRAMES, REQUEST_TYPE, RESPONSE_TYPE, encode_frames,
                      frame_of, segmentations_from_binary)
 from .protocol import RequestError, classification_from_json, encode_image_file, segmentation_from_json
+from .session import LENGTH
 
 __all__ = ["Client", "Session", "SessionAnswer"]
 PROTOCOLS = ("binary", "json")
@@ -129,9 +131,9 @@ class Client:
 
     def stream(self, prompts, size=None, template: Optional[str] = None, resize: str = "squash",
                in_flight: int = 2, max_pending: int = 1) -> "Session":
-        """A ``Session`` for a camera loop: frames go out with these prompts, up to
-        ``in_flight`` at a time (each in-flight slot keeps its own keep-alive connection);
-        at most ``max_pending`` more wait, the oldest dropped first when more arrive."""
+        """A ``Session`` for a camera loop over one WebSocket: the prompts are sent once, then
+        frames, up to ``in_flight`` at a time; at most ``max_pending`` more wait, the oldest
+        dropped first when more arrive."""
         return Session(self, prompts, size=size, template=template, resize=resize, in_flight=in_flight,
                        max_pending=max_pending)
 
@@ -214,7 +216,8 @@ class Client:
 
 
 class Session:
-    """Frames of one camera to the server, answered in the order they were sent.
+    """One camera's frames over one WebSocket (``/v1/session``, see
+    ``clippy_rt.serve.session``), answered in the order they were sent.
 
         with client.stream(["a person", "a car", "the road"], in_flight=2) as session:
             for frame_id, frame in enumerate(camera):
@@ -222,12 +225,13 @@ class Session:
                 for answer in session.answers():        # what is ready, without waiting
                     show(answer.frame_id, answer.segmentation)
 
-    ``submit`` never blocks: a frame waits while ``in_flight`` requests are out, and when
+    The prompts travel once, when the session opens; the replica batches frames of all
+    sessions with the same prompts together. ``submit`` never blocks on the server: a frame
+    goes out at once while fewer than ``in_flight`` are out, otherwise it waits, and when
     more than ``max_pending`` frames wait the oldest is dropped (counted in ``dropped``), so
-    a slow link or server drops stale frames rather than falling behind. Each answer
-    carries the frame's id and timestamp; a frame the server refused carries the error.
-    The prompts travel with every request (the replicas keep their text embeddings
-    cached); the replicas batch frames of all sessions with the same prompts together.
+    a slow link or server skips stale frames instead of falling behind. Each answer carries
+    the frame's id and timestamp; a frame the server refused carries the error. Needs the
+    ``websockets`` package (installed with the ``serve`` extra).
     """
 
     def __init__(self, client: "Client", prompts, *, size=None, template=None, resize: str = "squash",
@@ -236,34 +240,62 @@ class Session:
             raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
         if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 0:
             raise InputError(f"max_pending must be a non-negative integer, got {max_pending!r}")
-        self._client = client
-        self._prompts = _prompts_json(prompts)
-        self._options = {"size": size, "template": template, "resize": resize}
+        try:
+            from websockets.sync.client import connect
+        except ImportError as exc:
+            raise InputError(f"sessions need the websockets package ({exc}); "
+                             "install it with: pip install 'clippy-rt[serve]'") from None
+        from .session import PATH
+
+        scheme, host, port, prefix = client._targets[next(client._turn) % len(client._targets)]
+        url = f"{'wss' if scheme == 'https' else 'ws'}://{host}:{port}{prefix}{PATH}"
+        setup: Dict[str, Any] = {"prompts": _prompts_json(prompts), "resize": resize, "labels": client.labels}
+        if size is not None:
+            setup["size"] = list(size) if isinstance(size, (tuple, list)) else size
+        if template is not None:
+            setup["template"] = template
+        self._connection = contextlib.ExitStack()
+        try:
+            self._socket = self._connection.enter_context(
+                connect(url, open_timeout=client.timeout, close_timeout=client.timeout, max_size=None))
+            self._socket.send(json.dumps(setup))
+            ready = json.loads(self._socket.recv(timeout=client.timeout))
+        except Exception as exc:  # refused, timed out, or a failed WebSocket handshake
+            self._connection.close()
+            raise ServerError(f"cannot open a session at {url}: {type(exc).__name__}: {exc}") from None
+        if "error" in ready:
+            self._connection.close()
+            raise RequestError(f"server refused the session: {ready['error']}", status=400)
+        self.classes = tuple(ready["classes"])
+        self._in_flight = in_flight
         self._max_pending = max_pending
         self._condition = threading.Condition()
-        self._pending: List[Tuple[Any, Any, float, int]] = []
+        self._send_lock = threading.Lock()
+        self._pending: List[Tuple[int, Any, Any, float]] = []
+        self._out: Dict[int, Tuple[Any, float]] = {}
         self._done: Dict[int, SessionAnswer] = {}
         self._next_sequence = 0
         self._next_answer = 0
         self._closed = False
         self.sent = 0
         self.dropped = 0
-        self._busy = 0
-        self._workers = [threading.Thread(target=self._work, daemon=True) for _ in range(in_flight)]
-        for worker in self._workers:
-            worker.start()
+        self._receiver = threading.Thread(target=self._receive, daemon=True)
+        self._receiver.start()
 
     def submit(self, frame, frame_id: Any = None, timestamp: Optional[float] = None) -> None:
-        """Queue ``frame`` (as ``Client.segment`` takes it); ``frame_id`` and ``timestamp``
-        (default: now) come back with its answer."""
+        """Send ``frame`` (as ``Client.segment`` takes it) or queue it; ``frame_id`` and
+        ``timestamp`` (default: now) come back with its answer."""
+        encoded = frame_of(frame)
         with self._condition:
             if self._closed:
                 raise InputError("the session is closed")
-            self._pending.append((frame, frame_id, time.time() if timestamp is None else timestamp,
-                                  self._next_sequence))
+            self._pending.append((self._next_sequence, encoded, frame_id,
+                                  time.time() if timestamp is None else timestamp))
             self._next_sequence += 1
-            while len(self._pending) > self._max_pending + self._idle_workers():
-                _, dropped_id, dropped_at, sequence = self._pending.pop(0)
+        self._pump()
+        with self._condition:
+            while len(self._pending) > self._max_pending:
+                sequence, _, dropped_id, dropped_at = self._pending.pop(0)
                 self._done[sequence] = SessionAnswer(dropped_id, dropped_at, None, dropped=True)
                 self.dropped += 1
             self._condition.notify_all()
@@ -284,13 +316,13 @@ class Session:
         return ready
 
     def close(self) -> List["SessionAnswer"]:
-        """Wait for the frames already sent or queued; return their answers; end the workers."""
-        remaining = self.answers(wait=True)
+        """Wait for the frames already sent or queued, close the connection, and return
+        their answers."""
+        remaining = [] if self._closed else self.answers(wait=True)
         with self._condition:
             self._closed = True
-            self._condition.notify_all()
-        for worker in self._workers:
-            worker.join()
+        self._connection.close()
+        self._receiver.join()
         return remaining
 
     def __enter__(self) -> "Session":
@@ -299,28 +331,62 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _idle_workers(self) -> int:
-        return len(self._workers) - self._busy
-
-    def _work(self) -> None:
+    def _pump(self) -> None:
+        """Send waiting frames while fewer than ``in_flight`` are out."""
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: self._pending or self._closed)
-                if not self._pending:
-                    self._client.close()
+                if not self._pending or len(self._out) >= self._in_flight:
                     return
-                frame, frame_id, timestamp, sequence = self._pending.pop(0)
-                self._busy += 1
+                sequence, (kind, data, (height, width)), frame_id, timestamp = self._pending.pop(0)
+                self._out[sequence] = (frame_id, timestamp)
                 self.sent += 1
-            error, result = None, None
+            header: Dict[str, Any] = {"id": sequence, "format": kind, "bytes": len(data)}
+            if kind == "raw":
+                header.update(height=height, width=width)
+            head = json.dumps(header).encode("utf-8")
             try:
-                result = self._client.segment(frame, self._prompts, **self._options)
-            except (InputError, ServerError) as exc:
-                error = exc
+                with self._send_lock:
+                    self._socket.send(LENGTH.pack(len(head)) + head + data)
+            except OSError:
+                self._fail_out("the connection closed")
+                return
+            except Exception as exc:  # the websockets library's ConnectionClosed
+                self._fail_out(f"the connection closed: {exc}")
+                return
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self._socket.recv()
+            except Exception as exc:  # closed by us (close) or by the server
+                self._fail_out(f"the connection closed: {exc}")
+                return
+            if isinstance(message, str):
+                body = json.loads(message)
+                sequence, error = body.get("id"), RequestError(f"server refused the frame: {body.get('error')}")
+                segmentation = None
+            else:
+                (length,) = LENGTH.unpack_from(message)
+                sequence = json.loads(message[LENGTH.size:LENGTH.size + length])["id"]
+                segmentation, error = segmentations_from_binary(length, message[LENGTH.size:])[0], None
             with self._condition:
-                self._busy -= 1
-                self._done[sequence] = SessionAnswer(frame_id, timestamp, result, error=error)
+                if sequence not in self._out:
+                    continue
+                frame_id, timestamp = self._out.pop(sequence)
+                self._done[sequence] = SessionAnswer(frame_id, timestamp, segmentation, error=error)
                 self._condition.notify_all()
+            self._pump()
+
+    def _fail_out(self, reason: str) -> None:
+        """Answer every frame out or waiting with ServerError(reason)."""
+        with self._condition:
+            for sequence, (frame_id, timestamp) in list(self._out.items()):
+                self._done[sequence] = SessionAnswer(frame_id, timestamp, None, error=ServerError(reason))
+            self._out.clear()
+            for sequence, _, frame_id, timestamp in self._pending:
+                self._done[sequence] = SessionAnswer(frame_id, timestamp, None, error=ServerError(reason))
+            self._pending.clear()
+            self._condition.notify_all()
 
 
 @dataclass

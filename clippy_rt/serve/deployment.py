@@ -1,9 +1,10 @@
 """The Ray Serve deployment: HTTP routing (JSON or binary frames by ``Content-Type``), the
 body-size limit and dynamic batching around a ``Replica``. Importing this module imports
 Ray; use ``clippy_rt.serve.serve_until_stopped``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI reads the route methods'
+annotations (``Request``, ``WebSocket``) at run time to know what to pass them.
+"""
 
 import asyncio
 import gc
@@ -11,6 +12,7 @@ import json
 import logging
 from typing import Any, List
 
+from fastapi import FastAPI, WebSocket
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +21,8 @@ from .frames import HEADER_LENGTH, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody
 from .options import ServeOptions
 from .protocol import RequestError, error_body, first_line
 from .replica import Replica, load_engine
+from .session import PATH as SESSION_PATH
+from .session import serve_session
 
 logger = logging.getLogger("clippy_rt.serve")
 
@@ -30,9 +34,52 @@ ROUTES = {
 }
 
 
+# Defined before the class: in the route methods Serve's ingress builds from the class,
+# names defined after the class were not found.
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_bytes = int(declared)
+        except ValueError:
+            raise RequestError(f"invalid Content-Length {declared!r}") from None
+        if declared_bytes > limit:
+            raise RequestError(f"request body of {declared_bytes} bytes exceeds the limit of {limit} bytes",
+                               status=413)
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise RequestError(f"request body exceeds the limit of {limit} bytes", status=413)
+        chunks.append(chunk)
+    if not received:
+        raise RequestError("empty request body: send a JSON object or binary frames")
+    return b"".join(chunks)
+
+
+def _parse_json(replica: Replica, route: str, data: bytes):
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {first_line(exc)}") from None
+    return replica.parse(route, body)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(error_body(message), status_code=status)
+
+
+# The routes are matched by ``ClippyDeployment.http`` itself (one-line JSON errors for
+# unknown routes and methods); the ASGI app adds the WebSocket of camera sessions.
+app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+
 @serve.deployment(name="clippy-rt")
+@serve.ingress(app)
 class ClippyDeployment:
-    """One Engine per replica; concurrent requests are batched by ``handle_batch``."""
+    """One Engine per replica; concurrent requests and session frames are batched by
+    ``handle_batch``."""
 
     def __init__(self, options: ServeOptions) -> None:
         import ray
@@ -57,7 +104,12 @@ class ClippyDeployment:
         self.handle_batch.set_max_batch_size(options.max_batch)
         self.handle_batch.set_batch_wait_timeout_s(options.batch_wait_ms / 1000.0)
 
-    async def __call__(self, request: Request) -> Response:
+    @app.websocket(SESSION_PATH)
+    async def session(self, websocket: WebSocket) -> None:
+        await serve_session(websocket, self.replica.patch_size, self.options.max_pixels, None, self.handle_batch)
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+    async def http(self, request: Request) -> Response:
         route = ROUTES.get((request.method, request.url.path))
         if route is None:
             if any(path == request.url.path for _, path in ROUTES):
@@ -100,40 +152,6 @@ class ClippyDeployment:
         except Exception as exc:  # a server fault: answer every request of the batch
             logger.exception("batch of %d failed", len(requests))
             return [(500, error_body(f"internal error: {first_line(exc)}"))] * len(requests)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            declared_bytes = int(declared)
-        except ValueError:
-            raise RequestError(f"invalid Content-Length {declared!r}") from None
-        if declared_bytes > limit:
-            raise RequestError(f"request body of {declared_bytes} bytes exceeds the limit of {limit} bytes",
-                               status=413)
-    chunks = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise RequestError(f"request body exceeds the limit of {limit} bytes", status=413)
-        chunks.append(chunk)
-    if not received:
-        raise RequestError("empty request body: send a JSON object or binary frames")
-    return b"".join(chunks)
-
-
-def _parse_json(replica: Replica, route: str, data: bytes):
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON: {first_line(exc)}") from None
-    return replica.parse(route, body)
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(error_body(message), status_code=status)
 
 
 def build_deployment(options: ServeOptions):

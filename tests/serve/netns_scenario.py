@@ -147,6 +147,7 @@ def single_scenario(client, spec, inputs, out, report):
     classify = spec["classify"]
     report["classify"] = client.classify(inputs / classify["image"], classify["labels"], top_k=classify["top_k"])
     report["binary_errors"] = binary_segments(spec, inputs, arrays)
+    report["session"] = session_segments(spec, inputs, arrays)
     report["bad"] = bad_requests(spec, inputs)
     report["bad_binary"] = bad_binary_requests(spec, inputs)
     report["left_mid_request"] = leave_mid_request()
@@ -186,6 +187,36 @@ def binary_segments(spec, inputs, arrays):
     for thread in threads:
         thread.join()
     return errors
+
+
+def session_segments(spec, inputs, arrays):
+    """The requests of the first prompt set without a size through one camera session
+    (PNG files and raw frames alternating); labels into ``arrays`` as session_labels_<index>.
+    Returns the frame ids answered, the errors, and what opening a bad session raised."""
+    from PIL import Image
+
+    from clippy_rt.serve.client import Client
+
+    client = Client(URL, timeout=120, retries=0)
+    first = spec["requests"][0]["prompts"]
+    chosen = [i for i, item in enumerate(spec["requests"]) if item["prompts"] == first and "size" not in item]
+    answered, errors = [], []
+    with client.stream(first, in_flight=3, max_pending=len(chosen)) as session:
+        for index in chosen:
+            path = inputs / spec["requests"][index]["image"]
+            session.submit(path if index % 2 else np.asarray(Image.open(path).convert("RGB")), frame_id=index)
+        for answer in session.answers(wait=True):
+            answered.append(answer.frame_id)
+            if answer.error is not None:
+                errors.append(str(answer.error))
+            else:
+                arrays[f"session_labels_{answer.frame_id}"] = answer.segmentation.labels.numpy()
+    try:
+        client.stream({"a": ["x"], "b": ["x"]})
+        bad = "opened"
+    except Exception as exc:  # the server's refusal, checked by the test
+        bad = f"{type(exc).__name__}: {exc}"
+    return {"chosen": chosen, "answered": answered, "errors": errors, "bad_session": bad}
 
 
 def bad_binary_requests(spec, inputs):

@@ -111,6 +111,19 @@ def test_binary_frames_match_local_engine(scenario, engine):
         assert torch.equal(labels, expected.labels), f"request {index}: binary labels differ from the local engine"
 
 
+def test_camera_session_matches_local_engine(scenario, engine):
+    spec, report, arrays, inputs = scenario
+    session = report["session"]
+    assert len(session["chosen"]) >= 8 and session["answered"] == session["chosen"]
+    assert session["errors"] == []
+    for index in session["chosen"]:
+        request = spec["requests"][index]
+        expected = engine.segment(str(inputs / request["image"]), request["prompts"])
+        labels = torch.from_numpy(arrays[f"session_labels_{index}"])
+        assert labels.dtype == torch.uint8 and torch.equal(labels, expected.labels), index
+    assert session["bad_session"].startswith("RequestError") and "could never win" in session["bad_session"]
+
+
 def test_requests_reach_the_replica_directly_on_loopback(scenario):
     _, report, _, _ = scenario
     [socket] = report["listener"]

@@ -334,44 +334,122 @@ def test_client_spreads_threads_over_replica_urls(engine):
         assert Client([dead, alive.url], retries=1, backoff_s=0.01).health()["status"] == "ok"
 
 
+class SessionServer:
+    """``clippy_rt.serve.session`` on a uvicorn server on 127.0.0.1, each frame run through a
+    Replica alone after ``delay_s``; ``runs`` counts the frames run."""
+
+    def __init__(self, replica, delay_s=0.0):
+        import asyncio
+
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.routing import WebSocketRoute
+
+        from clippy_rt.serve.session import PATH, serve_session
+
+        self.runs = 0
+
+        async def run(request):
+            self.runs += 1
+            await asyncio.sleep(delay_s)
+            return await asyncio.get_running_loop().run_in_executor(None, lambda: replica.run_batch([request])[0])
+
+        async def endpoint(websocket):
+            await serve_session(websocket, replica.patch_size, replica.max_pixels, None, run)
+
+        app = Starlette(routes=[WebSocketRoute(PATH, endpoint)])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
 def test_session_answers_in_order_with_ids_timestamps_and_refusals(engine, images):
     frames = [images[i % len(images)] for i in range(7)]
     frames[3] = np.zeros((2, 2, 3), np.uint8)  # refused: smaller than a patch
-    with Server(Replica(engine)) as server:
+    with SessionServer(Replica(engine)) as server:
         client = Client(server.url, retries=0)
-        with client.stream(PROMPTS, in_flight=3, max_pending=10) as session:
+        with client.stream({"animal": ["a cat", "a dog"], "sky": ["the sky"]}, in_flight=3, max_pending=10) as session:
+            assert session.classes == ("animal", "sky")
             for index, frame in enumerate(frames):
                 session.submit(frame, frame_id=f"f{index}", timestamp=100.0 + index)
             answers = session.answers(wait=True)
         assert session.close() == []
+        with pytest.raises(RequestError, match="refused the session.*'prompts'"):
+            client.stream([])
     assert [answer.frame_id for answer in answers] == [f"f{i}" for i in range(7)]
     assert [answer.timestamp for answer in answers] == [100.0 + i for i in range(7)]
-    assert session.sent == 7 and session.dropped == 0
+    assert session.sent == 7 and session.dropped == 0 and server.runs == 6
     assert isinstance(answers[3].error, RequestError) and answers[3].segmentation is None
+    assert "smaller than one" in str(answers[3].error)
     for index, (frame, answer) in enumerate(zip(frames, answers)):
         if index != 3:
             assert answer.error is None
-            assert torch.equal(answer.segmentation.labels, engine.segment(frame, PROMPTS).labels), index
+            want = engine.segment(frame, {"animal": ["a cat", "a dog"], "sky": ["the sky"]})
+            assert answer.segmentation.labels.dtype == torch.uint8
+            assert torch.equal(answer.segmentation.labels, want.labels), index
 
 
 def test_session_drops_stale_frames_when_the_server_is_slow(engine, images):
-    with Server(Replica(engine), delay_s=0.5) as server:
+    with SessionServer(Replica(engine), delay_s=0.5) as server:
         session = Client(server.url, retries=0).stream(PROMPTS, in_flight=1, max_pending=1)
-        session.submit(images[0], frame_id=0)
-        deadline = time.monotonic() + 5
-        while session.sent < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for frame_id in range(1, 5):
+        for frame_id in range(5):
             session.submit(images[frame_id], frame_id=frame_id)
         answers = session.close()
-    # Frame 0 was out; 1-3 were overtaken while waiting; 4, the newest, went next.
+    # Frame 0 went out at once; 1-3 were overtaken while waiting; 4, the newest, went next.
     assert [answer.frame_id for answer in answers] == [0, 4]
-    assert (session.sent, session.dropped) == (2, 3)
+    assert (session.sent, session.dropped, server.runs) == (2, 3, 2)
     assert torch.equal(answers[1].segmentation.labels, engine.segment(images[4], PROMPTS).labels)
     with pytest.raises(InputError, match="closed"):
         session.submit(images[0])
     with pytest.raises(InputError, match="in_flight"):
         Client().stream(PROMPTS, in_flight=0)
+
+
+def test_session_refuses_bad_frame_messages_and_keeps_going(engine, images):
+    from websockets.sync.client import connect
+
+    from clippy_rt.serve.frames import frame_of
+    from clippy_rt.serve.session import LENGTH
+
+    with SessionServer(Replica(engine)) as server:
+        with connect(server.url.replace("http", "ws") + "/v1/session") as socket:
+            socket.send(json.dumps({"prompts": PROMPTS}))
+            assert json.loads(socket.recv(timeout=30)) == {"classes": list(PROMPTS)}
+            kind, data, (height, width) = frame_of(images[0])
+            head = json.dumps({"id": 5, "format": "raw", "bytes": len(data), "height": height, "width": width}).encode()
+            socket.send(LENGTH.pack(len(head)) + head + data[:-7])  # truncated
+            assert json.loads(socket.recv(timeout=30)) == {
+                "id": 5, "error": f"the frame's header declares {len(data)} bytes, the message carries {len(data) - 7}"}
+            socket.send(b"\x01\x00")  # no header length
+            assert "header's length" in json.loads(socket.recv(timeout=30))["error"]
+            socket.send("a text frame")
+            assert json.loads(socket.recv(timeout=30))["error"] == "frames are binary messages"
+            socket.send(LENGTH.pack(len(head)) + head + data)
+            answer = socket.recv(timeout=30)
+            (length,) = LENGTH.unpack_from(answer)
+            assert json.loads(answer[4:4 + length])["id"] == 5
+        # A client that leaves with a frame in flight: the server goes on with the next one.
+        with connect(server.url.replace("http", "ws") + "/v1/session") as socket:
+            socket.send(json.dumps({"prompts": PROMPTS}))
+            socket.recv(timeout=30)
+            socket.send(LENGTH.pack(len(head)) + head + data)
+        with Client(server.url, retries=0).stream(PROMPTS) as session:
+            session.submit(images[2], frame_id="after")
+            [answer] = session.answers(wait=True)
+        assert answer.frame_id == "after"
+        assert torch.equal(answer.segmentation.labels, engine.segment(images[2], PROMPTS).labels)
 
 
 def test_raw_frames_run_on_the_stream_path_and_match_segment(engine, images):
