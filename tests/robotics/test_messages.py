@@ -171,3 +171,35 @@ def test_unsupported_reason_lists_what_is_read():
     reason = messages.unsupported_reason(depth)
     assert "'16UC1' is not supported" in reason and "yuv422" in reason and "jpeg" in reason
     assert messages.unsupported_reason(raw_image(RGB, "bgr8")) is None
+
+
+def test_compressed_depth_is_refused_even_when_it_names_png():
+    # image_transport's depth images say "16UC1; compressedDepth png": not a colour PNG.
+    buffer = io.BytesIO()
+    Image.fromarray(RGB).save(buffer, format="PNG")
+    message = SimpleNamespace(header=header(), format="16UC1; compressedDepth png", data=buffer.getvalue())
+    assert "compressed format" in messages.unsupported_reason(message)
+    with pytest.raises(InputError, match="unsupported compressed image format"):
+        messages.message_to_frame(message)
+
+
+def test_an_undecodable_compressed_image_says_why():
+    with pytest.raises(InputError, match=r"cannot decode the compressed image: (?!None$)\S+"):
+        messages.message_to_frame(SimpleNamespace(header=header(), format="png", data=b"\x89PNG\r\n\x1a\n" + b"\x00" * 40))
+
+
+def test_rgb_message_fields_and_refusals():
+    out = messages.rgb_message(RGB, header(5, 6, "cam"))
+    assert out == {"header": {"stamp": {"sec": 5, "nanosec": 6}, "frame_id": "cam"}, "height": 5, "width": 7,
+                   "encoding": "rgb8", "is_bigendian": 0, "step": 21, "data": RGB.tobytes()}
+    for bad in (np.zeros((5, 7, 4), np.uint8), np.zeros((5, 7), np.uint8), RGB.astype(np.uint16)):
+        with pytest.raises(InputError, match="uint8 \\[H, W, 3\\]"):
+            messages.rgb_message(bad, header())
+
+
+@pytest.mark.parametrize("height, width", [(3, 4), (4, 3), (3, 3)])
+def test_bayer_frames_need_an_even_width_and_height(height, width):
+    message = raw_image(np.zeros((height, width, 3), np.uint8), "mono8")
+    message.encoding = "bayer_rggb8"
+    with pytest.raises(InputError, match="even width and height"):
+        messages.image_to_frame(message)
