@@ -22,7 +22,7 @@ DEMO_OUT ?= demo-out
 # --no-compile: the demo byte-compiles only the modules it imports, not every installed file.
 PIP_QUIET := -q --disable-pip-version-check --no-compile
 
-.PHONY: install test test-latest lock test-all demo bench native clean
+.PHONY: install test test-latest lock test-all demo bench native clean mutants
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,27 @@ demo: $(VENV)/.demo-installed
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# mutmut goes in its own environment, which sees the test environment's packages (a .pth
+# file), so the locked test environment stays as the lock says.
+MUTMUT ?= mutmut==3.8.1
+MUTANTS_VENV ?= build/mutants-venv
+MUTANTS_PY := $(MUTANTS_VENV)/bin/python
+MODULE ?=
+TESTS ?= tests/test_$(basename $(notdir $(MODULE))).py
+MUTANTS_TIMEOUT ?= 600
+MUTANTS_CHILDREN ?= 2
+
+$(MUTANTS_VENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(MUTANTS_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(MUTANTS_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/clippy-rt-test-env.pth"
+	$(MUTANTS_PY) -m pip install -q $(MUTMUT)
+	touch $@
+
+mutants: $(MUTANTS_VENV)/.installed
+	@test -n "$(MODULE)" || { echo "make mutants: name the module, e.g. make mutants MODULE=clippy_rt/stream.py TESTS=\"tests/test_stream.py\""; exit 2; }
+	$(MUTANTS_PY) tools/mutants.py $(MODULE) $(TESTS) --children $(MUTANTS_CHILDREN) --timeout $(MUTANTS_TIMEOUT)
 
 native:
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
