@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 HELD_OUT_SEED = 10**9 + 11_000_000
