@@ -75,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the local engine's best batched segment throughput first (default: on)")
-    parser.add_argument("--baseline-threads", default="1,2",
-                        help="torch thread counts to try for the local baseline; the best counts (default: 1,2)")
+    parser.add_argument("--baseline-threads", default="1",
+                        help="torch thread counts to try for the local baseline, the best counts; give the "
+                             "replicas' own (--cpus-per-replica) to compare like with like (default: 1)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     args = parser.parse_args(argv)
     args.urls = [part.strip() for part in args.url.split(",") if part.strip()]
