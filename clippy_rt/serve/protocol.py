@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..images import RESIZE_MODES, load_image
+from ..images import RESIZE_MODES, load_image, upright
 from ..prompts import PromptSet, build_prompt_set
 from ..results import Segmentation, class_label_dtype
 from ..visualize import label_image
@@ -119,8 +119,9 @@ def decode_image_file(data, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise RequestError(f"{name} is {width}x{height} pixels, more than the limit of {max_pixels}", status=413)
     try:
         opened.load()
-        # Palette, grayscale and alpha images are read as RGB, as load_image does for files.
-        return load_image(opened)
+        # Turned as its EXIF orientation says, and palette, grayscale and alpha images read as
+        # RGB, as load_image does for files.
+        return load_image(upright(opened))
     except Exception as exc:
         raise RequestError(f"{name} cannot be decoded: {first_line(exc)}") from None
 

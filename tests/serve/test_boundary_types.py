@@ -200,13 +200,7 @@ def _photo(orientation: int) -> bytes:
     return buffer.getvalue()
 
 
-# The server's decoder (protocol.decode_image_file) does not apply the EXIF orientation yet;
-# strict, so the marks must go when it does.
-NOT_TURNED = pytest.mark.xfail(strict=True, raises=AssertionError,
-                               reason="the server's decoder does not apply the EXIF orientation")
-
-
-@pytest.mark.parametrize("orientation", [1, *(pytest.param(o, marks=NOT_TURNED) for o in (3, 6, 8))])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 @pytest.mark.parametrize("path", ["json", "binary"])
 def test_an_uploaded_photo_decodes_as_the_file_does(tmp_path, orientation, path):
     data = _photo(orientation)

@@ -341,7 +341,8 @@ class SessionServer:
     def __init__(self, replica, delay_s=0.0):
         import asyncio
 
-        import uvicorn
+        uvicorn = pytest.importorskip("uvicorn", reason="sessions need the serve extra (uvicorn, websockets)")
+        pytest.importorskip("websockets", reason="sessions need the serve extra (uvicorn, websockets)")
         from starlette.applications import Starlette
         from starlette.routing import WebSocketRoute
 
@@ -418,6 +419,7 @@ def test_session_drops_stale_frames_when_the_server_is_slow(engine, images):
 
 
 def test_session_refuses_bad_frame_messages_and_keeps_going(engine, images):
+    pytest.importorskip("websockets", reason="sessions need the serve extra (uvicorn, websockets)")
     from websockets.sync.client import connect
 
     from clippy_rt.serve.frames import frame_of
