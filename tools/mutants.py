@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,22 +60,31 @@ def main(argv=None) -> int:
     work = args.work / Path(args.module).stem
     prepare(work, args.module, args.tests)
     mutmut = [sys.executable, "-m", "mutmut"]
+    # Its own process group: a stopped run takes the mutants it forked with it.
+    run = subprocess.Popen([*mutmut, "run", "--max-children", str(args.children)], cwd=work,
+                           stdout=subprocess.DEVNULL, start_new_session=True)
     try:
-        subprocess.run([*mutmut, "run", "--max-children", str(args.children)], cwd=work, timeout=args.timeout,
-                       check=False, stdout=subprocess.DEVNULL)
+        run.wait(timeout=args.timeout)
         status = 0
     except subprocess.TimeoutExpired:
         print(f"mutants: stopped after {args.timeout} s; the counts cover the mutants run so far")
         status = 124
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        run.wait()
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=work, check=False, stdout=subprocess.DEVNULL)
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"
     if not stats_file.is_file():
         print("mutants: mutmut wrote no results (see its output by running it in", work, ")")
         return 1
     stats = json.loads(stats_file.read_text())
-    survivors = subprocess.run([*mutmut, "results"], cwd=work, check=False, capture_output=True, text=True).stdout
+    listing = subprocess.run([*mutmut, "results"], cwd=work, check=False, capture_output=True, text=True).stdout
+    survivors = "\n".join(line for line in listing.splitlines() if line.endswith(": survived"))
     print(f"{args.module}: {stats['killed']} killed, {stats['survived']} survived, {stats['timeout']} timed out, "
-          f"{stats['no_tests']} not reached by the tests, of {stats['total']} mutants")
+          f"{stats['no_tests']} not reached by the tests, of {stats['total']} mutants", flush=True)
     print(survivors.rstrip())
     return status
 
