@@ -61,7 +61,10 @@ def main(argv=None) -> int:
     prepare(work, args.module, args.tests)
     mutmut = [sys.executable, "-m", "mutmut"]
     # Its own process group: a stopped run takes the mutants it forked with it.
-    run = subprocess.Popen([*mutmut, "run", "--max-children", str(args.children)], cwd=work,
+    # One thread per mutant: the children are forked, and a fork of a process whose thread
+    # pool is running can hang (a "timeout" that is no mutant's doing).
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    run = subprocess.Popen([*mutmut, "run", "--max-children", str(args.children)], cwd=work, env=env,
                            stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         run.wait(timeout=args.timeout)
