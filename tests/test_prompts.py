@@ -69,3 +69,14 @@ def test_class_logits_are_the_max_over_each_class():
     torch.testing.assert_close(class_logits(logits, prompt_set), expected, rtol=0, atol=0)
     flat = build_prompt_set(["x", "y"])
     torch.testing.assert_close(class_logits(raw[:, :2], flat), raw[:, :2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_class_logits_keep_the_dtype_and_any_leading_shape(dtype):
+    prompt_set = build_prompt_set({"a": ["p0", "p1"], "b": ["p2"]})
+    logits = torch.tensor([[[1.0, 3.0, 2.0], [4.0, -1.0, 5.0]], [[0.5, 0.25, 0.75], [-2.0, -3.0, -1.0]]],
+                          dtype=dtype)  # [B=2, pixels=2, prompts=3]
+    out = class_logits(logits, prompt_set)
+    assert out.dtype == dtype and out.shape == (2, 2, 2)
+    expected = torch.tensor([[[3.0, 2.0], [4.0, 5.0]], [[0.5, 0.75], [-2.0, -1.0]]], dtype=dtype)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
