@@ -291,12 +291,15 @@ def test_clear_forgets_on_disk_only_when_asked_in_the_engine_and_after_a_restart
     engine = clippy_rt.load(tiny_model_dir, text_cache_dir=tmp_path)
     expected = engine.encode_text(prompts)
     assert _rows_on_disk(tmp_path) == 4
-    engine.clear_text_cache(disk=disk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # clearing is no damage: no rebuild, no memory-only fallback
+        engine.clear_text_cache(disk=disk)
     assert len(engine.text_cache) == 0
     assert _rows_on_disk(tmp_path) == (0 if disk else 4)
     with CountingForward(engine) as counter:
         torch.testing.assert_close(engine.encode_text(prompts), expected, rtol=0, atol=0)
         assert counter.calls == ([4] if disk else [])
+    assert _rows_on_disk(tmp_path) == 4  # the store keeps working after a clear
     engine.clear_text_cache(disk=disk)
     engine.text_cache.store.close()
     restarted = clippy_rt.load(tiny_model_dir, text_cache_dir=tmp_path)
@@ -321,3 +324,10 @@ def test_new_weights_in_the_same_folder_are_not_served_the_old_embeddings(tiny_m
     with CountingForward(retrained) as counter:
         torch.testing.assert_close(retrained.encode_text(["a cat"]), fresh, rtol=0, atol=0)
         assert counter.calls == [1]
+
+
+def test_a_cache_folder_that_does_not_exist_yet_is_created(tmp_path):
+    store = DiskStore(tmp_path / "a" / "b" / "c" / "model.sqlite", scope="torch/fp32")
+    store.put({"a cat": np.arange(4, dtype=np.float32)})
+    np.testing.assert_array_equal(store.get(["a cat"])["a cat"], np.arange(4, dtype=np.float32))
+    assert not store.disabled and len(store) == 1
