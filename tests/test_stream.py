@@ -158,3 +158,20 @@ def test_cuda_stream_chunks_and_bad_frames(cuda_engine):
     for got, want in zip(results, expected):
         # Chunks of 2 against batches of 1: kernels may differ in the last bit of a feature.
         assert (got.labels == want.labels).float().mean() > 0.999
+
+
+def test_prompt_buckets_hold_every_count():
+    for count in range(1, 1100):
+        bucket = prompt_bucket(count)
+        assert bucket >= count and (bucket <= 255 or bucket % 256 == 0)
+    assert [prompt_bucket(n) for n in (255, 256, 257, 512, 513)] == [255, 256, 512, 512, 768]
+
+
+@pytest.mark.parametrize("batch, sizes", [(1, [1, 1, 1, 1, 1]), (2, [2, 2, 1]), (5, [5]), (8, [5])])
+def test_chunks_never_exceed_the_batch(engine, batch, sizes):
+    stream = engine.stream(PROMPTS, size=32, batch=batch)
+    seen = []
+    run = stream._run_eager
+    stream._run_eager = lambda chunk, prompts: (seen.append(len(chunk)), run(chunk, prompts))[1]
+    assert len(stream(_frames(5))) == 5
+    assert seen == sizes
