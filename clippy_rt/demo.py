@@ -123,6 +123,7 @@ def run_demo(out: Path, images: Optional[Sequence[Path]] = None, model: str = "d
     from .datasets.synthetic import class_names, eval_prompts
     from .images import load_image
     from .formats.atomic import atomic_write
+    from .prompts import NO_TEMPLATE
     from .visualize import save_label_png, save_overlay
 
     paths = [Path(p) for p in images] if images else example_images()
@@ -136,7 +137,8 @@ def run_demo(out: Path, images: Optional[Sequence[Path]] = None, model: str = "d
     out.mkdir(parents=True, exist_ok=True)
     engine = clippy_rt.load(model)
     names = class_names()
-    segmentations = engine.segment(pictures, eval_prompts())
+    # The evaluation's own prompts, as its figures are measured: used verbatim.
+    segmentations = engine.segment(pictures, eval_prompts(), template=NO_TEMPLATE)
     written: List[Path] = []
     rows = []
     for stem, picture, seg in zip(stems, pictures, segmentations):

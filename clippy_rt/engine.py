@@ -29,7 +29,7 @@ from .errors import BackendUnavailableError, InputError
 from .formats.identity import artifact_identity
 from .images import RESIZE_MODES, as_pixel_batch, check_input_size, prepare_batch
 from .numerics import check_finite
-from .prompts import PromptSet, PromptsLike, build_prompt_set, class_logits
+from .prompts import PromptSet, PromptsLike, class_logits, model_prompt_set
 from .results import ImageFeatures, PreparedBatch, Segmentation, class_label_dtype, is_single
 from .runner import Runner, image_feed, split_image_outputs, text_feed, text_output
 from .text_cache import TextCache
@@ -94,6 +94,19 @@ class Engine:
     @property
     def random_weights(self) -> bool:
         return self.config.random_weights
+
+    @property
+    def template(self) -> str:
+        """The model's prompt template (its config's ``prompt_template``), which ``segment``,
+        ``classify`` and ``stream`` fill prompts into unless given another template."""
+        return self.config.prompt_template
+
+    def prompt_set(self, prompts: PromptsLike, template: Optional[str] = None) -> PromptSet:
+        """``prompts`` as the PromptSet ``segment`` / ``classify`` / ``stream`` use: a list or
+        ``{class: [prompt, ...]}`` filled into ``template``, or into the model's template
+        when ``template`` is None (``template="{}"`` keeps the prompts verbatim); a PromptSet
+        is used as built unless ``template`` is given. InputError for a bad set."""
+        return model_prompt_set(prompts, template, self.template)
 
     def __repr__(self) -> str:
         random = ", random weights" if self.random_weights else ""
@@ -264,14 +277,16 @@ class Engine:
         """Open-vocabulary segmentation. One image -> Segmentation; a list -> a list of them.
 
         ``prompts`` is a list of class prompts or a ``{class: [prompt, ...]}`` mapping (a
-        class's logit is the max over its prompts). Labels come back at the original
+        class's logit is the max over its prompts), each filled into ``template``: by
+        default the model's own (``engine.template``), ``template="{}"`` for the prompts
+        verbatim (see ``prompt_set``). Labels come back at the original
         image size (the crop's, with ``resize="crop"``; the tensor's, for a tensor input).
         The seg head reads the tower's patch features in its own dtype. Results are
         copied to the host through pinned memory, or stay on the device with
         ``device_output=True``. ``preprocess``: see ``prepare``.
         """
         single = is_single(images)
-        prompt_set = build_prompt_set(prompts, template)
+        prompt_set = self.prompt_set(prompts, template)
         timings = {}
         start = time.perf_counter()
         batch = self.prepare(images, size, resize, bgr, preprocess)
@@ -293,10 +308,11 @@ class Engine:
     def classify(self, images, labels: PromptsLike, top_k: int = 5, template: Optional[str] = None,
                  size=None, resize: str = "crop", bgr: bool = False):
         """Zero-shot classification. One image -> [(label, probability), ...] (top_k, best
-        first); a list -> one such list per image. probs = softmax(exp(logit_scale) * <e, T>)."""
+        first); a list -> one such list per image. probs = softmax(exp(logit_scale) * <e, T>).
+        ``labels`` are filled into ``template`` as in ``segment`` (default: the model's)."""
         check_positive_int("top_k", top_k)
         single = is_single(images)
-        prompt_set = build_prompt_set(labels, template)
+        prompt_set = self.prompt_set(labels, template)
         text = self.encode_text(list(prompt_set.prompts))
         features = self.encode_image(images, size, resize, bgr, dtype=None)
         out = self.decode_classes(features, text, prompt_set, top_k)
@@ -306,7 +322,8 @@ class Engine:
                bgr: bool = False, template: Optional[str] = None, device_output: bool = False,
                preprocess: str = "auto"):
         """A ``clippy_rt.stream.Stream`` for camera loops: ``stream(frame)`` -> Segmentation,
-        ``stream([f0, f1, ...])`` -> list; on CUDA the image path runs in CUDA graphs."""
+        ``stream([f0, f1, ...])`` -> list; on CUDA the image path runs in CUDA graphs.
+        ``template`` as in ``segment`` (default: the model's)."""
         from .stream import Stream
 
         return Stream(self, prompts, size=size, resize=resize, batch=batch, bgr=bgr, template=template,

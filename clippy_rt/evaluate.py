@@ -42,6 +42,7 @@ import numpy as np
 from .errors import InputError
 from .images import load_image
 from .metrics import ConfusionMatrix
+from .prompts import NO_TEMPLATE
 from .validate import check_positive_int
 
 __all__ = [
@@ -268,8 +269,10 @@ def evaluate(engine, eval_set: EvalSet, *, reference=None, size=None, resize: st
         images = [image for image, _ in pairs]
         if {"device", "kernel"} & {preprocess, reference_preprocess}:
             images = [np.asarray(load_image(image)) for image in images]
-        predictions = engine.segment(images, eval_set.prompts, size=size, resize=resize, **_choice(preprocess))
-        references = (reference.segment(images, eval_set.prompts, size=size, resize=resize,
+        # An evaluation set's prompts are final (its protocol's templates already applied).
+        predictions = engine.segment(images, eval_set.prompts, size=size, resize=resize, template=NO_TEMPLATE,
+                                     **_choice(preprocess))
+        references = (reference.segment(images, eval_set.prompts, size=size, resize=resize, template=NO_TEMPLATE,
                                         **_choice(reference_preprocess))
                       if reference is not None else [None] * len(pairs))
         for (_, target), prediction, ref in zip(pairs, predictions, references):

@@ -12,6 +12,9 @@ from .errors import InputError
 
 PromptsLike = Union[Sequence[str], Mapping[str, Sequence[str]], "PromptSet"]
 
+# The template that leaves prompts verbatim (``template="{}"``, ``--no-template``).
+NO_TEMPLATE = "{}"
+
 
 @dataclass(frozen=True)
 class PromptSet:
@@ -55,6 +58,21 @@ def check_template(template: Optional[str]) -> None:
     if "{}" not in template:
         raise InputError(f"template {template!r} has no '{{}}' where the prompt goes, "
                          f"e.g. 'a photo of {{article}} {{}}'")
+
+
+def resolve_template(template: Optional[str], model_template: Optional[str]) -> Optional[str]:
+    """The template a call fills its prompts into: ``template`` when given (``"{}"``: the
+    prompts verbatim), else the model's own (its config's ``prompt_template``)."""
+    return model_template if template is None else template
+
+
+def model_prompt_set(prompts: PromptsLike, template: Optional[str], model_template: Optional[str]) -> PromptSet:
+    """The prompt set of an engine call: lists and mappings are filled into ``template``,
+    or the model's template when ``template`` is None; a PromptSet is taken as built (its
+    template already applied) unless ``template`` is given."""
+    if template is None and isinstance(prompts, PromptSet):
+        return prompts
+    return build_prompt_set(prompts, resolve_template(template, model_template))
 
 
 def build_prompt_set(prompts: PromptsLike, template: Optional[str] = None) -> PromptSet:

@@ -40,7 +40,7 @@ import torch
 from .device_prep import PREPROCESS_CHOICES, as_frame_tensor, concrete_device, frames_of
 from .errors import InputError
 from .images import RESIZE_MODES, Prepared, check_input_size
-from .prompts import PromptSet, PromptsLike, build_prompt_set
+from .prompts import PromptSet, PromptsLike
 from .results import Segmentation, class_label_dtype, is_single
 from .validate import check_positive_int
 
@@ -113,11 +113,12 @@ class Stream:
         return self._prompts.prompt_set.classes
 
     def set_prompts(self, prompts: PromptsLike, template: Optional[str] = None) -> None:
-        """Use ``prompts`` (a list or ``{class: [prompt, ...]}``) from the next call on.
+        """Use ``prompts`` (a list or ``{class: [prompt, ...]}``) from the next call on, filled
+        into ``template`` (default: the model's; ``"{}"``: verbatim) as ``Engine.segment`` does.
 
         Encodes only prompts the engine has not cached. Raises InputError for a bad set,
         leaving the current one in place."""
-        prompt_set = build_prompt_set(prompts, template)
+        prompt_set = self.engine.prompt_set(prompts, template)
         embeds = self.engine.encode_text(list(prompt_set.prompts)).float()
         if not self.uses_graphs:
             self._prompts = _Prompts(prompt_set, embeds.to(self.device), None)

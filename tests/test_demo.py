@@ -49,7 +49,7 @@ def _score(engine, scenes):
     matrix = ConfusionMatrix(len(names), ignore_index=None)
     for start in range(0, len(scenes), 20):
         batch = scenes[start:start + 20]
-        results = engine.segment([Image.fromarray(s.image) for s in batch], eval_prompts())
+        results = engine.segment([Image.fromarray(s.image) for s in batch], eval_prompts(), template="{}")
         for scene, result in zip(batch, results):
             assert result.prompts == tuple(names)
             matrix.update(result.labels.numpy(), scene.labels)
@@ -69,13 +69,17 @@ def test_shipped_model_loads_offline_and_segments_unseen_scenes(offline):
 
 
 def test_demo_names_the_objects_of_the_example_scenes():
+    """As a user runs it: the shipped vocabulary, filled into the model's template by default."""
+    import json
+
     engine = clippy_rt.load("demo")
+    vocabulary = json.loads((demo.demo_model_dir() / "vocabulary.json").read_text())
     pairs = named = 0
     for path in demo.example_images():
         # The examples are the held-out scenes their file names give.
         scene = generate_scene(int(path.stem.split("-")[1]), 64)
         np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), scene.image)
-        labels = engine.segment([Image.open(path)], eval_prompts())[0].labels.numpy()
+        labels = engine.segment([Image.open(path)], vocabulary)[0].labels.numpy()
         for index in np.unique(scene.labels[scene.labels > 0]):
             predicted = labels[scene.labels == index]
             pairs += 1
@@ -146,7 +150,13 @@ def test_figure_rejects_bad_scale():
 
 
 def test_shipped_vocabulary_is_the_one_the_figures_are_measured_with():
+    """Filled into the model's template, as segment does by default, the vocabulary gives the
+    evaluation's prompts."""
     import json
 
+    from clippy_rt.config import format_prompt
+
     vocabulary = json.loads((demo.demo_model_dir() / "vocabulary.json").read_text())
-    assert vocabulary == eval_prompts()
+    template = json.loads((demo.demo_model_dir() / "config.json").read_text())["prompt_template"]
+    assert {name: [format_prompt(template, p) for p in prompts] for name, prompts in vocabulary.items()} \
+        == eval_prompts()

@@ -64,9 +64,12 @@ def test_encode_text_is_cached_and_order_preserving(engine):
 def test_segment_matches_reference_procedure(engine, size):
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, *size)
-    prompts = ["a red circle", "a blue square", "noise", "a green star", "grass"]
+    prompts = ["red circle", "blue square", "owl", "green star", "grass"]
+    # By default each prompt is filled into the model's template, "a photo of {article} {}".
+    texts = ["a photo of a red circle", "a photo of a blue square", "a photo of an owl", "a photo of a green star",
+             "a photo of a grass"]
     features = engine.encode_image(pixels)
-    logits = _reference_procedure(features.patch, engine.encode_text(prompts), size)
+    logits = _reference_procedure(features.patch, engine.encode_text(texts), size)
     result = engine.segment(pixels[0], prompts)  # one [3, H, W] tensor -> one Segmentation
     decided = _top2_gap(logits)[0] > 1e-5
     assert decided.float().mean() > 0.9
@@ -127,7 +130,7 @@ def test_classify_probabilities(engine):
     assert abs(sum(p for _, p in everything) - 1.0) < 1e-5
     # the probabilities follow docs/MODEL.md's formula
     pooled = engine.encode_image(image, resize="crop").pooled
-    text = engine.encode_text(["cat", "dog", "car"])
+    text = engine.encode_text(["a photo of a cat", "a photo of a dog", "a photo of a car"])  # the model's template
     probs = (np.exp(engine.logit_scale) * (pooled @ text.T)).softmax(-1)[0]
     assert dict(everything) == pytest.approx({n: float(p) for n, p in zip(["cat", "dog", "car"], probs)}, abs=1e-5)
 
@@ -197,7 +200,7 @@ def test_decode_with_padded_rows_and_a_class_map_equals_segment(engine):
     rng = np.random.default_rng(11)
     frames = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8) for _ in range(2)]
     prompts = {"floor": ["floor", "ground"], "wall": ["wall"], "door": ["door", "gate", "exit"]}
-    expected = engine.segment(frames, prompts)
+    expected = engine.segment(frames, prompts, template="{}")
     prompt_set = build_prompt_set(prompts)
     text = engine.encode_text(list(prompt_set.prompts))
     padded = torch.cat([text, text[:1].expand(16 - text.shape[0], -1)])

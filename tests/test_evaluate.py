@@ -33,7 +33,7 @@ class _FixedEngine:
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self.calls = 0
 
-    def segment(self, images, prompts, size=None, resize="squash"):
+    def segment(self, images, prompts, size=None, resize="squash", template=None):
         self.calls += 1
         return [_Labels(self.labels.clone()) for _ in images]
 
@@ -192,8 +192,8 @@ def test_cli_eval_device_preprocessing_agreement_with_host(tiny_model_dir, capsy
     eval_set = open_dataset("synthetic:3")
     images = [image for image, _ in eval_set.samples]
     same = total = 0
-    for ours, theirs in zip(engine.segment(images, eval_set.prompts, size=48, preprocess="kernel"),
-                            engine.segment(images, eval_set.prompts, size=48, preprocess="host")):
+    for ours, theirs in zip(engine.segment(images, eval_set.prompts, size=48, preprocess="kernel", template="{}"),
+                            engine.segment(images, eval_set.prompts, size=48, preprocess="host", template="{}")):
         same += int((ours.labels == theirs.labels).sum())
         total += ours.labels.numel()
     assert same < total

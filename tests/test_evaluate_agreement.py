@@ -19,8 +19,8 @@ def _agreement(engine, reference) -> float:
     eval_set = open_dataset(DATASET)
     same = total = 0
     for image, _ in eval_set.samples:
-        labels = engine.segment(image, eval_set.prompts).labels.numpy()
-        expected = reference.segment(image, eval_set.prompts).labels.numpy()
+        labels = engine.segment(image, eval_set.prompts, template="{}").labels.numpy()
+        expected = reference.segment(image, eval_set.prompts, template="{}").labels.numpy()
         same += int((labels == expected).sum())
         total += labels.size
     return same / total

@@ -79,8 +79,8 @@ def test_padding_rows_never_win(engine, monkeypatch):
     monkeypatch.setattr(engine, "_image_forward", non_negative_features)
     monkeypatch.setattr(engine, "encode_text", lambda prompts: torch.stack([table[p] for p in prompts]))
     frames = _frames(2, seed=3)
-    results = engine.stream(["one", "two", "three"])(frames)
-    expected = engine.segment(frames, ["one", "two", "three"])
+    results = engine.stream(["one", "two", "three"], template="{}")(frames)
+    expected = engine.segment(frames, ["one", "two", "three"], template="{}")
     assert all((r.scores < 0).all() for r in results)
     assert len(set(torch.cat([r.labels.flatten() for r in results]).tolist())) > 1
     _assert_same(results, expected)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import add_model_arguments, load_engine, positive_int, random_warning, size_arg
+from .common import add_model_arguments, add_template_arguments, load_engine, positive_int, random_warning, size_arg
 
 
 def add_arguments(parser) -> None:
@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
                         help="namespace of each topic's outputs; {topic} is the input topic "
                              "(default: {topic}/clippy_rt)")
     parser.add_argument("--prompts", required=True, help='classes, e.g. "background|floor,person,chair"')
-    parser.add_argument("--template", default=None, help='prompt template, e.g. "a photo of {article} {}"')
+    add_template_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="output MCAP file")
     parser.add_argument("--size", type=size_arg, default=None,
                         help="model input size, S or HxW, multiples of the patch size (default: the model's)")

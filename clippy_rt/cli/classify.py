@@ -1,24 +1,27 @@
 """Zero-shot classification of images against free-text labels.
 
-Labels are separated by commas, synonyms of one label by '|'.
+Labels are separated by commas, synonyms of one label by '|'. Each label is filled into the
+model's prompt template, or --template's (--no-template: verbatim); --templates averages the
+label's embedding over a template ensemble instead.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_arguments, load_engine, positive_int, print_json, progress, random_warning, size_arg
+from .common import (add_model_arguments, add_template_arguments, load_engine, model_prompts, positive_int, print_json,
+                     progress, random_warning, size_arg)
 
 
 def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--labels", required=True, help='labels, e.g. "cat,dog,car|automobile"')
-    parser.add_argument("--template", default=None,
-                        help='prompt template, e.g. "a photo of {article} {}" (default: labels verbatim)')
+    add_template_arguments(parser, "label")
     parser.add_argument("--templates", default=None,
-                        help="a template ensemble instead of --template: openai (CLIP's 80 ImageNet templates) "
-                             "or a file with one template a line; each label's embedding is the mean over them")
+                        help="a template ensemble instead of --template: openai (CLIP's 80 ImageNet templates), "
+                             "single (the model's template) or a file with one template a line; each label's "
+                             "embedding is the mean over them")
     parser.add_argument("--top-k", type=positive_int, default=5, help="how many labels to report (default: 5)")
     parser.add_argument("--size", type=size_arg, default=None, help="model input size (default: the model's)")
     parser.add_argument("--resize", default="crop", choices=["squash", "crop", "letterbox"],
@@ -30,23 +33,28 @@ def run(args) -> int:
     import sys
 
     from clippy_rt.images import load_image
-    from clippy_rt.prompts import build_prompt_set, parse_cli_prompts
+    from clippy_rt.prompts import check_template, parse_cli_prompts
 
     from clippy_rt.errors import InputError
 
     if args.templates is not None and args.template is not None:
-        raise InputError("give --template or --templates, not both")
-    label_set = build_prompt_set(parse_cli_prompts(args.labels), args.template)
+        raise InputError("give --template / --no-template or --templates, not both")
+    label_set = parse_cli_prompts(args.labels)  # the template is applied once the model is loaded
+    check_template(args.template)
     templates = None
     if args.templates is not None:
         from clippy_rt.classification import templates_for
 
-        templates = templates_for(args.templates, None)
+        templates = templates_for(args.templates, None)  # checked before the model loads
     images = [load_image(Path(p)) for p in args.images]
     engine = load_engine(args)
     warning = random_warning(engine)
     if warning:
         print(warning, file=sys.stderr)
+    if templates is None:
+        label_set = model_prompts(label_set, args, engine)
+    else:
+        templates = templates_for(args.templates, engine.template)
     results = []
     for path, image in progress(list(zip(args.images, images)), "classify", enabled=not args.json):
         if templates is None:

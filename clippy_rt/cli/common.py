@@ -75,6 +75,24 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str = No
                             help="CPU threads for torch and ONNX Runtime (default: each library's own choice)")
 
 
+def add_template_arguments(parser: argparse.ArgumentParser, what: str = "prompt") -> None:
+    """--template T / --no-template: the template each {what} is filled into; by default the
+    model's own (its config's prompt_template, printed by ``clippy-rt info``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--template", default=None,
+                       help=f'template with {{}} for each {what}, e.g. "a photo of {{article}} {{}}" '
+                            f"(default: the model's template, see clippy-rt info)")
+    group.add_argument("--no-template", dest="template", action="store_const", const="{}",
+                       help=f"use each {what} verbatim")
+
+
+def model_prompts(prompt_set, args, engine):
+    """The CLI's prompt set with its template: --template's, or the loaded model's."""
+    from clippy_rt.prompts import build_prompt_set, resolve_template
+
+    return build_prompt_set(prompt_set, resolve_template(args.template, engine.template))
+
+
 def load_engine(args, **kwargs):
     """``clippy_rt.load`` with the model arguments of ``add_model_arguments``."""
     import clippy_rt

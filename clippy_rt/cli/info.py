@@ -134,7 +134,8 @@ def describe(info) -> list:
                      f"labels agree {row.get('label_agreement')}%")
     template = info.get("prompt_template")
     if template:
-        lines.append(f"prompt template: {template!r}  (segment --template {json.dumps(template)})")
+        lines.append(f"prompt template: {template!r}  (segment and classify fill prompts into it; "
+                     f"--no-template: verbatim)")
     vocabulary = info.get("vocabulary")
     if vocabulary:
         lines.append(f"vocabulary ({VOCABULARY_FILE}, {len(vocabulary)} classes):")

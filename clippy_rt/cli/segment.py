@@ -5,7 +5,9 @@ palette PNG for up to 256 classes, a 16-bit grayscale PNG for more) and <stem>.o
 (the image with each class's colour blended in, the same size as the image), and once
 legend.png (each class's colour and name). --save-masks adds one binary mask per class,
 <stem>.mask-<index>-<class>.png (255 inside, 0 outside). Classes are separated by commas;
-synonyms of one class by '|': --prompts "background|sky|wall,cat,dog".
+synonyms of one class by '|': --prompts "background|sky|wall,cat,dog". Each prompt is filled
+into the model's prompt template (``clippy-rt info`` prints it; the public checkpoint's is
+"a photo of {article} {}"), or into --template's; --no-template uses the prompts verbatim.
 
 The labels have the image's size; with --resize crop they cover the centred crop the model
 saw (the shorter side whole for a square input), whose box --json reports, and the overlay
@@ -41,8 +43,8 @@ import os
 import re
 from pathlib import Path
 
-from .common import (add_model_arguments, load_engine, positive_int, print_json, progress, random_warning, size_arg,
-                     str_list)
+from .common import (add_model_arguments, add_template_arguments, load_engine, model_prompts, positive_int, print_json,
+                     progress, random_warning, size_arg, str_list)
 
 
 def add_arguments(parser) -> None:
@@ -55,9 +57,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-frames", type=positive_int, default=None,
                         help="with --source: stop after this many frames")
     parser.add_argument("--prompts", required=True, help='classes, e.g. "background|sky,cat,dog"')
-    parser.add_argument("--template", default=None,
-                        help='prompt template with {} for the prompt, e.g. "a photo of {article} {}" '
-                             '(default: prompts verbatim)')
+    add_template_arguments(parser)
     parser.add_argument("--size", type=size_arg, default=None,
                         help="model input size, S or HxW, multiples of the patch size (default: the model's)")
     parser.add_argument("--resize", default="squash", choices=["squash", "crop", "letterbox"],
@@ -78,9 +78,12 @@ def run(args) -> int:
 
     from clippy_rt.errors import InputError
     from clippy_rt.images import load_image, probe_image
-    from clippy_rt.prompts import build_prompt_set, parse_cli_prompts
+    from clippy_rt.prompts import check_template, parse_cli_prompts
 
-    prompt_set = build_prompt_set(parse_cli_prompts(args.prompts), args.template)
+    # The prompts as given; the template (--template's or the model's) is applied once the
+    # model is loaded (model_prompts).
+    prompt_set = parse_cli_prompts(args.prompts)
+    check_template(args.template)
     if (args.source is None) == (not args.images):
         raise InputError("give IMAGE files or --source, not both" if args.images else
                          "give IMAGE files or --source (a folder, glob, video, camera index or stream URL)")
@@ -110,6 +113,7 @@ def run(args) -> int:
             raise InputError(f"{path}: image is {width}x{height} pixels (width x height), "
                              f"smaller than one {patch}x{patch} patch")
 
+    prompt_set = model_prompts(prompt_set, args, engine)
     legend = _start_out(args.out, classes)
     report = []
     for path in progress(paths, "segment", enabled=not args.json):
@@ -264,7 +268,7 @@ def _run_source(args, prompt_set, classes) -> int:
         warning = random_warning(engine)
         if warning:
             print(warning, file=sys.stderr)
-        stream = engine.stream(prompt_set, size=args.size, resize=args.resize, batch=1)
+        stream = engine.stream(model_prompts(prompt_set, args, engine), size=args.size, resize=args.resize, batch=1)
         legend = _start_out(args.out, classes)
         clock, stream_ms, report, finished = FrameClock(), [], [], False
         cv2 = import_cv2() if args.show else None

@@ -61,7 +61,8 @@ def parameter_specs() -> List[ParameterSpec]:
         ParameterSpec("backend", str, "", "inference backend (empty: the one that loads the model's kind)"),
         ParameterSpec("device", str, "", "cpu or cuda[:N] (empty: the backend's default)"),
         ParameterSpec("precision", str, "", "compute precision (empty: the backend's default)"),
-        ParameterSpec("template", str, "", 'prompt template, e.g. "a photo of {article} {}" (empty: none)'),
+        ParameterSpec("template", str, "", 'prompt template, e.g. "a photo of {article} {}" '
+                      '(empty: the model\'s template; "{}": prompts verbatim)'),
         ParameterSpec("size", int, 0, "model input size in pixels (0: the model's)", minimum=0,
                       maximum=MAX_INPUT_SIDE),
         ParameterSpec("resize", str, "squash", f"how frames are fitted: {' or '.join(WHOLE_FRAME_MODES)}"),

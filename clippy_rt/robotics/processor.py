@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..images import WHOLE_FRAME_MODES
-from ..prompts import PromptSet, PromptsLike, build_prompt_set, parse_cli_prompts
+from ..prompts import PromptSet, PromptsLike, build_prompt_set, parse_cli_prompts, resolve_template
 from . import messages
 from ..validate import check_positive_int
 
@@ -47,6 +47,9 @@ def parse_prompts(prompts: Union[str, PromptsLike], template: Optional[str] = No
 class FrameProcessor:
     """RGB uint8 frames [H, W, 3] -> one ``Segmentation`` per frame, labels at the frame's size.
 
+    Prompts are filled into ``template``, or the model's template when it is None
+    (``"{}"``: verbatim), as ``Engine.segment`` does.
+
     Thread-safe: ``set_prompts`` may be called while another thread is in ``process``;
     a frame is segmented with the vocabulary current when its call started.
     """
@@ -60,12 +63,13 @@ class FrameProcessor:
         self.engine = engine
         self.size = size
         self.resize = resize
-        self.template = template
+        # None: the model's own template (as Engine.segment); "{}": the prompts verbatim.
+        self.template = resolve_template(template, engine.template)
         self.batch = batch
         self._lock = threading.Lock()
         self._stream = None
         self._identity: Optional[str] = None
-        self.prompt_set: PromptSet = parse_prompts(prompts, template)
+        self.prompt_set: PromptSet = parse_prompts(prompts, self.template)
         self.engine.encode_text(list(self.prompt_set.prompts))  # fail early; warms the text cache
         self._stream = self._open_stream(self.prompt_set)
 

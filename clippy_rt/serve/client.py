@@ -87,7 +87,9 @@ class Client:
         """Like ``Engine.segment``: one image -> Segmentation, a list -> a list of them (in one
         binary request, up to 256 frames per request; one JSON request each with
         ``protocol="json"``). ``image``: a path, PNG/JPEG bytes, a PIL image or a uint8 RGB
-        array (sent raw). ``scores=False`` leaves ``Segmentation.scores`` empty (shape [0]);
+        array (sent raw). ``template``: None fills the prompts into the served model's
+        template, ``"{}"`` sends them verbatim. ``scores=False`` leaves
+        ``Segmentation.scores`` empty (shape [0]);
         ``scores=True`` fetches them, over JSON."""
         several = isinstance(image, (list, tuple))
         images = list(image) if several else [image]
@@ -219,7 +221,7 @@ class Session:
     """One camera's frames over one WebSocket (``/v1/session``, see
     ``clippy_rt.serve.session``), answered in the order they were sent.
 
-        with client.stream(["a person", "a car", "the road"], in_flight=2) as session:
+        with client.stream(["person", "car", "road"], in_flight=2) as session:
             for frame_id, frame in enumerate(camera):
                 session.submit(frame, frame_id)
                 for answer in session.answers():        # what is ready, without waiting

@@ -106,7 +106,8 @@ class ClippyDeployment:
 
     @app.websocket(SESSION_PATH)
     async def session(self, websocket: WebSocket) -> None:
-        await serve_session(websocket, self.replica.patch_size, self.options.max_pixels, None, self.handle_batch)
+        await serve_session(websocket, self.replica.patch_size, self.options.max_pixels, None, self.handle_batch,
+                            model_template=self.replica.template)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
     async def http(self, request: Request) -> Response:

@@ -29,7 +29,7 @@ import io
 import json
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -122,10 +122,11 @@ def frame_of(image) -> Tuple[str, bytes, Tuple[int, int]]:
 
 
 def parse_frames(header_length: Any, body: bytes, patch_size: int,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> FramesRequest:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, *, model_template: Optional[str] = None) -> FramesRequest:
     """A binary /v1/segment request (``header_length`` from its HTTP header) -> a
-    FramesRequest, every frame decoded. Raises RequestError (413 for a frame over
-    ``max_pixels``)."""
+    FramesRequest, every frame decoded; prompts filled into the header's "template", or
+    ``model_template`` without one (None: verbatim). Raises RequestError (413 for a frame
+    over ``max_pixels``)."""
     try:
         length = int(header_length)
     except (TypeError, ValueError):
@@ -138,7 +139,7 @@ def parse_frames(header_length: Any, body: bytes, patch_size: int,
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"the binary request's header is not valid JSON: {first_line(exc)}") from None
     header = _object(header, {"prompts", "template", "size", "resize", "labels", "frames"})
-    prompts = _prompt_set(header, "prompts")
+    prompts = _prompt_set(header, "prompts", model_template)
     size = _size(header.get("size"), patch_size)
     resize = _resize(header.get("resize", "squash"))
     labels = header.get("labels", "raw")

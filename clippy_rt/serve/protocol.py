@@ -16,6 +16,9 @@ needs no Ray.
     {"image": ..., "labels": [...] | {...}, "top_k": 5, "template": ..., "size": ..., "resize": "crop"}
     -> {"labels": [[name, probability], ...]}
 
+Prompts and labels are filled into "template" (``"{}"``: verbatim); without one, into the
+served model's template, as ``Engine.segment`` does.
+
 Errors are ``{"error": "<one line>"}`` with a 4xx status (5xx for a server fault).
 """
 
@@ -34,7 +37,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..images import RESIZE_MODES, load_image, upright
-from ..prompts import PromptSet, build_prompt_set
+from ..prompts import PromptSet, build_prompt_set, resolve_template
 from ..results import Segmentation, class_label_dtype
 from ..visualize import label_image
 from ..validate import check_positive_int
@@ -141,10 +144,13 @@ def encode_image_file(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def parse_segment(body: Any, patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> SegmentRequest:
-    """The JSON object of a /v1/segment request -> a SegmentRequest. Raises RequestError."""
+def parse_segment(body: Any, patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                  model_template: Optional[str] = None) -> SegmentRequest:
+    """The JSON object of a /v1/segment request -> a SegmentRequest; prompts are filled into
+    the request's "template", or ``model_template`` without one (None: verbatim). Raises
+    RequestError."""
     body = _object(body, {"image", "prompts", "size", "resize", "template", "return_scores"})
-    prompts = _prompt_set(body, "prompts")
+    prompts = _prompt_set(body, "prompts", model_template)
     size = _size(body.get("size"), patch_size)
     resize = _resize(body.get("resize", "squash"))
     return_scores = body.get("return_scores", False)
@@ -155,10 +161,12 @@ def parse_segment(body: Any, patch_size: int, max_pixels: int = DEFAULT_MAX_PIXE
     return SegmentRequest(image=image, prompts=prompts, size=size, resize=resize, return_scores=return_scores)
 
 
-def parse_classify(body: Any, patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> ClassifyRequest:
-    """The JSON object of a /v1/classify request -> a ClassifyRequest. Raises RequestError."""
+def parse_classify(body: Any, patch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                   model_template: Optional[str] = None) -> ClassifyRequest:
+    """The JSON object of a /v1/classify request -> a ClassifyRequest (labels filled into the
+    template as in ``parse_segment``). Raises RequestError."""
     body = _object(body, {"image", "labels", "top_k", "size", "resize", "template"})
-    labels = _prompt_set(body, "labels")
+    labels = _prompt_set(body, "labels", model_template)
     top_k = body.get("top_k", 5)
     check_positive_int("'top_k'", top_k, error=RequestError)
     size = _size(body.get("size"), patch_size)
@@ -183,7 +191,9 @@ def _required(body: Dict[str, Any], name: str) -> Any:
     return body[name]
 
 
-def _prompt_set(body: Dict[str, Any], name: str) -> PromptSet:
+def _prompt_set(body: Dict[str, Any], name: str, model_template: Optional[str] = None) -> PromptSet:
+    """``body[name]`` filled into ``body["template"]`` (``"{}"``: verbatim), or into
+    ``model_template`` when the request names none."""
     value = _required(body, name)
     template = body.get("template")
     if template is not None and not isinstance(template, str):
@@ -196,7 +206,7 @@ def _prompt_set(body: Dict[str, Any], name: str) -> PromptSet:
     elif not isinstance(value, list):
         raise RequestError(f"'{name}' must be a list of strings or an object of lists, got {_json_type(value)}")
     try:
-        return build_prompt_set(value, template or None)
+        return build_prompt_set(value, resolve_template(template, model_template))
     except (InputError, ValueError, KeyError, IndexError) as exc:
         raise RequestError(f"'{name}': {first_line(exc)}") from None
 

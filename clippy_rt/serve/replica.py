@@ -58,6 +58,8 @@ class Replica:
         self.replica_id = replica_id
         self.node_id = node_id
         self.patch_size = engine.config.image.patch_size
+        # Requests without a "template" get the model's, as Engine.segment does.
+        self.template = engine.template
         self._lock = threading.Lock()
         self._batch_sizes: Counter = Counter()
         self._call_sizes: Counter = Counter()
@@ -69,14 +71,14 @@ class Replica:
     def parse(self, kind: str, body: Any) -> Request:
         """``kind`` is "segment" or "classify". Raises RequestError for a bad request."""
         if kind == "segment":
-            return parse_segment(body, self.patch_size, self.max_pixels)
+            return parse_segment(body, self.patch_size, self.max_pixels, model_template=self.template)
         if kind == "classify":
-            return parse_classify(body, self.patch_size, self.max_pixels)
+            return parse_classify(body, self.patch_size, self.max_pixels, model_template=self.template)
         raise RequestError(f"unknown request kind {kind!r}", status=404)
 
     def parse_binary(self, header_length: Any, body: bytes) -> FramesRequest:
         """A binary /v1/segment request (``clippy_rt.serve.frames``). Raises RequestError."""
-        return parse_frames(header_length, body, self.patch_size, self.max_pixels)
+        return parse_frames(header_length, body, self.patch_size, self.max_pixels, model_template=self.template)
 
     def run_batch(self, requests: Sequence[Request]) -> List[Reply]:
         """One reply per request, in order. A group whose engine call fails on bad input is

@@ -27,7 +27,7 @@ import asyncio
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, Tuple
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
 from .frames import LABEL_ENCODINGS, BinaryBody, FramesRequest, _decode_frame, _frame_bytes, segmentations_to_binary
 from .protocol import RequestError, Size, _object, _prompt_set, _resize, _size, first_line
@@ -47,8 +47,9 @@ class SessionSetup:
     labels: str
 
 
-def parse_setup(text: Any, patch_size: int) -> SessionSetup:
-    """The first message of a session -> SessionSetup. Raises RequestError."""
+def parse_setup(text: Any, patch_size: int, model_template: Optional[str] = None) -> SessionSetup:
+    """The first message of a session -> SessionSetup; prompts filled into its "template", or
+    ``model_template`` without one (None: verbatim). Raises RequestError."""
     try:
         body = json.loads(text)
     except (TypeError, ValueError):
@@ -57,7 +58,7 @@ def parse_setup(text: Any, patch_size: int) -> SessionSetup:
     labels = body.get("labels", "raw")
     if labels not in LABEL_ENCODINGS:
         raise RequestError(f"'labels' must be one of {', '.join(LABEL_ENCODINGS)}, got {labels!r}")
-    return SessionSetup(prompts=_prompt_set(body, "prompts"), size=_size(body.get("size"), patch_size),
+    return SessionSetup(prompts=_prompt_set(body, "prompts", model_template), size=_size(body.get("size"), patch_size),
                         resize=_resize(body.get("resize", "squash")), labels=labels)
 
 
@@ -99,10 +100,11 @@ def encode_answer(body: BinaryBody, frame_id: Any, timestamp: Any) -> bytes:
 
 async def serve_session(websocket, patch_size: int, max_pixels: int, parse_pool,
                         run: Callable[[FramesRequest], Awaitable[Tuple[int, Any]]],
-                        max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                        max_in_flight: int = MAX_IN_FLIGHT, model_template: Optional[str] = None) -> None:
     """Run one session on ``websocket`` (Starlette) until the client leaves. ``run`` takes a
     FramesRequest and returns (status, BinaryBody or JSON error body); frames are decoded on
-    ``parse_pool`` (an executor, or None for the loop's default)."""
+    ``parse_pool`` (an executor, or None for the loop's default); prompts without a template
+    are filled into ``model_template`` (None: verbatim)."""
     from starlette.websockets import WebSocketDisconnect
 
     await websocket.accept()
@@ -134,7 +136,7 @@ async def serve_session(websocket, patch_size: int, max_pixels: int, parse_pool,
 
     try:
         try:
-            setup = parse_setup(await websocket.receive_text(), patch_size)
+            setup = parse_setup(await websocket.receive_text(), patch_size, model_template)
         except (RequestError, KeyError) as exc:
             await websocket.send_text(json.dumps({"error": first_line(exc)}))
             await websocket.close(code=1008)

@@ -55,6 +55,35 @@ def test_template_is_applied(tmp_path, tiny_model_dir, encoded_prompts, command,
 
 
 @pytest.mark.parametrize("command,flag", [("segment", "--prompts"), ("classify", "--labels")])
+def test_the_models_template_is_the_default_and_no_template_keeps_prompts_verbatim(tmp_path, tiny_model_dir,
+                                                                                    encoded_prompts, command, flag):
+    # The tiny model's config.json holds "a photo of {article} {}", as converted checkpoints do.
+    image = _images(tmp_path, 1)[0]
+    assert cli([command, str(tiny_model_dir), str(image), flag, "background|sky,apple", "--json"]) == 0
+    assert set(encoded_prompts) == {"a photo of a background", "a photo of a sky", "a photo of an apple"}
+    encoded_prompts.clear()
+    assert cli([command, str(tiny_model_dir), str(image), flag, "background|sky,apple", "--json",
+                "--no-template"]) == 0
+    assert set(encoded_prompts) == {"background", "sky", "apple"}
+
+
+def test_source_frames_get_the_models_template(tmp_path, tiny_model_dir, encoded_prompts):
+    folder = tmp_path / "frames"
+    _images(folder, 2)
+    assert cli(["segment", str(tiny_model_dir), "--source", str(folder), "--prompts", "cat,owl", "--json"]) == 0
+    assert set(encoded_prompts) == {"a photo of a cat", "a photo of an owl"}
+
+
+@pytest.mark.parametrize("command,flag", [("segment", "--prompts"), ("classify", "--labels"), ("bag", "--prompts")])
+def test_template_and_no_template_together_are_refused(tmp_path, tiny_model_dir, capsys, command, flag):
+    args = [command, str(tiny_model_dir), str(tmp_path / "x.png"), flag, "cat", "--template", "a {}", "--no-template"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(args)
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,flag", [("segment", "--prompts"), ("classify", "--labels")])
 def test_template_without_placeholder_is_refused(tmp_path, tiny_model_dir, capsys, command, flag):
     image = _images(tmp_path, 1)[0]
     out = tmp_path / "out"

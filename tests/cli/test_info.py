@@ -31,7 +31,8 @@ def test_onnx_directory(tiny_onnx_dir, capsys):
             assert any(line.startswith(f"parity fp16 {size} batch {batch}: max |diff| ") for line in lines), lines
     for graph in tiny_onnx_dir.glob("*.onnx"):
         assert f"  {graph.name}  {graph.stat().st_size:,} bytes  sha256 {_sha256(graph)}" in lines
-    assert "prompt template: 'a photo of {article} {}'  (segment --template \"a photo of {article} {}\")" in lines
+    assert ("prompt template: 'a photo of {article} {}'  (segment and classify fill prompts into it; "
+            "--no-template: verbatim)") in lines
 
 
 def test_engine_directory(tmp_path, capsys):

@@ -146,8 +146,8 @@ def test_eval_reports_agreement_for_int8(exported_int8, tiny_model_dir, capsys):
     int8 = clippy_rt.load(exported_int8, backend="onnxruntime", precision="int8")
     fp32 = clippy_rt.load(tiny_model_dir, backend="torch", precision="fp32")
     same = total = 0
-    for mine, ref in zip(int8.segment(images, eval_set.prompts, size=32),
-                         fp32.segment(images, eval_set.prompts, size=32)):
+    for mine, ref in zip(int8.segment(images, eval_set.prompts, size=32, template="{}"),
+                         fp32.segment(images, eval_set.prompts, size=32, template="{}")):
         same += int((mine.labels == ref.labels).sum())
         total += mine.labels.numel()
     assert result["agreement_with_torch_fp32"] == pytest.approx(same / total, abs=1e-12)

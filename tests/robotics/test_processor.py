@@ -36,6 +36,7 @@ class SpyEngine:
 
     def __init__(self, engine):
         self.engine, self.calls = engine, []
+        self.template = engine.template
 
     def encode_text(self, prompts):
         return self.engine.encode_text(prompts)
@@ -191,6 +192,8 @@ def test_the_engine_stream_path_is_used_when_the_engine_has_one():
             return [f"result {i}" for i, _ in enumerate(frames)]
 
     class StreamEngine:
+        template = "{}"
+
         def encode_text(self, prompts):
             return torch.zeros(len(prompts), 4)
 

@@ -356,7 +356,8 @@ class SessionServer:
             return await asyncio.get_running_loop().run_in_executor(None, lambda: replica.run_batch([request])[0])
 
         async def endpoint(websocket):
-            await serve_session(websocket, replica.patch_size, replica.max_pixels, None, run)
+            await serve_session(websocket, replica.patch_size, replica.max_pixels, None, run,
+                                model_template=replica.template)
 
         app = Starlette(routes=[WebSocketRoute(PATH, endpoint)])
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))

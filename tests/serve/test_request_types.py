@@ -62,7 +62,7 @@ def _refused(parse, body):
 
 # Values a field takes besides its own type: the defaults (null) of optional fields, and
 # lists of strings where prompts go.
-ALLOWED = {"size": [None, 32], "template": [None, ""], "top_k": [10 ** 30]}
+ALLOWED = {"size": [None, 32], "template": [None], "top_k": [10 ** 30]}
 
 
 def _cases(base):
