@@ -110,10 +110,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def prompts_for(model: str):
-    """The demo model's evaluation prompts; the shape names for other models."""
-    from clippy_rt.datasets.synthetic import class_names, eval_prompts
+    """The demo model's vocabulary (its template turns it into the evaluation prompts); the
+    shape names for other models."""
+    import json
 
-    return eval_prompts() if model == "demo" else class_names()
+    from clippy_rt.datasets.synthetic import class_names
+    from clippy_rt.formats.model_dir import VOCABULARY_FILE, demo_model_dir
+
+    if model == "demo":
+        return json.loads((demo_model_dir() / VOCABULARY_FILE).read_text())
+    return class_names()
 
 
 def baseline(model: str, images, prompts, thread_counts: List[int], seconds: float = 4.0,
