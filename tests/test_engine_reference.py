@@ -90,7 +90,7 @@ def test_letterbox_labels_equal_an_independent_crop_of_the_full_frame(engine, he
     logits = torch.einsum("bdhw,kd->bkhw", window, text)[0]
     expected = logits.argmax(dim=0)
 
-    result = engine.segment(image, prompts, resize="letterbox")
+    result = engine.segment(image, prompts, resize="letterbox", template="{}")
     assert result.labels.shape == (height, width)
     top2 = logits.topk(2, dim=0).values
     decided = (top2[0] - top2[1]) > 1e-5

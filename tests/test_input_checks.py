@@ -58,7 +58,7 @@ def test_template_fills_prompt_sets_too(engine):
     assert filled.prompts == ("a photo of a background", "a photo of a sky", "a photo of an apple")
     assert filled.classes == ("background", "apple")
     by_hand = engine.segment(IMAGE, {"background": ["a photo of a background", "a photo of a sky"],
-                                     "apple": ["a photo of an apple"]})
+                                     "apple": ["a photo of an apple"]}, template="{}")
     templated = engine.segment(IMAGE, spec, template="a photo of {article} {}")
     assert torch.equal(templated.labels, by_hand.labels)
     torch.testing.assert_close(templated.scores, by_hand.scores, rtol=0, atol=0)
