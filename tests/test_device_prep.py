@@ -3,6 +3,8 @@ the host (PIL) path, frame forms, errors; the CUDA path on a GPU."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -87,10 +89,12 @@ def test_geometry_matches_host_path(mode, shape):
 
 
 @pytest.mark.parametrize("shape,size", [((64, 64), (40, 56)), ((45, 70), (32, 48)), ((100, 60), (48, 48)),
-                                        ((480, 640), (224, 224)), ((30, 40), (48, 64))])
+                                        ((480, 640), (224, 224)), ((30, 40), (48, 64)),
+                                        ((64, 64), (32, 32)), ((96, 64), (48, 32))])
 def test_bicubic_matches_pil(shape, size):
     # PIL's 8-bit bicubic resize, against PIL itself: the two passes are rounded to 8 bits,
-    # in Pillow's order (here vertical first for (64, 64) -> (40, 56) and (100, 60) -> (48, 48)).
+    # in Pillow's order (here vertical first for (64, 64) -> (40, 56) and (100, 60) -> (48, 48);
+    # horizontal first when both sides shrink by the same factor, as (64, 64) -> (32, 32)).
     frame = _frame(*shape, seed=13)
     pil = np.asarray(Image.fromarray(frame).resize(size[::-1], Image.Resampling.BICUBIC)).astype(np.int64)
     ours = resample_like_pil(torch.from_numpy(frame)[None], size)[0].permute(1, 2, 0).numpy().astype(np.int64)
@@ -102,6 +106,20 @@ def test_bicubic_matches_pil(shape, size):
                                bgr=True)
     host = prepare(frame, size, mean=MEAN, std=STD, patch_size=8).pixels
     assert (pixels[0] - host).abs().max() <= 2.0 / 255.0 / min(STD) + 1e-5
+
+
+def test_bicubic_overshoot_is_clipped_to_black_and_white():
+    # Bicubic rings past 0 and 255 beside sharp edges; PIL clips each pass to 0..255, so black
+    # stays 0 and white 255 (not 1, not 256).
+    frame = np.zeros((60, 60, 3), dtype=np.uint8)
+    frame[:, 30:] = 255
+    frame[:, 2:30:4] = 255
+    size = (45, 45)
+    pil = np.asarray(Image.fromarray(frame).resize(size[::-1], Image.Resampling.BICUBIC)).astype(np.int64)
+    ours = resample_like_pil(torch.from_numpy(frame)[None], size)[0].permute(1, 2, 0).numpy().astype(np.int64)
+    assert ours.min() == 0 and ours.max() == 255
+    assert np.abs(ours - pil).max() <= 1
+    assert (ours[:, :, 0] == 0).sum() == (pil[:, :, 0] == 0).sum()
 
 
 def test_bgr_grey_rgba_and_frame_forms():
@@ -148,6 +166,80 @@ def test_bad_frames_raise_clear_errors(bad, error, match):
         prepare_frames([_frame(40, 40), bad], 32, mean=MEAN, std=STD, patch_size=8)
 
 
+def test_grey_frames_of_one_size_share_a_batch():
+    args = dict(mean=MEAN, std=STD, patch_size=8)
+    greys = [_frame(40, 56, seed=20, channels=1)[:, :, 0], _frame(40, 56, seed=21, channels=1)[:, :, 0]]
+    pixels, _ = prepare_frames(greys, 32, **args)
+    for index, grey in enumerate(greys):
+        rgb, _ = prepare_frames(np.repeat(grey[:, :, None], 3, axis=2), 32, **args)
+        torch.testing.assert_close(pixels[index], rgb[0], atol=0, rtol=0)
+
+
+def test_read_only_frames_are_taken_without_a_warning():
+    # A read-only array (a memory-mapped or shared buffer) is copied, not handed to torch as is.
+    frame = _frame(40, 56, seed=22)
+    expected, _ = prepare_frames(frame.copy(), 32, mean=MEAN, std=STD, patch_size=8)
+    frame.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels, _ = prepare_frames(frame, 32, mean=MEAN, std=STD, patch_size=8)
+    torch.testing.assert_close(pixels, expected, atol=0, rtol=0)
+
+
+def test_views_are_the_batch_rows():
+    frames = [_frame(40, 56, seed=23), _frame(64, 48, seed=24)]
+    for group in ([frames[0]], frames):
+        pixels, prepared = prepare_frames(group, 32, mean=MEAN, std=STD, patch_size=8)
+        for index, item in enumerate(prepared):
+            assert torch.equal(item.pixels, pixels[index])
+
+
+def test_frame_side_limits_and_error_messages():
+    args = dict(mean=MEAN, std=STD, patch_size=8)
+    # A side of exactly one patch is enough, on either axis.
+    for shape in ((8, 40), (40, 8)):
+        pixels, _ = prepare_frames(_frame(*shape), 32, **args)
+        assert pixels.shape == (1, 3, 32, 32)
+    # A side under one patch is refused, on either axis; the message gives width x height.
+    with pytest.raises(InputError, match=r"frame 0 is 40x7 pixels \(width x height\)"):
+        prepare_frames(_frame(7, 40), 32, **args)
+    with pytest.raises(InputError, match=r"frame 1 is 7x40 pixels \(width x height\)"):
+        prepare_frames([_frame(40, 40), _frame(40, 7)], 32, **args)
+    # Bad frames are named by their position and what they are.
+    good = _frame(40, 40)
+    with pytest.raises(TypeError, match=r"^frame 1: frames must be uint8, got torch.float32$"):
+        prepare_frames([good, torch.zeros(40, 40, 3)], 32, **args)
+    with pytest.raises(TypeError, match=r"^frame 2: expected a uint8 numpy array or torch tensor, got str$"):
+        prepare_frames([good, good, "frame.png"], 32, **args)
+    # Channels first ([C, H, W]) gets a hint; other wrong channel counts do not.
+    with pytest.raises(InputError, match=r"got \(4, 40, 40\) \(channels first\? frames are channels last"):
+        prepare_frames([good, torch.zeros(4, 40, 40, dtype=torch.uint8)], 32, **args)
+    with pytest.raises(InputError, match=r"got \(40, 40, 2\)$"):
+        prepare_frames([good, np.zeros((40, 40, 2), dtype=np.uint8)], 32, **args)
+    with pytest.raises(InputError, match="^no frames given$"):
+        prepare_frames([], 32, **args)
+    with pytest.raises(InputError, match=r"^mode must be one of squash, crop, letterbox, got 'fit'$"):
+        prepare_frames(good, 32, mode="fit", **args)
+    with pytest.raises(InputError, match=r"^resample must be one of bicubic, bilinear, got 'nearest'$"):
+        prepare_frames(good, 32, resample="nearest", **args)
+
+
+def test_bilinear_writes_the_requested_dtype():
+    pixels, _ = prepare_frames(_frame(40, 56, seed=25), 32, mean=MEAN, std=STD, patch_size=8,
+                               resample="bilinear", dtype=torch.float16)
+    assert pixels.dtype == torch.float16
+
+
+def test_only_uint8_frames_take_the_device_path():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    not_frames = [np.zeros((40, 40, 3), dtype=np.float32), np.zeros((40, 40, 2), dtype=np.uint8),
+                  torch.zeros(40, 40, 3), np.zeros((2, 40, 40, 3), dtype=np.float32)]
+    for item in not_frames:
+        assert not use_device_path(item, "auto", cuda)
+        with pytest.raises(InputError, match="uint8 frames"):
+            use_device_path(item, "device", cpu)
+
+
 def test_path_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     frame = _frame(40, 40)
@@ -184,6 +276,8 @@ def test_to_host_passes_cpu_tensors_through():
     tensor = torch.arange(6)
     (out,) = to_host(tensor)
     assert out is tensor
+    first, second, third = torch.arange(3), torch.zeros(2), torch.ones(4)
+    assert [id(t) for t in to_host(first, second, third)] == [id(first), id(second), id(third)]
 
 
 @pytest.mark.gpu

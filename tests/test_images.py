@@ -1,4 +1,7 @@
+import re
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -7,7 +10,9 @@ from PIL import Image, ImageFile
 
 from clippy_rt.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from clippy_rt.errors import InputError
-from clippy_rt.images import Prepared, as_pixel_batch, load_image, plan_resize, prepare, prepare_batch
+from clippy_rt import limits
+from clippy_rt.images import (Prepared, ResizePlan, as_pixel_batch, check_input_size, crop_extent, fit_size,
+                              load_image, plan_resize, prepare, prepare_batch, probe_image)
 
 MEAN, STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 NORM = dict(mean=MEAN, std=STD)
@@ -111,6 +116,14 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(np.asarray(load_image(big_endian))[:, :, 0], expected)
 
 
+def test_thirty_two_bit_values_outside_sixteen_bits_are_clipped():
+    # A 32-bit grey image ('I') is read as 0..65535 like 16-bit ones: below 0 is black,
+    # above 65535 white, not wrapped around.
+    values = np.array([[-1000, -1, 0, 65_535, 65_536, 70_000, 32_896]], dtype=np.int32)
+    out = np.asarray(load_image(Image.fromarray(values)))
+    np.testing.assert_array_equal(out[:, :, 0], [[0, 0, 0, 255, 255, 255, 128]])
+
+
 @pytest.mark.parametrize("transparency", [1, b"\xff\x00\x80"])
 def test_palette_with_transparency(tmp_path, transparency):
     colours = [(200, 10, 30), (5, 180, 90), (17, 34, 250)]
@@ -170,6 +183,102 @@ def test_corrupt_and_truncated_files(tmp_path, suffix):
         with pytest.raises(InputError, match="truncated"):
             load_image(lazy)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_files_that_are_not_images_say_why(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_bytes(b"definitely not an image" * 20)
+    message = "^" + re.escape(f"cannot read image file {text}: cannot identify image file")
+    with pytest.raises(InputError, match=message):
+        probe_image(text)
+    with pytest.raises(InputError, match=message):
+        load_image(text)
+    # A PNG cut in half opens (its header is whole) and fails while decoding.
+    whole, cut = tmp_path / "whole.png", tmp_path / "cut.png"
+    Image.fromarray(random_rgb(64, 64)).save(whole)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match="^" + re.escape(f"cannot decode image file {cut}: image file is truncated")):
+        load_image(cut)
+
+
+def test_decoding_errors_give_their_first_line_or_their_type():
+    image = Image.new("RGB", (4, 4))
+
+    def truncated():
+        raise OSError("image file is truncated\n(3 bytes not processed)")
+
+    def bare():
+        raise EOFError()
+
+    image.load = truncated
+    with pytest.raises(InputError, match=r"^cannot decode the PIL image: image file is truncated$"):
+        load_image(image)
+    image.load = bare
+    with pytest.raises(InputError, match=r"^cannot decode the PIL image: EOFError$"):
+        load_image(image)
+
+
+def test_pixel_limit_is_checked_before_decoding_and_names_the_source(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 200)
+    # Exactly at the limit is fine; one row more is not (20 x 10 = 200, 20 x 11 = 220 pixels).
+    assert load_image(np.zeros((10, 20), dtype=np.uint8)).size == (20, 10)
+    assert load_image(np.zeros((20, 10), dtype=np.uint8)).size == (10, 20)
+    with pytest.raises(InputError, match=r"^the image array is 20x11 pixels \(width x height\), more than "
+                                         r"the 200 pixels clippy-rt decodes$"):
+        load_image(np.zeros((11, 20), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"^the image array is 11x20 pixels"):
+        load_image(np.zeros((20, 11), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"^the PIL image is 15x15 pixels"):
+        load_image(Image.new("RGB", (15, 15)))
+    # A 300-pixel file, by path (probed or loaded) and opened lazily by PIL: named by its path.
+    path = tmp_path / "big.png"
+    Image.fromarray(random_rgb(15, 20)).save(path)
+    message = "^" + re.escape(f"{path} is 20x15 pixels (width x height)")
+    with pytest.raises(InputError, match=message):
+        probe_image(path)
+    with pytest.raises(InputError, match=message):
+        load_image(path)
+    with Image.open(path) as lazy:
+        with pytest.raises(InputError, match=message):
+            load_image(lazy)
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header declares width x height RGB pixels and which holds no pixel data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_huge_headers_are_refused_before_decoding(tmp_path):
+    # 10000 x 10000: above clippy-rt's limit (8192 x 8192) and PIL's warning threshold, below
+    # PIL's own refusal: clippy-rt's message. 20000 x 20000: PIL refuses to open it; its reason.
+    assert limits.MAX_IMAGE_PIXELS < 10_000 * 10_000 < 2 * Image.MAX_IMAGE_PIXELS < 20_000 * 20_000
+    large, huge = tmp_path / "large.png", tmp_path / "huge.png"
+    _png_header_only(large, 10_000, 10_000)
+    _png_header_only(huge, 20_000, 20_000)
+    message = "^" + re.escape(f"{large} is 10000x10000 pixels (width x height), more than the 67,108,864 pixels")
+    for read in (probe_image, load_image):
+        with pytest.raises(InputError, match=message):
+            read(large)
+        with pytest.raises(InputError, match="^" + re.escape(f"cannot read image file {huge}: Image size "
+                                                             "(400000000 pixels) exceeds limit")):
+            read(huge)
+
+
+def test_arrays_one_pixel_wide_or_high_are_images():
+    assert load_image(np.zeros((5, 1), dtype=np.uint8)).size == (1, 5)
+    assert load_image(np.zeros((1, 5, 3), dtype=np.uint8)).size == (5, 1)
+    with pytest.raises(InputError, match="empty"):
+        load_image(np.zeros((5, 0, 3), dtype=np.uint8))
+
+
+def test_unsupported_sources_name_their_type():
+    with pytest.raises(TypeError, match=r"got float$"):
+        load_image(2.5)
+    with pytest.raises(TypeError, match=r"got a single ndarray;"):
+        prepare_batch(np.zeros((16, 16, 3), dtype=np.uint8), 16, patch_size=16, **NORM)
 
 
 @pytest.mark.parametrize("bad, error, message", [
@@ -308,6 +417,61 @@ def test_bad_size_or_mode(size, mode, message):
         prepare(random_rgb(40, 40), size, mode=mode, patch_size=16, **NORM)
 
 
+def test_input_size_checks_at_their_bounds():
+    with pytest.raises(InputError, match="^patch_size must be a positive integer, got 0$"):
+        check_input_size(32, 0)
+    with pytest.raises(InputError, match="^patch_size must be a positive integer, got 0$"):
+        as_pixel_batch(torch.zeros(1, 3, 16, 16), 0)
+    assert check_input_size((1, 1), 1) == (1, 1)
+    assert check_input_size((16, 48), 16) == (16, 48)
+    for size in ((0, 32), (32, 0), (-16, 32), (32, -16), (24, 32), (32, 24)):
+        with pytest.raises(InputError, match="positive multiples of the patch size 16"):
+            check_input_size(size, 16)
+    for size in ((32.0, 32), (32, 32.0), (True, 32)):
+        with pytest.raises(InputError, match="an integer or a \\(height, width\\) pair of integers"):
+            check_input_size(size, 16)
+    # At most MAX_INPUT_SIDE a side and MAX_INPUT_PATCHES patches, both inclusive.
+    side, patches = limits.MAX_INPUT_SIDE, limits.MAX_INPUT_PATCHES
+    assert check_input_size((side, 16), 16) == (side, 16)
+    with pytest.raises(InputError, match=f"^input size {side + 16}x16 \\(height x width\\) is above the limit of "
+                                         f"{side} pixels a side$"):
+        check_input_size((side + 16, 16), 16)
+    # patches = (height // 16) * (width // 16): 128 x 128 = 16384 patches at 2048 x 2048.
+    assert patches == 128 * 128
+    assert check_input_size((2048, 2048), 16) == (2048, 2048)
+    with pytest.raises(InputError, match=r"^input size 2048x2064 makes 16,512 patches of 16 pixels, above the "
+                                         r"limit of 16,384$"):
+        check_input_size((2048, 2064), 16)
+
+
+def test_mean_and_std_that_are_not_numbers_are_named():
+    with pytest.raises(InputError, match=r"^mean must be 3 numbers, got \('a', 'b', 'c'\)$"):
+        prepare(random_rgb(16, 16), 16, patch_size=16, mean=("a", "b", "c"), std=STD)
+    with pytest.raises(InputError, match=r"^std must be 3 numbers, got \[None, 1, 1\]$"):
+        prepare(random_rgb(16, 16), 16, patch_size=16, mean=MEAN, std=[None, 1, 1])
+
+
+def test_plans_hold_their_inputs():
+    # Every field of the plan, worked out by hand (see the crop and letterbox tests above).
+    assert plan_resize((45, 70), (32, 48), "squash") == ResizePlan((45, 70), (32, 48), "squash", (32, 48),
+                                                                   (0, 0), (45, 70))
+    assert plan_resize((45, 73), (32, 32), "crop") == ResizePlan((45, 73), (32, 32), "crop", (32, 51), (0, 10),
+                                                                 (45, 45), crop_box=(0, 14, 45, 45))
+    assert plan_resize((45, 70), (32, 32), "letterbox") == ResizePlan(
+        (45, 70), (32, 32), "letterbox", (21, 32), (5, 0), (45, 70), window=(5 / 32, 0.0, 26 / 32, 1.0))
+    with pytest.raises(InputError, match=r"^mode must be one of squash, crop, letterbox, got 'fit'$"):
+        plan_resize((45, 70), (32, 32), "fit")
+
+
+def test_extreme_aspect_ratios_keep_one_pixel():
+    # A 1000:8 strip letterboxed into 16 x 16 is 16 x round(8 * 16 / 1000) = 0 -> 1 pixel.
+    assert fit_size((8, 1000), (16, 16)) == (1, 16)
+    assert fit_size((1000, 8), (16, 16)) == (16, 1)
+    # A square cropped to a 1:200 input keeps round(100 * 16 / 3200) = 1 row (or column) of it.
+    assert crop_extent((100, 100), (16, 3200)) == (1, 100)
+    assert crop_extent((100, 100), (3200, 16)) == (100, 1)
+
+
 def test_image_smaller_than_a_patch():
     message = r"image is 5x7 pixels \(width x height\), smaller than one 16x16 patch"
     with pytest.raises(InputError, match=message):
@@ -340,6 +504,10 @@ def test_prepare_batch(tmp_path):
     batch, prepared = prepare_batch(frames[..., ::-1], 16, patch_size=16, bgr=True, **NORM)
     torch.testing.assert_close(batch[1], prepare(frames[1], 16, patch_size=16, **NORM).pixels)
 
+    # crop mode: the views keep the crop box.
+    batch, prepared = prepare_batch([random_rgb(40, 60), random_rgb(60, 40)], 32, mode="crop", patch_size=16, **NORM)
+    assert [item.crop_box for item in prepared] == [(0, 10, 40, 40), (10, 0, 40, 40)]
+
     with pytest.raises(InputError, match="empty"):
         prepare_batch([], 16, patch_size=16, **NORM)
     with pytest.raises(TypeError, match="list"):
@@ -365,6 +533,12 @@ def test_as_pixel_batch_accepts_float_tensors():
     (torch.zeros(1, 16, 16, 3), InputError, "channels-last"),
     (torch.zeros(1, 3, 16, 24), InputError, "16x24"),
     (torch.zeros(1, 3, 8, 8), InputError, "8x8"),
+    (torch.zeros(1, 3, 24, 16), InputError, "24x16"),
+    (torch.zeros(1, 3, 0, 16), InputError, "0x16"),
+    (torch.zeros(1, 4, 16, 16), InputError, r"got shape \(1, 4, 16, 16\)$"),
+    (torch.zeros(1, 16, 16, 3), InputError, r"got shape \(1, 16, 16, 3\) \(channels-last\? permute to "
+                                            r"\[B, 3, H, W\]\)$"),
+    (torch.full((1, 3, 16, 16), float("nan")), InputError, "^the pixel tensor holds NaN or infinite values$"),
     (torch.zeros(0, 3, 16, 16), InputError, "at least one"),
 ])
 def test_as_pixel_batch_rejects(tensor, error, message):
