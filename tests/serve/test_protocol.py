@@ -156,6 +156,52 @@ def test_segmentation_round_trip_with_more_than_256_classes():
     assert torch.equal(segmentation_from_json(segmentation_to_json(result)).labels, labels)
 
 
+def _png_of(array) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _answer(**changes):
+    """A valid /v1/segment answer for 2 x 3 labels over 3 classes, with ``changes``."""
+    body = {"classes": ["sky", "cat", "grass"], "height": 2, "width": 3,
+            "labels_png": _png_of([[0, 1, 2], [2, 1, 0]]), "crop_box": [0, 1, 2, 3], "timings_ms": {"image": 1.5},
+            "scores": base64.b64encode(np.arange(6, dtype="<f4").tobytes()).decode()}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def test_a_valid_answer_reads_back_field_by_field():
+    back = segmentation_from_json(_answer())
+    assert back.prompts == ("sky", "cat", "grass") and back.labels.tolist() == [[0, 1, 2], [2, 1, 0]]
+    assert back.scores.tolist() == [[0, 1, 2], [3, 4, 5]] and back.scores.dtype == torch.float32
+    assert back.crop_box == (0, 1, 2, 3) and back.timings_ms == {"image": 1.5}
+    bare = segmentation_from_json(_answer(scores=..., crop_box=..., timings_ms=...))
+    assert bare.scores.shape == (0,) and bare.crop_box is None and bare.timings_ms == {}
+    assert segmentation_from_json(_answer(crop_box=None)).crop_box is None
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"classes": "abc"}, "classes"),                                   # a string is not a class list
+    ({"classes": ["sky", 1, "grass"]}, "classes"),
+    ({"classes": ...}, "classes"),
+    ({"height": 3}, "header says"),                                    # labels of another size
+    ({"width": "3x"}, "invalid literal"),
+    ({"labels_png": _png_of([[0, 1, 3], [2, 1, 0]])}, "past the 3 classes"),
+    ({"labels_png": base64.b64encode(b"not a png").decode()}, "cannot identify"),
+    ({"scores": base64.b64encode(np.arange(5, dtype="<f4").tobytes()).decode()}, "reshape"),
+    ({"crop_box": [0, 1, 2]}, "not 4"),
+    ({"crop_box": [0, 1, 2, "x"]}, "invalid literal"),
+    ({"crop_box": 5}, "not iterable"),
+    ({"timings_ms": {"image": "fast"}}, "could not convert"),
+    ({"timings_ms": [1]}, "items"),
+])
+def test_malformed_answers_name_what_is_wrong(changes, reason):
+    with pytest.raises(InputError, match="malformed segment response") as caught:
+        segmentation_from_json(_answer(**changes))
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_malformed_responses_raise_input_error():
     with pytest.raises(InputError, match="malformed segment response"):
         segmentation_from_json({"classes": ["a"], "height": 2, "width": 2, "labels_png": "!!"})
