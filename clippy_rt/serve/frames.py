@@ -40,7 +40,8 @@ from ..images import load_image
 from ..prompts import PromptSet
 from ..results import Segmentation, class_label_dtype
 from .protocol import (DEFAULT_MAX_PIXELS, RequestError, Size, _check_image_size, _object, _prompt_set, _resize,
-                       _size, decode_image_file, first_line)
+                       _size, answer_classes, answer_crop_box, answer_timings, check_answer_labels, decode_image_file,
+                       first_line)
 
 REQUEST_TYPE = "application/x-clippy-frames"
 RESPONSE_TYPE = "application/x-clippy-labels"
@@ -230,7 +231,7 @@ def segmentations_from_binary(header_length: Any, body: bytes) -> List[Segmentat
     try:
         length = int(header_length)
         header = json.loads(body[:length])
-        classes = tuple(header["classes"])
+        classes = answer_classes(header["classes"])
         results = []
         offset = length
         for frame in header["frames"]:
@@ -242,14 +243,14 @@ def segmentations_from_binary(header_length: Any, body: bytes) -> List[Segmentat
                 data = zlib.decompress(data)
             dtype = {"uint8": np.uint8, "uint16": np.dtype("<u2")}[frame["dtype"]]
             labels = np.frombuffer(data, dtype=dtype).reshape(int(frame["height"]), int(frame["width"]))
+            check_answer_labels(labels, classes)
             tensor = torch.from_numpy(labels.astype(np.int64) if dtype != np.uint8 else labels.copy())
-            crop_box = tuple(int(v) for v in frame["crop_box"]) if frame.get("crop_box") is not None else None
             results.append(Segmentation(labels=tensor.to(class_label_dtype(len(classes))),
                                         scores=torch.empty(0, dtype=torch.float32), prompts=classes,
-                                        crop_box=crop_box,
-                                        timings_ms={str(k): float(v) for k, v in frame.get("timings_ms", {}).items()}))
+                                        crop_box=answer_crop_box(frame.get("crop_box")),
+                                        timings_ms=answer_timings(frame.get("timings_ms", {}))))
         if offset != len(body):
             raise ValueError(f"{len(body) - offset} bytes after the last frame")
-    except (KeyError, TypeError, ValueError, zlib.error) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as exc:
         raise InputError(f"malformed binary segment answer: {first_line(exc)}") from None
     return results

@@ -278,6 +278,34 @@ def segmentation_to_json(result: Segmentation, return_scores: bool = False) -> D
     return body
 
 
+def answer_classes(value: Any) -> Tuple[str, ...]:
+    """An answer's "classes": a list of strings; ValueError otherwise."""
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ValueError(f"'classes' is not a list of strings: {value!r:.60}")
+    return tuple(value)
+
+
+def check_answer_labels(labels: np.ndarray, classes: Tuple[str, ...]) -> None:
+    """ValueError for a label naming a class past ``classes``."""
+    if labels.size and int(labels.max()) >= len(classes):
+        raise ValueError(f"label {int(labels.max())} is past the {len(classes)} classes")
+
+
+def answer_crop_box(value: Any) -> Optional[Tuple[int, int, int, int]]:
+    """An answer's "crop_box": null or four integers (top, left, height, width)."""
+    if value is None:
+        return None
+    box = tuple(int(v) for v in value)
+    if len(box) != 4:
+        raise ValueError(f"crop_box has {len(box)} values, not 4 (top, left, height, width)")
+    return box
+
+
+def answer_timings(value: Any) -> Dict[str, float]:
+    """An answer's "timings_ms": an object of numbers (AttributeError / ValueError otherwise)."""
+    return {str(k): float(v) for k, v in value.items()}
+
+
 def segmentation_from_json(body: Dict[str, Any]) -> Segmentation:
     """A /v1/segment response -> Segmentation, labels in the engine's dtype
     (``class_label_dtype``). ``scores`` is float32 [H, W] when the response carries them,
@@ -285,27 +313,20 @@ def segmentation_from_json(body: Dict[str, Any]) -> Segmentation:
     or mistyped fields, labels of another size than the header's or naming a class past the
     class list, scores of another size, a crop box that is not four integers."""
     try:
-        if not isinstance(body["classes"], list) or not all(isinstance(c, str) for c in body["classes"]):
-            raise ValueError(f"'classes' is not a list of strings: {body['classes']!r:.60}")
-        classes = tuple(body["classes"])
+        classes = answer_classes(body["classes"])
         height, width = int(body["height"]), int(body["width"])
         with Image.open(io.BytesIO(base64.b64decode(body["labels_png"]))) as picture:
             labels = np.asarray(picture)
         if labels.shape != (height, width):
             raise ValueError(f"labels are {labels.shape}, header says {(height, width)}")
-        if labels.size and int(labels.max()) >= len(classes):
-            raise ValueError(f"label {int(labels.max())} is past the {len(classes)} classes")
+        check_answer_labels(labels, classes)
         if "scores" in body:
             scores = np.frombuffer(base64.b64decode(body["scores"]), dtype="<f4").reshape(height, width)
             scores_tensor = torch.from_numpy(scores.astype(np.float32))
         else:
             scores_tensor = torch.empty(0, dtype=torch.float32)
-        crop_box = None
-        if body.get("crop_box") is not None:
-            crop_box = tuple(int(v) for v in body["crop_box"])
-            if len(crop_box) != 4:
-                raise ValueError(f"crop_box has {len(crop_box)} values, not 4 (top, left, height, width)")
-        timings = {str(k): float(v) for k, v in body.get("timings_ms", {}).items()}
+        crop_box = answer_crop_box(body.get("crop_box"))
+        timings = answer_timings(body.get("timings_ms", {}))
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
         raise InputError(f"malformed segment response: {first_line(exc)}") from None
     labels_tensor = torch.from_numpy(labels.astype(np.int64)).to(class_label_dtype(len(classes)))

@@ -140,3 +140,116 @@ def test_malformed_answers_raise_input_error():
         segmentations_from_binary(str(answer.header_length), answer.data[:-1])
     with pytest.raises(InputError, match="bytes after the last frame"):
         segmentations_from_binary(str(answer.header_length), answer.data + b"x")
+
+
+def _raw_request(frames, payload, **header):
+    head = json.dumps(dict({"prompts": ["a"], "frames": frames}, **header)).encode()
+    return len(head), head + payload
+
+
+@pytest.mark.parametrize("height, width, accepted", [(8, 8, True), (8, 250, True), (7, 250, False), (250, 7, False),
+                                                     (40, 50, True), (41, 50, False)])
+def test_raw_frames_at_the_patch_and_pixel_limits(height, width, accepted):
+    # max_pixels 2000: 40 x 50 is exactly the limit; a side of exactly one patch (8) is enough.
+    entry = {"format": "raw", "bytes": height * width * 3, "height": height, "width": width}
+    args = _raw_request([entry], bytes(height * width * 3))
+    if accepted:
+        request = parse_frames(*args, PATCH, max_pixels=2000)
+        assert request.images[0].shape == (height, width, 3)
+    else:
+        with pytest.raises(RequestError, match="frame 0"):
+            parse_frames(*args, PATCH, max_pixels=2000)
+
+
+def test_every_refusal_names_the_frame_it_is_about(pictures):
+    good = {"format": "raw", "bytes": 32 * 24 * 3, "height": 24, "width": 32}
+    pixels = pictures[0].tobytes()
+    small_png = file_bytes(np.zeros((4, 40, 3), np.uint8), "PNG")
+    cases = [
+        ([good, {"format": "raw", "bytes": 3, "height": 1, "width": 1}], pixels + bytes(3),
+         "frame 1 is 1x1 pixels (width x height), smaller than one 8x8 patch"),
+        ([good, dict(good, height=0)], pixels * 2, "frame 1: a raw frame needs positive integer 'height' and 'width'"),
+        ([good, {"format": "png", "bytes": 5}], pixels + b"hello", "frame 1 is not a PNG or JPEG file"),
+        ([good, {"format": "png", "bytes": len(small_png)}], pixels + small_png, "frame 1: "),
+        ([good, good, {"format": "gif", "bytes": 1}], pixels * 2 + b"x",
+         "frame 2: 'format' must be one of jpeg, png, raw"),
+        ([good, dict(good, bytes=0)], pixels, "frame 1: 'bytes' must be a positive integer, got 0"),
+        ([good, dict(good, zz=1, fps=2)], pixels * 2, "frame 1: unknown field 'fps'"),
+    ]
+    for frames, payload, message in cases:
+        with pytest.raises(RequestError) as info:
+            parse_frames(*_raw_request(frames, payload), PATCH)
+        assert message in str(info.value), (message, str(info.value))
+
+
+def test_a_one_byte_frame_and_exactly_max_frames_are_taken():
+    entry = {"format": "raw", "bytes": 8 * 8 * 3, "height": 8, "width": 8}
+    request = parse_frames(*_raw_request([entry] * MAX_FRAMES, bytes(8 * 8 * 3 * MAX_FRAMES)), PATCH)
+    assert len(request.images) == MAX_FRAMES
+    with pytest.raises(RequestError, match="'png', its bytes|not a PNG or JPEG"):
+        parse_frames(*_raw_request([{"format": "png", "bytes": 1}], b"x"), PATCH)
+
+
+@pytest.mark.parametrize("length, message", [("0", "is 0, but the body has"), ("1", "not valid JSON")])
+def test_header_lengths_at_the_bottom(length, message):
+    with pytest.raises(RequestError, match=message):
+        parse_frames(length, b'{"prompts": ["a"]}', PATCH)
+
+
+def test_frames_of_other_images_are_sent_as_raw_rgb(tmp_path):
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((9, 11), 200, np.uint8)])
+    grey = rgb[..., 0].copy()
+    bmp = io.BytesIO()
+    Image.fromarray(rgb).save(bmp, format="BMP")
+    expectations = [
+        (rgb, rgb),                                                   # as it is
+        (rgba, np.asarray(Image.fromarray(rgba).convert("RGB"))),   # alpha dropped
+        (grey, np.repeat(grey[..., None], 3, axis=2)),                # grey to three channels
+        (bmp.getvalue(), rgb),                                        # another file format: decoded
+        (Image.fromarray(rgb), rgb),
+    ]
+    for image, want in expectations:
+        kind, data, (height, width) = frame_of(image)
+        assert kind == "raw" and (height, width) == (9, 11)
+        assert np.array_equal(np.frombuffer(data, np.uint8).reshape(9, 11, 3), want)
+
+
+def test_answers_keep_uint8_up_to_255_classes_and_name_their_faults():
+    names = tuple(f"c{i}" for i in range(255))
+    result = Segmentation(labels=torch.full((2, 3), 254, dtype=torch.uint8), scores=torch.zeros(2, 3), prompts=names,
+                          timings_ms={"image": 1.23456})
+    answer = segmentations_to_binary([result])
+    header = json.loads(answer.data[:answer.header_length])
+    assert header["frames"][0]["dtype"] == "uint8" and len(answer.data) == answer.header_length + 6
+    assert header["frames"][0]["timings_ms"] == {"image": 1.235}  # rounded as the JSON answer is
+    empty = segmentations_to_binary([])
+    assert json.loads(empty.data[:empty.header_length]) == {"classes": [], "frames": []}
+    # An answer frame without timings reads back with none.
+    del header["frames"][0]["timings_ms"]
+    head = json.dumps(header).encode()
+    (back,) = segmentations_from_binary(str(len(head)), head + answer.data[answer.header_length:])
+    assert back.timings_ms == {} and back.labels.tolist() == [[254] * 3] * 2
+
+    def rebuilt(**changes):
+        frame = dict(header["frames"][0], **changes.pop("frame", {}))
+        head = json.dumps(dict(header, frames=[frame], **changes)).encode()
+        return str(len(head)), head + answer.data[answer.header_length:]
+
+    for args, message in [
+        (rebuilt(classes=list(names[:254])), "label 254 is past the 254 classes"),
+        (rebuilt(classes="abc"), "'classes' is not a list of strings"),
+        (rebuilt(frame={"crop_box": [1, 2]}), "crop_box has 2 values"),
+        (rebuilt(frame={"timings_ms": [1]}), "malformed binary segment answer"),
+        (rebuilt(frame={"bytes": 7}), "the answer is shorter than its header says"),
+        (rebuilt(frame={"bytes": 5}), None),
+    ]:
+        with pytest.raises(InputError) as info:
+            segmentations_from_binary(*args)
+        assert str(info.value).startswith("malformed binary segment answer")
+        if message is not None:
+            assert message in str(info.value)
+    length, body = rebuilt()
+    with pytest.raises(InputError, match=r"^malformed binary segment answer: 3 bytes after the last frame$"):
+        segmentations_from_binary(length, body + b"abc")
