@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import logging
+import sys
 from typing import Any, List
 
 from fastapi import FastAPI, WebSocket
@@ -25,6 +26,8 @@ from .session import PATH as SESSION_PATH
 from .session import serve_session
 
 logger = logging.getLogger("clippy_rt.serve")
+# How long a replica thread holding the GIL keeps it from another that asks for it.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 ROUTES = {
     ("GET", "/v1/health"): "health",
@@ -85,6 +88,9 @@ class ClippyDeployment:
         import ray
         import torch
 
+        # The engine thread gives up the GIL around every torch call; while the event loop
+        # holds it, Python's 5 ms switch interval would keep the engine waiting that long.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if options.threads:
             torch.set_num_threads(options.threads)
         self.options = options

@@ -12,6 +12,8 @@ and resize mode. The engine's text-embedding cache lives as long as the replica.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -166,10 +168,13 @@ class Replica:
     def stats(self) -> Dict[str, Any]:
         """Counters since the replica started: ``batch_sizes`` maps a batch size to how many
         batches of that size arrived, ``engine_calls`` the number of frames (images) per engine call
-        to how many such calls were made."""
+        to how many such calls were made; ``niceness`` is the replica process's scheduling
+        niceness and ``gil_switch_interval_ms`` Python's thread switch interval in it."""
         with self._lock:
             return {"replica": self.replica_id, "node_id": self.node_id,
                     "uptime_s": round(time.time() - self._started, 3),
+                    "niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
+                    "gil_switch_interval_ms": round(sys.getswitchinterval() * 1000.0, 6),
                     "requests": self._requests, "failed": self._failed,
                     "batch_sizes": {str(k): v for k, v in sorted(self._batch_sizes.items())},
                     "engine_calls": {str(k): v for k, v in sorted(self._call_sizes.items())}}

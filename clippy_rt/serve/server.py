@@ -42,6 +42,14 @@ def serve_environment(options: ServeOptions, environ: Mapping[str, str]) -> Dict
     return env
 
 
+def ray_system_config(environ: Mapping[str, str]) -> Dict[str, object]:
+    """Settings of a Ray cluster started by ``serve``: its workers (the replicas) run at the
+    command's own priority, not 15 lower (Ray's default, made to keep a driver responsive),
+    which on a shared machine would hand their CPU to any other process. A
+    ``RAY_worker_niceness`` set for this command is left to Ray."""
+    return {} if "RAY_worker_niceness" in environ else {"worker_niceness": 0}
+
+
 def replica_urls(options: ServeOptions) -> List[str]:
     """The base URLs of the running replicas, as Serve's controller lists them; the
     configured port range where it cannot tell (an older or newer Serve)."""
@@ -87,9 +95,10 @@ def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event
     try:
         where = "a local Ray cluster" if started_here else f"the Ray cluster at {options.address}"
         log(f"starting {where}")
+        extra = {"_system_config": ray_system_config(os.environ)} if started_here else {}
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=True,
-                 runtime_env={"env_vars": serve_environment(options, os.environ)})
+                 runtime_env={"env_vars": serve_environment(options, os.environ)}, **extra)
         catch_signals()
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)

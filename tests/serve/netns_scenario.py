@@ -137,6 +137,8 @@ def single_scenario(client, spec, inputs, out, report):
     report["errors"] = errors
     report["stats_before"] = before
     report["stats_after"] = client.stats()
+    # The server (and so its Ray cluster) inherits this process's niceness.
+    report["niceness"] = os.getpriority(os.PRIO_PROCESS, 0)
     report["listener"] = listener(PORT)
     arrays = {}
     for index, result in enumerate(results):

@@ -349,6 +349,8 @@ class SessionServer:
         from clippy_rt.serve.session import PATH, serve_session
 
         self.runs = 0
+        # Each session's WebSocket extensions as the client asked for them (None: none).
+        self.extensions = []
 
         async def run(request):
             self.runs += 1
@@ -356,6 +358,7 @@ class SessionServer:
             return await asyncio.get_running_loop().run_in_executor(None, lambda: replica.run_batch([request])[0])
 
         async def endpoint(websocket):
+            self.extensions.append(websocket.headers.get("sec-websocket-extensions"))
             await serve_session(websocket, replica.patch_size, replica.max_pixels, None, run,
                                 model_template=replica.template)
 
@@ -377,9 +380,15 @@ class SessionServer:
         self.thread.join(timeout=30)
 
 
-def test_session_answers_in_order_with_ids_timestamps_and_refusals(engine, images):
+def test_session_answers_in_order_with_ids_timestamps_and_refusals(engine, images, monkeypatch):
     frames = [images[i % len(images)] for i in range(7)]
     frames[3] = np.zeros((2, 2, 3), np.uint8)  # refused: smaller than a patch
+    # A proxy configured for the machine's other traffic is not used, as Client's HTTP
+    # requests use none: nothing listens on port 9.
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     with SessionServer(Replica(engine)) as server:
         client = Client(server.url, retries=0)
         with client.stream({"animal": ["a cat", "a dog"], "sky": ["the sky"]}, in_flight=3, max_pending=10) as session:
@@ -393,6 +402,8 @@ def test_session_answers_in_order_with_ids_timestamps_and_refusals(engine, image
     assert [answer.frame_id for answer in answers] == [f"f{i}" for i in range(7)]
     assert [answer.timestamp for answer in answers] == [100.0 + i for i in range(7)]
     assert session.sent == 7 and session.dropped == 0 and server.runs == 6
+    # Frames and labels go uncompressed: per-message deflate costs the replica CPU per frame.
+    assert server.extensions == [None, None]
     assert isinstance(answers[3].error, RequestError) and answers[3].segmentation is None
     assert "smaller than one" in str(answers[3].error)
     for index, (frame, answer) in enumerate(zip(frames, answers)):

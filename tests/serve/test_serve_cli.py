@@ -91,6 +91,14 @@ def test_serve_environment_gives_replicas_their_ports_and_passes_ray_serve_varia
     assert "PATH" not in env
 
 
+def test_a_cluster_started_by_serve_runs_its_replicas_at_the_commands_priority():
+    from clippy_rt.serve.server import ray_system_config
+
+    assert ray_system_config({"HOME": "/root"}) == {"worker_niceness": 0}
+    # Set for the command: Ray reads it itself.
+    assert ray_system_config({"RAY_worker_niceness": "5"}) == {}
+
+
 def test_drain_and_port_range_reach_the_options(monkeypatch):
     import clippy_rt.serve as serve_package
 
