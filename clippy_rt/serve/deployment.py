@@ -18,7 +18,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .frames import HEADER_LENGTH, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody
+from .frames import HEADER_LENGTH, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody, raw_frames_only
 from .options import ServeOptions
 from .protocol import RequestError, error_body, first_line
 from .replica import Replica, load_engine
@@ -131,12 +131,16 @@ class ClippyDeployment:
             data = await _read_body(request, self.options.max_body_bytes)
             loop = asyncio.get_running_loop()
             # Decoding images is real work: keep it off the event loop that forms batches.
+            # Raw frames need none: a hop to a thread would cost more than parsing them here.
             if binary:
                 if route != "segment":
                     raise RequestError(f"binary frames are accepted on /v1/segment only, not {request.url.path}",
                                        status=415)
-                parsed = await loop.run_in_executor(None, self.replica.parse_binary,
-                                                    request.headers.get(HEADER_LENGTH), data)
+                header_length = request.headers.get(HEADER_LENGTH)
+                if raw_frames_only(header_length, data):
+                    parsed = self.replica.parse_binary(header_length, data)
+                else:
+                    parsed = await loop.run_in_executor(None, self.replica.parse_binary, header_length, data)
             else:
                 parsed = await loop.run_in_executor(None, _parse_json, self.replica, route, data)
         except RequestError as exc:

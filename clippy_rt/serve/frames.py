@@ -165,6 +165,19 @@ def parse_frames(header_length: Any, body: bytes, patch_size: int,
     return FramesRequest(images=tuple(images), prompts=prompts, size=size, resize=resize, labels=labels)
 
 
+def raw_frames_only(header_length: Any, body: bytes) -> bool:
+    """Whether a binary request's header declares raw frames only (nothing to decode, so it
+    can be parsed on the event loop). False for anything unreadable: ``parse_frames`` then
+    says what is wrong."""
+    try:
+        length = int(header_length)
+        entries = json.loads(body[:length])["frames"] if 0 < length <= len(body) else None
+        return (isinstance(entries, list) and bool(entries)
+                and all(isinstance(entry, dict) and entry.get("format") == "raw" for entry in entries))
+    except (TypeError, ValueError, KeyError, UnicodeDecodeError):
+        return False
+
+
 def _frame_bytes(entry: Any, index: int) -> int:
     if not isinstance(entry, dict) or entry.get("format") not in FRAME_FORMATS:
         raise RequestError(f"frame {index}: 'format' must be one of {', '.join(FRAME_FORMATS)}")

@@ -253,3 +253,40 @@ def test_answers_keep_uint8_up_to_255_classes_and_name_their_faults():
     length, body = rebuilt()
     with pytest.raises(InputError, match=r"^malformed binary segment answer: 3 bytes after the last frame$"):
         segmentations_from_binary(length, body + b"abc")
+
+
+def test_only_requests_of_raw_frames_count_as_raw_only(pictures):
+    from clippy_rt.serve.frames import raw_frames_only
+
+    png = file_bytes(pictures[0], "PNG")
+    raw_two = encode_frames([frame_of(pictures[1]), frame_of(pictures[2])], ["x"])
+    assert raw_frames_only(str(raw_two[0]), raw_two[1]) is True
+    assert raw_frames_only(raw_two[0], raw_two[1]) is True
+    mixed = encode_frames([frame_of(pictures[1]), frame_of(png)], ["x"])
+    assert raw_frames_only(str(mixed[0]), mixed[1]) is False
+    only_png = encode_frames([frame_of(png)], ["x"])
+    assert raw_frames_only(str(only_png[0]), only_png[1]) is False
+    # Anything unreadable goes the long way, where parse_frames says what is wrong.
+    head = json.dumps({"prompts": ["x"], "frames": []}).encode()
+    for length, body in [(None, raw_two[1]), ("x", raw_two[1]), ("0", raw_two[1]),
+                         (str(len(raw_two[1]) + 1), raw_two[1]), (str(raw_two[0] - 1), raw_two[1]),
+                         (str(len(head)), head), ("2", b"[]"), ("4", b"\xff\xfe{}"),
+                         *((str(len(text)), text) for text in (b'{"frames": ["raw", "raw"]}', b'{"frames": {"a": 1}}',
+                                                               b'{"frames": [{"format": "raw"}, 3]}'))]:
+        assert raw_frames_only(length, body) is False, (length, body)
+
+
+def test_only_raw_frame_messages_count_as_raw():
+    from clippy_rt.serve.session import LENGTH, raw_frame_message
+
+    def message(header, data=b"\0" * 12):
+        head = json.dumps(header).encode()
+        return LENGTH.pack(len(head)) + head + data
+
+    assert raw_frame_message(message({"id": 1, "format": "raw", "bytes": 12, "height": 2, "width": 2})) is True
+    assert raw_frame_message(message({"id": 1, "format": "png", "bytes": 12})) is False
+    assert raw_frame_message(message({"id": 1, "bytes": 12})) is False
+    assert raw_frame_message(message(["raw"])) is False
+    assert raw_frame_message(b"\x01\x00") is False
+    assert raw_frame_message(LENGTH.pack(3) + b"{x}") is False
+    assert raw_frame_message(LENGTH.pack(2) + b"\xff\xfe") is False
