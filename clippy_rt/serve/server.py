@@ -37,6 +37,10 @@ def serve_environment(options: ServeOptions, environ: Mapping[str, str]) -> Dict
         # A restarted replica takes its predecessor's port at once: no load balancer in front
         # holds a stale entry for it.
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        # Requests are handled on the event loop that reads them (Serve's default runs them on
+        # a second loop in another thread: one more hand-over of the GIL per request). The
+        # deployment never blocks its loop: engine calls and image decoding run on threads.
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     }
     env.update({name: value for name, value in environ.items() if name.startswith("RAY_SERVE_")})
     return env

@@ -83,7 +83,8 @@ def test_serve_environment_gives_replicas_their_ports_and_passes_ray_serve_varia
     env = serve_environment(options, {"HOME": "/root", "RAY_ADDRESS": "x"})
     assert env == {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "9100",
                    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "9103",
-                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5", "RAY_SERVE_PORT_QUARANTINE_S": "0"}
+                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0.5", "RAY_SERVE_PORT_QUARANTINE_S": "0",
+                   "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
     env = serve_environment(options, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                                       "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3", "PATH": "/bin"})
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
