@@ -4,14 +4,17 @@ one Engine, encode the responses, and count what it saw.
 ``Replica.run_batch`` groups the requests of a batch by ``batch_key`` (same kind, prompt
 set, input size and resize mode) and calls ``Engine.segment`` / ``Engine.classify`` once
 per group, so pre-processing, the image tower and the seg head run batched; JSON requests
-and binary ones (several frames each) share a group. A segment group made only of raw
-frames goes through the engine's streaming path instead (``Engine.stream``: frames of one
-size per chunk, CUDA graphs on a CUDA engine), one ``Stream`` kept per prompt set, size
-and resize mode. The engine's text-embedding cache lives as long as the replica.
+and binary ones (several frames each) share a group. ``parse`` and ``parse_binary`` turn
+decoded files into RGB arrays (the pixels ``Engine.segment`` would read), so segment groups
+go through the engine's streaming path (``Engine.stream``: frames of one size per chunk,
+CUDA graphs on a CUDA engine), one ``Stream`` kept per prompt set, size and resize mode; a
+group holding a PIL image (a request not parsed here) goes through ``Engine.segment``. The
+engine's text-embedding cache lives as long as the replica.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -22,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import ClippyError
+from ..images import load_image
 from .frames import BinaryBody, FramesRequest, parse_frames, segmentations_to_binary
 from .protocol import (DEFAULT_MAX_PIXELS, ClassifyRequest, RequestError, SegmentRequest,
                        classification_to_json, error_body, first_line, parse_classify, parse_segment,
@@ -71,16 +75,22 @@ class Replica:
 
     # -- requests ----------------------------------------------------------------------
     def parse(self, kind: str, body: Any) -> Request:
-        """``kind`` is "segment" or "classify". Raises RequestError for a bad request."""
+        """``kind`` is "segment" or "classify". Raises RequestError for a bad request. A
+        segment request's image comes back as an RGB array, for the streaming path."""
         if kind == "segment":
-            return parse_segment(body, self.patch_size, self.max_pixels, model_template=self.template)
+            request = parse_segment(body, self.patch_size, self.max_pixels, model_template=self.template)
+            return dataclasses.replace(request, image=_rgb_array(request.image))
         if kind == "classify":
             return parse_classify(body, self.patch_size, self.max_pixels, model_template=self.template)
         raise RequestError(f"unknown request kind {kind!r}", status=404)
 
     def parse_binary(self, header_length: Any, body: bytes) -> FramesRequest:
-        """A binary /v1/segment request (``clippy_rt.serve.frames``). Raises RequestError."""
-        return parse_frames(header_length, body, self.patch_size, self.max_pixels, model_template=self.template)
+        """A binary /v1/segment request (``clippy_rt.serve.frames``), its frames as RGB arrays.
+        Raises RequestError."""
+        request = parse_frames(header_length, body, self.patch_size, self.max_pixels, model_template=self.template)
+        if all(isinstance(image, np.ndarray) for image in request.images):
+            return request
+        return dataclasses.replace(request, images=tuple(_rgb_array(image) for image in request.images))
 
     def run_batch(self, requests: Sequence[Request]) -> List[Reply]:
         """One reply per request, in order. A group whose engine call fails on bad input is
@@ -179,6 +189,12 @@ class Replica:
                     "batch_sizes": {str(k): v for k, v in sorted(self._batch_sizes.items())},
                     "engine_calls": {str(k): v for k, v in sorted(self._call_sizes.items())}}
 
+
+
+def _rgb_array(image) -> np.ndarray:
+    """A decoded file (PIL image, any mode) -> uint8 RGB [H, W, 3], the pixels
+    ``Engine.segment`` would read from it; arrays as they are."""
+    return image if isinstance(image, np.ndarray) else np.asarray(load_image(image))
 
 
 def _images(request: Request) -> tuple:

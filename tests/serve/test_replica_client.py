@@ -46,8 +46,9 @@ def body(image, prompts=PROMPTS, **extra):
 
 
 class CountingEngine:
-    """The real engine, recording how many images each call got; fails a call holding an
-    image 40 pixels wide, as an engine does on input it cannot take."""
+    """The real engine, recording how many images each call (``segment``, or a call of a
+    ``stream``) got; fails a call holding an image 40 pixels wide, as an engine does on
+    input it cannot take."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -56,12 +57,24 @@ class CountingEngine:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def segment(self, images, prompts, **kwargs):
+    def _count(self, images):
         self.calls.append(len(images))
         widths = [image.size[0] if isinstance(image, Image.Image) else image.shape[1] for image in images]
         if 40 in widths:
             raise InputError("width 40 is not supported")
+
+    def segment(self, images, prompts, **kwargs):
+        self._count(images)
         return self.engine.segment(images, prompts, **kwargs)
+
+    def stream(self, prompts, **kwargs):
+        stream = self.engine.stream(prompts, **kwargs)
+
+        def run(frames):
+            self._count(frames)
+            return stream(frames)
+
+        return run
 
 
 def test_run_batch_groups_by_key_and_matches_engine(engine, images):
@@ -466,7 +479,7 @@ def test_session_refuses_bad_frame_messages_and_keeps_going(engine, images):
         assert torch.equal(answer.segmentation.labels, engine.segment(images[2], PROMPTS).labels)
 
 
-def test_raw_frames_run_on_the_stream_path_and_match_segment(engine, images):
+def test_every_segment_request_runs_on_the_stream_path_and_matches_segment(engine, images):
     from clippy_rt.serve.frames import encode_frames, frame_of, segmentations_from_binary
 
     replica = Replica(engine, stream_batch=2)
@@ -485,11 +498,22 @@ def test_raw_frames_run_on_the_stream_path_and_match_segment(engine, images):
         for frame, result in zip(frames, results):
             want = engine.segment(frame, prompts, **kwargs)
             assert torch.equal(result.labels, want.labels) and result.crop_box == want.crop_box
-    # Raw frames went through a Stream (one per prompt set, size and resize); the PNG through segment.
-    assert [set(results[0].timings_ms) for results in got] == [{"stream"}, {"stream"},
-                                                               {"preprocess", "text", "image", "postprocess"},
-                                                               {"stream"}]
-    assert len(replica._streams) == 2
+    # Raw frames and the decoded PNG went through a Stream, one per prompt set, size and resize.
+    assert [set(results[0].timings_ms) for results in got] == [{"stream"}] * 4
+    assert len(replica._streams) == 3
+    # So does a JSON request (a PNG); a request holding a PIL image, not parsed by the
+    # replica, goes through Engine.segment.
+    from clippy_rt.serve.protocol import parse_segment, segmentation_from_json
+
+    json_request = replica.parse("segment", body(images[4], size=[16, 24]))
+    by_hand = parse_segment(body(images[4], size=[16, 24]), replica.patch_size, model_template=replica.template)
+    assert isinstance(json_request.image, np.ndarray) and isinstance(by_hand.image, Image.Image)
+    [(_, streamed)], [(_, segmented)] = replica.run_batch([json_request]), replica.run_batch([by_hand])
+    assert set(streamed["timings_ms"]) == {"stream"}
+    assert set(segmented["timings_ms"]) == {"preprocess", "text", "image", "postprocess"}
+    want = engine.segment(images[4], PROMPTS, size=(16, 24)).labels
+    assert torch.equal(segmentation_from_json(streamed).labels, want)
+    assert torch.equal(segmentation_from_json(segmented).labels, want)
 
 
 def images_of(*indices, source):
