@@ -2,9 +2,9 @@
 one Engine, encode the responses, and count what it saw.
 
 ``Replica.run_batch`` groups the requests of a batch by ``batch_key`` (same kind, prompt
-set, input size and resize mode) and calls ``Engine.segment`` / ``Engine.classify`` once
-per group, so pre-processing, the image tower and the seg head run batched; JSON requests
-and binary ones (several frames each) share a group. ``parse`` and ``parse_binary`` turn
+set, input size and resize mode) and makes one engine call per group, so pre-processing,
+the image tower and the seg head run batched; JSON requests and binary ones (several frames
+each) share a group. ``parse`` and ``parse_binary`` turn
 decoded files into RGB arrays (the pixels ``Engine.segment`` would read), so segment groups
 go through the engine's streaming path (``Engine.stream``: frames of one size per chunk,
 CUDA graphs on a CUDA engine), one ``Stream`` kept per prompt set, size and resize mode; a
@@ -193,8 +193,11 @@ class Replica:
 
 def _rgb_array(image) -> np.ndarray:
     """A decoded file (PIL image, any mode) -> uint8 RGB [H, W, 3], the pixels
-    ``Engine.segment`` would read from it; arrays as they are."""
-    return image if isinstance(image, np.ndarray) else np.asarray(load_image(image))
+    ``Engine.segment`` would read from it; arrays as they are. Files decoded by the
+    protocol are RGB already: no second conversion."""
+    if isinstance(image, np.ndarray):
+        return image
+    return np.asarray(image if image.mode == "RGB" else load_image(image))
 
 
 def _images(request: Request) -> tuple:

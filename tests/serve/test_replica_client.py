@@ -53,6 +53,7 @@ class CountingEngine:
     def __init__(self, engine):
         self.engine = engine
         self.calls = []
+        self.streams = []  # the keyword arguments of each stream made
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -68,6 +69,7 @@ class CountingEngine:
         return self.engine.segment(images, prompts, **kwargs)
 
     def stream(self, prompts, **kwargs):
+        self.streams.append(kwargs)
         stream = self.engine.stream(prompts, **kwargs)
 
         def run(frames):
@@ -526,3 +528,74 @@ def _png(array):
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_streams_are_kept_per_key_reused_and_the_least_recently_used_goes_first(engine, images):
+    from clippy_rt.serve.replica import MAX_STREAMS
+
+    counting = CountingEngine(engine)
+    replica = Replica(counting, stream_batch=3)
+    sizes = [16 * (index + 1) for index in range(MAX_STREAMS + 1)]
+    for size in sizes[:MAX_STREAMS]:
+        [(status, _)] = replica.run_batch([replica.parse("segment", body(images[0], size=size))])
+        assert status == 200
+    assert len(counting.streams) == MAX_STREAMS
+    assert all(kwargs["batch"] == 3 and kwargs["size"] == size
+               for kwargs, size in zip(counting.streams, sizes))
+    # Used again: no new stream; the first size becomes the most recently used.
+    replica.run_batch([replica.parse("segment", body(images[3], size=sizes[0]))])
+    assert len(counting.streams) == MAX_STREAMS
+    # One key more than the replica keeps: the least recently used (the second size) goes.
+    replica.run_batch([replica.parse("segment", body(images[0], size=sizes[-1]))])
+    assert len(replica._streams) == MAX_STREAMS
+    replica.run_batch([replica.parse("segment", body(images[0], size=sizes[0]))])
+    assert len(counting.streams) == MAX_STREAMS + 1
+    replica.run_batch([replica.parse("segment", body(images[0], size=sizes[1]))])
+    assert len(counting.streams) == MAX_STREAMS + 2
+
+
+def test_a_bad_request_alone_in_its_group_fails_alone_and_counters_add_up(engine, images):
+    counting = CountingEngine(engine)
+    replica = Replica(counting)
+    good = [replica.parse("segment", body(images[0])), replica.parse("segment", body(images[3]))]
+    bad = replica.parse("segment", body(images[1], size=16))  # 40 wide: the engine refuses it
+    replies = replica.run_batch([bad, *good])
+    assert replies[0] == (400, {"error": "width 40 is not supported"})
+    assert [status for status, _ in replies[1:]] == [200, 200]
+    replies = replica.run_batch([replica.parse("segment", body(images[4])), bad])
+    assert [status for status, _ in replies] == [200, 400]
+    stats = replica.stats()
+    assert (stats["requests"], stats["failed"]) == (5, 2)
+    assert stats["batch_sizes"] == {"2": 1, "3": 1}
+    assert stats["engine_calls"] == {"1": 1, "2": 1}
+    # A failed call of one request is not run again on its own.
+    assert counting.calls == [1, 2, 1, 1]
+
+
+def test_the_replicas_pixel_limit_holds_for_every_kind_of_request(engine, images):
+    from clippy_rt.serve.frames import encode_frames, frame_of
+
+    replica = Replica(engine, max_pixels=32 * 32)
+    with pytest.raises(RequestError, match="more than the limit of 1024") as caught:
+        replica.parse("segment", body(images[0]))  # 48 x 32
+    assert caught.value.status == 413
+    with pytest.raises(RequestError, match="more than the limit of 1024"):
+        replica.parse("classify", {"image": body(images[0])["image"], "labels": PROMPTS})
+    for frame in (frame_of(images[0]), frame_of(_png(images[0]))):
+        with pytest.raises(RequestError, match="more than the limit of 1024"):
+            replica.parse_binary(*encode_frames([frame], PROMPTS))
+    assert replica.parse("segment", body(images[3])).image.shape == (32, 32, 3)  # at the limit
+
+
+def test_decoded_images_of_any_mode_become_rgb_arrays():
+    from clippy_rt.serve.replica import _rgb_array
+
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    array = _rgb_array(Image.fromarray(gray, mode="L"))
+    assert array.dtype == np.uint8 and array.shape == (3, 4, 3)
+    assert all(np.array_equal(array[:, :, channel], gray) for channel in range(3))
+    rgb = np.random.default_rng(5).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    assert np.array_equal(_rgb_array(Image.fromarray(rgb)), rgb)
+    palette = Image.fromarray(rgb).convert("P")
+    assert np.array_equal(_rgb_array(palette), np.asarray(palette.convert("RGBA"))[:, :, :3])
+    assert _rgb_array(rgb) is rgb
