@@ -23,9 +23,9 @@ def add_arguments(parser) -> None:
                         help="HTTP port of the first replica; the others take the next ports (default: 8000)")
     parser.add_argument("--replicas", type=int, default=1, help="number of replicas, one Engine each (default: 1)")
     parser.add_argument("--max-batch", type=int, default=16,
-                        help="most requests one replica batches together (default: 16)")
+                        help="most frames one replica runs in one batch; a request with more runs alone (default: 16)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0,
-                        help="how long a replica waits to fill a batch once a request arrived (default: 5)")
+                        help="longest a request waits for others to batch with while the replica's engine is free (default: 5)")
     parser.add_argument("--cpus-per-replica", type=float, default=1.0,
                         help="Ray CPUs reserved per replica; torch uses as many threads (default: 1)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,

@@ -51,7 +51,7 @@ def load_engine(options):
 
 class Replica:
     """Wraps one Engine. Thread-safe for concurrent ``parse`` calls; ``run_batch`` is meant
-    to run one batch at a time (``@serve.batch`` does)."""
+    to run one batch at a time (``Batcher`` does)."""
 
     def __init__(self, engine, *, model: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
                  replica_id: str = "", node_id: str = "", stream_batch: int = 16) -> None:
