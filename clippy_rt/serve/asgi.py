@@ -21,7 +21,7 @@ import json
 import logging
 from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
-from .frames import HEADER_LENGTH, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody, raw_frames_only
+from .frames import HEADER_LENGTH, INLINE_PARSE_BYTES, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody, raw_frames_only
 from .protocol import RequestError, error_body, first_line
 from .session import PATH as SESSION_PATH
 from .session import serve_session
@@ -104,10 +104,11 @@ def _parse_json(replica, route: str, data: bytes):
 
 
 def build_app(replica, run: Callable[[Any], Awaitable[Tuple[int, Any]]], *, max_body_bytes: int,
-              max_pixels: int):
+              max_pixels: int, inline_parse_bytes: int = INLINE_PARSE_BYTES):
     """The ASGI application serving ``replica``: ``run(parsed request)`` returns (HTTP
-    status, JSON body or BinaryBody). Image decoding runs on the loop's default executor;
-    raw frames are parsed on the event loop (a hop to a thread would cost more)."""
+    status, JSON body or BinaryBody). Bodies of at most ``inline_parse_bytes`` and raw
+    frames are parsed on the event loop (a hop to a thread would cost more than the work);
+    larger image files are decoded on the loop's default executor."""
 
     async def http(scope, receive, send) -> None:
         method, path = scope["method"], scope["path"]
@@ -125,14 +126,17 @@ def build_app(replica, run: Callable[[Any], Awaitable[Tuple[int, Any]]], *, max_
         try:
             data = await read_body(receive, headers, max_body_bytes)
             loop = asyncio.get_running_loop()
+            small = len(data) <= inline_parse_bytes
             if binary:
                 if route != "segment":
                     raise RequestError(f"binary frames are accepted on /v1/segment only, not {path}", status=415)
                 header_length = headers.get(HEADER_LENGTH.lower())
-                if raw_frames_only(header_length, data):
+                if small or raw_frames_only(header_length, data):
                     parsed = replica.parse_binary(header_length, data)
                 else:
                     parsed = await loop.run_in_executor(None, replica.parse_binary, header_length, data)
+            elif small:
+                parsed = _parse_json(replica, route, data)
             else:
                 parsed = await loop.run_in_executor(None, _parse_json, replica, route, data)
         except ClientGone:
@@ -161,7 +165,7 @@ def build_app(replica, run: Callable[[Any], Awaitable[Tuple[int, Any]]], *, max_
             await send({"type": "websocket.close", "code": 1008, "reason": f"no session at {scope['path']}"})
             return
         await serve_session(WebSocket(scope, receive, send), replica.patch_size, max_pixels, None, run,
-                            model_template=replica.template)
+                            model_template=replica.template, inline_parse_bytes=inline_parse_bytes)
 
     async def lifespan(scope, receive, send) -> None:
         while True:

@@ -165,6 +165,12 @@ def parse_frames(header_length: Any, body: bytes, patch_size: int,
     return FramesRequest(images=tuple(images), prompts=prompts, size=size, resize=resize, labels=labels)
 
 
+# A request (or session frame) of at most this many bytes is parsed on the event loop even
+# when it holds a PNG or JPEG file: decoding an image that small costs less than handing it
+# to a thread and back. Larger files are decoded on a thread, off the loop.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
 def raw_frames_only(header_length: Any, body: bytes) -> bool:
     """Whether a binary request's header declares raw frames only (nothing to decode, so it
     can be parsed on the event loop). False for anything unreadable: ``parse_frames`` then

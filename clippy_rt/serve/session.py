@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
-from .frames import LABEL_ENCODINGS, BinaryBody, FramesRequest, _decode_frame, _frame_bytes, segmentations_to_binary
+from .frames import INLINE_PARSE_BYTES, LABEL_ENCODINGS, BinaryBody, FramesRequest, _decode_frame, _frame_bytes, segmentations_to_binary
 from .protocol import RequestError, Size, _object, _prompt_set, _resize, _size, first_line
 from ..prompts import PromptSet
 
@@ -111,12 +111,13 @@ def encode_answer(body: BinaryBody, frame_id: Any, timestamp: Any) -> bytes:
 
 async def serve_session(websocket, patch_size: int, max_pixels: int, parse_pool,
                         run: Callable[[FramesRequest], Awaitable[Tuple[int, Any]]],
-                        max_in_flight: int = MAX_IN_FLIGHT, model_template: Optional[str] = None) -> None:
+                        max_in_flight: int = MAX_IN_FLIGHT, model_template: Optional[str] = None,
+                        inline_parse_bytes: int = INLINE_PARSE_BYTES) -> None:
     """Run one session on ``websocket`` (Starlette) until the client leaves. ``run`` takes a
     FramesRequest and returns (status, BinaryBody or JSON error body); frames are decoded on
     ``parse_pool`` (an executor, or None for the loop's default); prompts without a template
     are filled into ``model_template`` (None: verbatim). Raw frames, which need no decoding,
-    are parsed on the event loop."""
+    and messages of at most ``inline_parse_bytes`` are parsed on the event loop."""
     from starlette.websockets import WebSocketDisconnect
 
     await websocket.accept()
@@ -134,7 +135,7 @@ async def serve_session(websocket, patch_size: int, max_pixels: int, parse_pool,
     async def answer(message: bytes) -> None:
         frame_id = None
         try:
-            if raw_frame_message(message):  # no decoding: cheaper here than a hop to a thread
+            if len(message) <= inline_parse_bytes or raw_frame_message(message):  # cheaper here than on a thread
                 frame_id, timestamp, request = parse_frame_message(message, setup, patch_size, max_pixels)
             else:
                 frame_id, timestamp, request = await loop.run_in_executor(

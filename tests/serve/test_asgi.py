@@ -92,9 +92,10 @@ def http(app, method, path, body=b"", headers=(), chunks=None):
     return start["status"], response_headers, content["body"]
 
 
-def make(reply=None):
+def make(reply=None, inline_parse_bytes=100):
     replica, runner = FakeReplica(), Runner(reply)
-    return build_app(replica, runner, max_body_bytes=LIMIT, max_pixels=10_000), replica, runner
+    app = build_app(replica, runner, max_body_bytes=LIMIT, max_pixels=10_000, inline_parse_bytes=inline_parse_bytes)
+    return app, replica, runner
 
 
 def error(response):
@@ -125,12 +126,19 @@ def test_unknown_routes_and_methods(method, path, status):
 
 def test_json_request_is_parsed_off_the_event_loop_and_answered():
     app, replica, runner = make()
-    status, headers, body = http(app, "POST", "/v1/classify", b'{"labels": ["a"]}',
-                                 headers=[("Content-Type", "application/json")])
+    data = b'{"labels": ["a"], "pad": "' + b"x" * 100 + b'"}'  # over the inline limit
+    status, headers, body = http(app, "POST", "/v1/classify", data, headers=[("Content-Type", "application/json")])
     assert status == 200 and json.loads(body) == {"echo": ["json", "classify"]}
-    assert replica.parsed[0][:3] == ("json", "classify", {"labels": ["a"]})
+    assert replica.parsed[0][:3] == ("json", "classify", json.loads(data))
     assert replica.parsed[0][3] != threading.current_thread().name
     assert body == render_json({"echo": ["json", "classify"]})
+
+
+def test_small_json_request_is_parsed_on_the_event_loop():
+    app, replica, _ = make()
+    data = b'{"labels": ["a"]}'
+    assert http(app, "POST", "/v1/classify", data)[0] == 200
+    assert replica.parsed[0][2:] == ({"labels": ["a"]}, threading.current_thread().name)
 
 
 def test_body_arriving_in_chunks_is_joined():
@@ -141,7 +149,7 @@ def test_body_arriving_in_chunks_is_joined():
 
 def test_binary_request_and_answer():
     answer = BinaryBody(data=b'{"frames":[]}LABELS', header_length=13)
-    app, replica, runner = make(reply=(200, answer))
+    app, replica, runner = make(reply=(200, answer), inline_parse_bytes=0)
     frame_header = json.dumps({"prompts": ["a"], "frames": [{"format": "raw", "height": 1, "width": 1}]}).encode()
     data = frame_header + b"\x00\x01\x02"
     status, headers, body = http(app, "POST", "/v1/segment", data,
@@ -150,17 +158,18 @@ def test_binary_request_and_answer():
     assert status == 200 and body == answer.data
     assert headers["content-type"] == RESPONSE_TYPE and headers[HEADER_LENGTH.lower()] == "13"
     assert replica.parsed[0][:3] == ("binary", str(len(frame_header)), data)
-    # Raw frames need no decoding: parsed on the event loop itself.
+    # Raw frames need no decoding: parsed on the event loop itself, whatever their size.
     assert replica.parsed[0][3] == threading.current_thread().name
     assert runner.requests == [("binary", str(len(frame_header)))]
 
 
-def test_encoded_frames_are_parsed_off_the_event_loop():
-    app, replica, _ = make(reply=(200, BinaryBody(data=b"{}", header_length=2)))
+@pytest.mark.parametrize("inline,on_loop", [(0, False), (1000, True)])
+def test_encoded_frames_are_parsed_on_the_loop_only_when_small(inline, on_loop):
+    app, replica, _ = make(reply=(200, BinaryBody(data=b"{}", header_length=2)), inline_parse_bytes=inline)
     frame_header = json.dumps({"prompts": ["a"], "frames": [{"format": "png", "bytes": 3}]}).encode()
     http(app, "POST", "/v1/segment", frame_header + b"PNG",
          headers=[("Content-Type", REQUEST_TYPE), (HEADER_LENGTH, str(len(frame_header)))])
-    assert replica.parsed[0][3] != threading.current_thread().name
+    assert (replica.parsed[0][3] == threading.current_thread().name) is on_loop
 
 
 def test_binary_frames_on_classify_are_refused():
@@ -253,3 +262,26 @@ def test_unknown_scope_types_are_refused():
     app, _, _ = make()
     with pytest.raises(ValueError, match="unsupported"):
         call(app, {"type": "mqtt"}, [])
+
+
+@pytest.mark.parametrize("inline,on_loop", [(0, False), (10_000, True)])
+def test_session_frames_are_decoded_on_the_loop_only_when_small(monkeypatch, inline, on_loop):
+    import clippy_rt.serve.session as session
+
+    threads = []
+    original = session.parse_frame_message
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(session, "parse_frame_message", recording)
+    app, _, _ = make(inline_parse_bytes=inline)
+    header = json.dumps({"id": 3, "format": "png", "bytes": 4}).encode()
+    frame = len(header).to_bytes(4, "little") + header + b"\x89PNG"
+    sent = call(app, {"type": "websocket", "path": "/v1/session", "headers": [], "query_string": b""},
+                [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": '{"prompts": ["a", "b"]}'},
+                 {"type": "websocket.receive", "bytes": frame}, {"type": "websocket.disconnect", "code": 1000}],
+                pause=0.2)
+    assert (threads == [threading.current_thread().name]) is on_loop and len(threads) == 1
+    assert json.loads(sent[2]["text"])["id"] == 3  # the undecodable PNG is refused alone
