@@ -18,7 +18,7 @@ LIMIT = 1000
 
 class FakeReplica:
     patch_size = 16
-    template = None
+    template = "a photo of {}"
 
     def __init__(self) -> None:
         self.parsed = []  # (how, route or header length, body, thread name)
@@ -110,7 +110,8 @@ def test_health_and_stats_are_json():
     assert status == 200 and headers["content-type"] == "application/json"
     assert json.loads(body) == {"status": "ok", "model": "démo"}
     assert "démo".encode() in body  # UTF-8, not \u escapes
-    assert json.loads(http(app, "GET", "/v1/stats")[2]) == {"requests": 3}
+    status, _, body = http(app, "GET", "/v1/stats")
+    assert status == 200 and json.loads(body) == {"requests": 3}
     assert runner.requests == []
 
 
@@ -131,14 +132,29 @@ def test_json_request_is_parsed_off_the_event_loop_and_answered():
     assert status == 200 and json.loads(body) == {"echo": ["json", "classify"]}
     assert replica.parsed[0][:3] == ("json", "classify", json.loads(data))
     assert replica.parsed[0][3] != threading.current_thread().name
-    assert body == render_json({"echo": ["json", "classify"]})
+    assert body == b'{"echo":["json","classify"]}'  # compact, as Starlette's JSONResponse
 
 
 def test_small_json_request_is_parsed_on_the_event_loop():
     app, replica, _ = make()
     data = b'{"labels": ["a"]}'
     assert http(app, "POST", "/v1/classify", data)[0] == 200
-    assert replica.parsed[0][2:] == ({"labels": ["a"]}, threading.current_thread().name)
+    assert replica.parsed[0][1:] == ("classify", {"labels": ["a"]}, threading.current_thread().name)
+
+
+def test_a_body_of_exactly_the_inline_size_is_parsed_on_the_event_loop():
+    app, replica, _ = make(inline_parse_bytes=30)
+    data = b'{"labels": ["a"], "p": "1234"}'
+    assert len(data) == 30
+    assert http(app, "POST", "/v1/classify", data)[0] == 200
+    assert replica.parsed[0][3] == threading.current_thread().name
+
+
+def test_a_body_message_without_more_body_is_the_whole_body():
+    app, replica, _ = make()
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": []}
+    sent = call(app, scope, [{"type": "http.request", "body": b'{"labels": ["a"]}'}])
+    assert sent[0]["status"] == 200 and replica.parsed[0][2] == {"labels": ["a"]}
 
 
 def test_body_arriving_in_chunks_is_joined():
@@ -170,6 +186,7 @@ def test_encoded_frames_are_parsed_on_the_loop_only_when_small(inline, on_loop):
     http(app, "POST", "/v1/segment", frame_header + b"PNG",
          headers=[("Content-Type", REQUEST_TYPE), (HEADER_LENGTH, str(len(frame_header)))])
     assert (replica.parsed[0][3] == threading.current_thread().name) is on_loop
+    assert replica.parsed[0][1] == str(len(frame_header))
 
 
 def test_binary_frames_on_classify_are_refused():
@@ -184,6 +201,9 @@ def test_declared_body_over_the_limit_is_refused_before_reading():
     status, message = error(http(app, "POST", "/v1/segment", b"{}", headers=[("Content-Length", str(LIMIT + 1))]))
     assert status == 413 and str(LIMIT) in message
     assert replica.parsed == []
+    # A declared length of exactly the limit is read.
+    status, message = error(http(app, "POST", "/v1/segment", b"{", headers=[("Content-Length", str(LIMIT))]))
+    assert status == 400 and "not valid JSON" in message
 
 
 def test_streamed_body_over_the_limit_is_refused():
@@ -198,7 +218,7 @@ def test_streamed_body_over_the_limit_is_refused():
 
 @pytest.mark.parametrize("data,headers,status,words", [
     (b"", (), 400, "empty request body"),
-    (b"{", (), 400, "not valid JSON"),
+    (b"{", (), 400, "not valid JSON: Expecting property name"),
     (b'{"fail": "input"}', (), 400, "'prompts' is missing"),
     (b"{}", [("Content-Length", "ten")], 400, "invalid Content-Length"),
     (b'{"fail": "server"}', (), 500, "internal error: out of memory"),
@@ -218,7 +238,7 @@ def test_error_status_from_the_batch_is_kept():
 def test_an_answer_that_is_not_json_is_a_500():
     app, _, _ = make(reply=(200, {"score": float("nan")}))
     status, message = error(http(app, "POST", "/v1/segment", b'{"image": "x"}'))
-    assert status == 500 and "internal error" in message
+    assert status == 500 and "internal error: Out of range float" in message
 
 
 def test_a_client_that_leaves_before_its_body_gets_nothing():
@@ -238,6 +258,7 @@ def test_a_websocket_elsewhere_than_the_session_path_is_closed():
     app, _, runner = make()
     sent = call(app, {"type": "websocket", "path": "/v1/segment", "headers": []}, [{"type": "websocket.connect"}])
     assert len(sent) == 1 and sent[0]["type"] == "websocket.close" and sent[0]["code"] == 1008
+    assert sent[0]["reason"] == "no session at /v1/segment"
     assert runner.requests == []
 
 
@@ -252,6 +273,7 @@ def test_a_session_runs_its_frames_through_the_runner():
     assert sent[0]["type"] == "websocket.accept"
     assert json.loads(sent[1]["text"]) == {"classes": ["a", "b"]}
     assert len(runner.requests) == 1 and runner.requests[0].images[0].shape == (16, 32, 3)
+    assert runner.requests[0].prompts.prompts == ("a photo of a", "a photo of b")  # the model's template
     answer = sent[2]["bytes"]
     length = int.from_bytes(answer[:4], "little")
     assert json.loads(answer[4:4 + length]) == {"frames": [], "id": 7, "timestamp": None}
