@@ -73,6 +73,21 @@ def test_a_lone_request_waits_for_company_until_its_deadline():
     batcher.close()
 
 
+def test_one_request_is_not_a_full_batch_of_two():
+    clock, engine = Clock(), Engine()
+    batcher = Batcher(engine, max_frames=2, wait_s=1.0, clock=clock)
+
+    async def main():
+        lone = asyncio.ensure_future(batcher("a"))
+        await asyncio.sleep(0.3)
+        assert not lone.done() and engine.batches == []
+        clock.now = 1.0
+        return await asyncio.wait_for(lone, TIMEOUT)
+
+    assert run(main()) == ("done", "a")
+    batcher.close()
+
+
 def test_a_full_batch_starts_at_once():
     clock, engine = Clock(), Engine()
     batcher = Batcher(engine, max_frames=4, wait_s=3600.0, clock=clock)
@@ -241,8 +256,62 @@ def test_close_fails_queued_requests_and_refuses_new_ones():
     assert engine.batches == [["a"]]
 
 
+def test_frames_taken_and_left_are_counted_right():
+    """After batches that filled up, a lone request waits out its window again."""
+    clock, engine = Clock(), Engine()
+    batcher = Batcher(engine, max_frames=3, wait_s=1.0, clock=clock)
+
+    async def main():
+        engine.hold.clear()
+        first = asyncio.ensure_future(batcher("x"))
+        await asyncio.sleep(0)
+        clock.now = 2.0
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, engine.entered.wait, TIMEOUT)
+        queued = [asyncio.ensure_future(batcher(name)) for name in "abcde"]
+        await asyncio.sleep(0.1)
+        clock.now = 4.0
+        engine.hold.set()
+        await asyncio.wait_for(asyncio.gather(first, *queued), TIMEOUT)
+        lone = asyncio.ensure_future(batcher("f"))
+        await asyncio.sleep(0.3)
+        assert not lone.done()  # its window is open: nothing counted as queued but "f"
+        clock.now = 5.5
+        return await asyncio.wait_for(lone, TIMEOUT)
+
+    assert run(main()) == ("done", "f")
+    assert engine.batches == [["x"], ["a", "b", "c"], ["d", "e"], ["f"]]
+    batcher.close()
+
+
+def test_a_failing_on_error_reaches_the_callers_and_the_thread_goes_on():
+    def broken(requests):
+        raise RuntimeError("device lost")
+
+    def on_error(requests, exc):
+        raise KeyError("no answer")
+
+    batcher = Batcher(broken, max_frames=1, wait_s=0.0, on_error=on_error)
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            run(_gather(batcher, ["a"]))
+    batcher.close()
+
+
+def test_a_batcher_left_open_does_not_keep_the_process_alive():
+    import subprocess
+    import sys
+
+    code = ("from clippy_rt.serve.batcher import Batcher\n"
+            "b = Batcher(lambda r: r, max_frames=4, wait_s=0.0)\n"
+            "print('made')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "made", done.stderr
+
+
 @pytest.mark.parametrize("kwargs", [{"max_frames": 0, "wait_s": 0.0}, {"max_frames": 4, "wait_s": -1.0},
-                                    {"max_frames": 4, "wait_s": float("nan")}])
+                                    {"max_frames": 4, "wait_s": float("nan")},
+                                    {"max_frames": 4, "wait_s": float("inf")}])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         Batcher(lambda requests: requests, **kwargs)
