@@ -21,6 +21,7 @@ import json
 import logging
 from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
+from .batcher import BatcherClosed
 from .frames import HEADER_LENGTH, INLINE_PARSE_BYTES, REQUEST_TYPE, RESPONSE_TYPE, BinaryBody, raw_frames_only
 from .protocol import RequestError, error_body, first_line
 from .session import PATH as SESSION_PATH
@@ -146,7 +147,10 @@ def build_app(replica, run: Callable[[Any], Awaitable[Tuple[int, Any]]], *, max_
         except Exception as exc:  # a server fault: still one line of JSON
             logger.exception("parsing a %s request failed", route)
             return await send_json(send, 500, error_body(f"internal error: {first_line(exc)}"))
-        status, reply = await run(parsed)
+        try:
+            status, reply = await run(parsed)
+        except BatcherClosed:
+            return await send_json(send, 503, error_body("the replica is shutting down: send the request again"))
         if isinstance(reply, BinaryBody):
             return await _send(send, status, reply.data, RESPONSE_TYPE.encode("ascii"),
                                ((HEADER_LENGTH.lower().encode("ascii"), str(reply.header_length).encode("ascii")),))

@@ -29,6 +29,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
+from .batcher import BatcherClosed
 from .frames import INLINE_PARSE_BYTES, LABEL_ENCODINGS, BinaryBody, FramesRequest, _decode_frame, _frame_bytes, segmentations_to_binary
 from .protocol import RequestError, Size, _object, _prompt_set, _resize, _size, first_line
 from ..prompts import PromptSet
@@ -147,6 +148,11 @@ async def serve_session(websocket, patch_size: int, max_pixels: int, parse_pool,
                 await send("text", json.dumps({"id": frame_id, "error": reply.get("error", "error")}))
         except RequestError as exc:
             await send("text", json.dumps({"id": getattr(exc, "frame_id", frame_id), "error": str(exc)}))
+        except BatcherClosed:  # the replica is stopping: this frame was not run
+            try:
+                await send("text", json.dumps({"id": frame_id, "error": "the replica is shutting down"}))
+            except (WebSocketDisconnect, RuntimeError):
+                pass
         except (WebSocketDisconnect, RuntimeError):  # the client left while its frame ran
             pass
 

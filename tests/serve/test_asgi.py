@@ -307,3 +307,29 @@ def test_session_frames_are_decoded_on_the_loop_only_when_small(monkeypatch, inl
                 pause=0.2)
     assert (threads == [threading.current_thread().name]) is on_loop and len(threads) == 1
     assert json.loads(sent[2]["text"])["id"] == 3  # the undecodable PNG is refused alone
+
+
+def test_a_request_arriving_while_the_replica_stops_gets_a_503():
+    from clippy_rt.serve.batcher import Batcher
+
+    replica = FakeReplica()
+    batcher = Batcher(lambda requests: [(200, {})] * len(requests), max_frames=4, wait_s=0.0)
+    batcher.close()
+    app = build_app(replica, batcher, max_body_bytes=LIMIT, max_pixels=10_000)
+    status, message = error(http(app, "POST", "/v1/classify", b'{"labels": ["a"]}'))
+    assert status == 503 and "shutting down" in message
+
+
+def test_a_session_frame_arriving_while_the_replica_stops_is_refused_with_its_id():
+    from clippy_rt.serve.batcher import Batcher
+
+    batcher = Batcher(lambda requests: [(200, None)] * len(requests), max_frames=4, wait_s=0.0)
+    batcher.close()
+    app = build_app(FakeReplica(), batcher, max_body_bytes=LIMIT, max_pixels=10_000)
+    header = json.dumps({"id": 9, "format": "raw", "height": 16, "width": 16, "bytes": 16 * 16 * 3}).encode()
+    frame = len(header).to_bytes(4, "little") + header + bytes(16 * 16 * 3)
+    sent = call(app, {"type": "websocket", "path": "/v1/session", "headers": [], "query_string": b""},
+                [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": '{"prompts": ["a", "b"]}'},
+                 {"type": "websocket.receive", "bytes": frame}, {"type": "websocket.disconnect", "code": 1000}],
+                pause=0.2)
+    assert json.loads(sent[2]["text"]) == {"id": 9, "error": "the replica is shutting down"}
