@@ -11,19 +11,13 @@ from ray import serve
 
 from .asgi import build_app
 from .batcher import Batcher
-from .frames import FramesRequest
 from .options import ServeOptions
 from .protocol import error_body, first_line
-from .replica import Replica, load_engine
+from .replica import Replica, load_engine, request_frames
 
 logger = logging.getLogger("clippy_rt.serve")
 # How long a replica thread holding the GIL keeps it from another that asks for it.
 GIL_SWITCH_INTERVAL_S = 0.0001
-
-
-def request_frames(request) -> int:
-    """Frames in one parsed request (what ``--max-batch`` counts)."""
-    return len(request.images) if isinstance(request, FramesRequest) else 1
 
 
 def _batch_failed(requests, exc: Exception):

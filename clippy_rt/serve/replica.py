@@ -204,5 +204,10 @@ def _images(request: Request) -> tuple:
     return request.images if isinstance(request, FramesRequest) else (request.image,)
 
 
+def request_frames(request: Request) -> int:
+    """Frames (images) in one parsed request: what ``--max-batch`` counts."""
+    return len(_images(request))
+
+
 def _frame_count(members: Sequence[Request]) -> int:
-    return sum(len(_images(member)) for member in members)
+    return sum(request_frames(member) for member in members)

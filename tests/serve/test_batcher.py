@@ -38,6 +38,11 @@ class Engine:
         return [("done", request) for request in requests]
 
 
+async def inside_a_batch(engine):
+    """Wait (without blocking the loop) until the engine thread is running a batch."""
+    assert await asyncio.get_running_loop().run_in_executor(None, engine.entered.wait, TIMEOUT)
+
+
 def frames(request):
     return request[1] if isinstance(request, tuple) else 1
 
@@ -108,7 +113,7 @@ def test_requests_queued_while_the_engine_runs_start_when_it_is_free():
         first = asyncio.ensure_future(batcher("a"))
         await asyncio.sleep(0)  # queued at 5.0
         clock.now = 6.5  # "a" has waited out its window
-        assert await asyncio.get_running_loop().run_in_executor(None, engine.entered.wait, TIMEOUT)
+        await inside_a_batch(engine)
         clock.now = 10.0
         later = [asyncio.ensure_future(batcher(name)) for name in "bcd"]
         await asyncio.sleep(0.1)
@@ -128,7 +133,7 @@ def test_batches_count_frames_and_a_large_request_runs_alone():
     async def main():
         engine.hold.clear()
         blocker = asyncio.ensure_future(batcher(("x", 1)))
-        assert await asyncio.get_running_loop().run_in_executor(None, engine.entered.wait, TIMEOUT)
+        await inside_a_batch(engine)
         queued = [asyncio.ensure_future(batcher(r)) for r in [("a", 3), ("b", 2), ("c", 2), ("d", 6), ("e", 1)]]
         await asyncio.sleep(0.1)
         engine.hold.set()
@@ -199,7 +204,7 @@ def test_a_request_whose_caller_left_is_not_run():
     async def main():
         engine.hold.clear()
         first = asyncio.ensure_future(batcher("a"))
-        assert await asyncio.get_running_loop().run_in_executor(None, engine.entered.wait, TIMEOUT)
+        await inside_a_batch(engine)
         gone = asyncio.ensure_future(batcher("gone"))
         kept = asyncio.ensure_future(batcher("kept"))
         await asyncio.sleep(0.05)
@@ -221,7 +226,7 @@ def test_a_caller_leaving_while_its_batch_runs_leaves_the_others_answered():
         engine.hold.clear()
         gone = asyncio.ensure_future(batcher("gone"))
         kept = asyncio.ensure_future(batcher("kept"))
-        assert await asyncio.get_running_loop().run_in_executor(None, engine.entered.wait, TIMEOUT)
+        await inside_a_batch(engine)
         gone.cancel()
         await asyncio.sleep(0.05)
         engine.hold.set()
@@ -240,7 +245,7 @@ def test_close_fails_queued_requests_and_refuses_new_ones():
         engine.hold.clear()
         running = asyncio.ensure_future(batcher("a"))
         loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, engine.entered.wait, TIMEOUT)
+        await inside_a_batch(engine)
         queued = asyncio.ensure_future(batcher("b"))
         await asyncio.sleep(0.05)
         closing = loop.run_in_executor(None, batcher.close)
@@ -267,8 +272,7 @@ def test_frames_taken_and_left_are_counted_right():
         first = asyncio.ensure_future(batcher("x"))
         await asyncio.sleep(0)
         clock.now = 2.0
-        loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, engine.entered.wait, TIMEOUT)
+        await inside_a_batch(engine)
         queued = [asyncio.ensure_future(batcher(name)) for name in "abcde"]
         await asyncio.sleep(0.1)
         clock.now = 4.0

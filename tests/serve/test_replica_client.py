@@ -599,3 +599,16 @@ def test_decoded_images_of_any_mode_become_rgb_arrays():
     palette = Image.fromarray(rgb).convert("P")
     assert np.array_equal(_rgb_array(palette), np.asarray(palette.convert("RGBA"))[:, :, :3])
     assert _rgb_array(rgb) is rgb
+
+
+def test_request_frames_counts_each_requests_images(engine, images):
+    """What --max-batch counts: every frame of a binary request, one image otherwise."""
+    from clippy_rt.serve.frames import encode_frames, frame_of
+    from clippy_rt.serve.replica import request_frames
+
+    replica = Replica(engine)
+    three = replica.parse_binary(*encode_frames([frame_of(image) for image in images[:3]], PROMPTS))
+    one = replica.parse_binary(*encode_frames([frame_of(images[3])], PROMPTS))
+    assert [request_frames(three), request_frames(one)] == [3, 1]
+    assert request_frames(replica.parse("segment", body(images[4]))) == 1
+    assert request_frames(replica.parse("classify", {"image": body(images[0])["image"], "labels": ["a cat"]})) == 1
