@@ -92,12 +92,6 @@ class Batcher:
             self._ready.notify()
         return await future
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting for the engine thread (not the batch it runs)."""
-        with self._ready:
-            return len(self._queue)
-
     def close(self, timeout: Optional[float] = 5.0) -> None:
         """Run no more batches: requests still queued fail with BatcherClosed; the batch
         running finishes. Waits up to ``timeout`` seconds for the thread to end."""
