@@ -19,8 +19,9 @@ frames/s, latency p50/p95/p99 per request (client side: request sent to answer p
 errors (HTTP error answers), lost requests (sent, never answered: connection dropped or
 timed out), mismatches (frames whose labels differ from the local engine's for the same
 image and prompts), the batch sizes the replica saw and the CPU seconds of each process in
-the namespace. For comparison (``--baseline``) the local engine's best batched ``segment``
-throughput on this machine is measured in the same run, before the server starts and again
+the namespace. For comparison (``--baseline``) the local engine's best batched throughput
+(``segment`` on a list of frames, or its ``stream`` with chunks of the batch size, whichever
+is faster) on this machine is measured in the same run, before the server starts and again
 (at the best setting) after it stopped (decoded images in, label tensors out: no request
 decoding or reply encoding); ratios are against the higher of the two. The same request
 work the replica does for JSON (``Replica.parse`` and ``Replica.run_batch`` plus JSON
@@ -74,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--images", nargs="*", default=None, help="images to send (default: examples/*.png)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                        help="measure the local engine's best batched segment throughput first (default: on)")
+                        help="measure the local engine's best batched segment / stream throughput first "
+                             "(default: on)")
     parser.add_argument("--baseline-threads", default="1",
                         help="torch thread counts to try for the local baseline, the best counts; give the "
                              "replicas' own (--cpus-per-replica) to compare like with like (default: 1)")
@@ -123,9 +125,11 @@ def prompts_for(model: str):
 
 
 def baseline(model: str, images, prompts, thread_counts: List[int], seconds: float = 4.0,
-             batches=(1, 2, 4, 8, 16, 32)) -> Dict[str, object]:
-    """Best frames/s of the local engine's batched ``segment`` over ``batches`` and the
-    given torch thread counts."""
+             batches=(1, 2, 4, 8, 16, 32), methods=("segment", "stream")) -> Dict[str, object]:
+    """Best frames/s of the local engine over ``batches``, the given torch thread counts and
+    ``methods``: its batched ``segment``, and its ``stream`` with a chunk of the batch size
+    (on the CPU, the TorchScript trace of the image path)."""
+    import numpy as np
     import torch
 
     import clippy_rt
@@ -134,17 +138,28 @@ def baseline(model: str, images, prompts, thread_counts: List[int], seconds: flo
     rates = {}
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        for batch in batches:
-            frames = [images[i % len(images)] for i in range(batch)]
-            engine.segment(frames, prompts)
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                engine.segment(frames, prompts)
-                done += batch
-            rates[(threads, batch)] = done / (time.perf_counter() - start)
-    threads, batch = max(rates, key=rates.get)
-    return {"frames_per_s": {f"threads {t}, batch {b}": round(v, 2) for (t, b), v in rates.items()},
-            "best_threads": threads, "best_batch": batch, "best_frames_per_s": round(rates[(threads, batch)], 2)}
+        for method in methods:
+            for batch in batches:
+                frames = [images[i % len(images)] for i in range(batch)]
+                if method == "stream":
+                    arrays = [np.asarray(frame, dtype=np.uint8) for frame in frames]
+                    stream = engine.stream(prompts, batch=batch)
+
+                    def run() -> None:
+                        stream(arrays)
+                else:
+                    def run() -> None:
+                        engine.segment(frames, prompts)
+                run()
+                done, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    run()
+                    done += batch
+                rates[(threads, method, batch)] = done / (time.perf_counter() - start)
+    threads, method, batch = max(rates, key=rates.get)
+    return {"frames_per_s": {f"threads {t}, {m}, batch {b}": round(v, 2) for (t, m, b), v in rates.items()},
+            "best_threads": threads, "best_method": method, "best_batch": batch,
+            "best_frames_per_s": round(rates[(threads, method, batch)], 2)}
 
 
 def replica_baseline(model: str, payloads: List[bytes], prompts, threads: int, batch: int,
@@ -395,7 +410,7 @@ def main(argv=None) -> int:
                                  "protocols": args.protocols}
     thread_counts = [int(part) for part in args.baseline_threads.split(",") if part.strip()]
     if args.baseline:
-        print("measuring the local engine's batched segment throughput", file=sys.stderr, flush=True)
+        print("measuring the local engine's batched segment and stream throughput", file=sys.stderr, flush=True)
         report["local_baseline"] = baseline(model, pictures, prompts, thread_counts)
     import clippy_rt
 
@@ -445,7 +460,8 @@ def main(argv=None) -> int:
     if args.baseline:
         local = report["local_baseline"]
         print("measuring the local engine again at its best setting", file=sys.stderr, flush=True)
-        again = baseline(model, pictures, prompts, [local["best_threads"]], batches=(local["best_batch"],))
+        again = baseline(model, pictures, prompts, [local["best_threads"]], batches=(local["best_batch"],),
+                         methods=(local["best_method"],))
         report["local_baseline_after"] = again["best_frames_per_s"]
         best = max(local["best_frames_per_s"], again["best_frames_per_s"])
         report["local_best_frames_per_s"] = best

@@ -320,14 +320,15 @@ class Engine:
 
     def stream(self, prompts: PromptsLike, size=None, resize: str = "squash", batch: int = 8,
                bgr: bool = False, template: Optional[str] = None, device_output: bool = False,
-               preprocess: str = "auto"):
+               preprocess: str = "auto", graphs: bool = True):
         """A ``clippy_rt.stream.Stream`` for camera loops: ``stream(frame)`` -> Segmentation,
-        ``stream([f0, f1, ...])`` -> list; on CUDA the image path runs in CUDA graphs.
+        ``stream([f0, f1, ...])`` -> list; with the torch backend the image path runs in CUDA
+        graphs on CUDA and as TorchScript traces on the CPU (``graphs=False``: eagerly).
         ``template`` as in ``segment`` (default: the model's)."""
         from .stream import Stream
 
         return Stream(self, prompts, size=size, resize=resize, batch=batch, bgr=bgr, template=template,
-                      device_output=device_output, preprocess=preprocess)
+                      device_output=device_output, preprocess=preprocess, graphs=graphs)
 
     def synchronize(self) -> None:
         """Wait for the engine's device work (a no-op on the CPU); for timing."""

@@ -399,10 +399,28 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     whose ``pixels`` are float32 [3, H, W]. Raises ``InputError`` for a bad size or mode and
     for an image smaller than one patch.
     """
+    mean_t, std_t = _check_mean_std(mean, std)
+    picture, plan = resize_picture(image, size, mode=mode, patch_size=patch_size, bgr=bgr)
+    if mode == "squash":
+        return Prepared(_normalise(picture, mean_t, std_t), plan.original_size, plan.out_size)
+    if mode == "crop":
+        return Prepared(_normalise(picture, mean_t, std_t), plan.original_size, plan.out_size,
+                        crop_box=plan.crop_box)
+    (height, width), (top, left), (new_h, new_w) = plan.input_size, plan.offset, plan.resize_to
+    # The mean colour normalises to zero, so padding is a zero fill.
+    pixels = torch.zeros((3, height, width), dtype=torch.float32)
+    pixels[:, top:top + new_h, left:left + new_w] = _normalise(picture, mean_t, std_t)
+    return Prepared(pixels, plan.original_size, plan.out_size, window=plan.window)
+
+
+def resize_picture(image: ImageSource, size: Size, *, mode: str = "squash", patch_size: int,
+                   bgr: bool = False) -> Tuple[Image.Image, ResizePlan]:
+    """The PIL stage of ``prepare``: the decoded image resized (bicubic) and, for ``crop``,
+    cropped to the input size (for ``letterbox``, the resized image the frame's padding
+    goes around), and its ``ResizePlan``. ``prepare`` normalises what this returns."""
     height, width = check_input_size(size, patch_size)
     if mode not in RESIZE_MODES:
         raise InputError(f"mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
-    mean_t, std_t = _check_mean_std(mean, std)
     picture = load_image(image, bgr=bgr)
     w0, h0 = picture.size
     if h0 < patch_size or w0 < patch_size:
@@ -411,18 +429,10 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     plan = plan_resize((h0, w0), (height, width), mode)
     new_h, new_w = plan.resize_to
     resized = picture.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    if mode == "squash":
-        return Prepared(_normalise(resized, mean_t, std_t), plan.original_size, plan.out_size)
     if mode == "crop":
         top, left = plan.offset
-        cropped = resized.crop((left, top, left + width, top + height))
-        return Prepared(_normalise(cropped, mean_t, std_t), plan.original_size, plan.out_size,
-                        crop_box=plan.crop_box)
-    top, left = plan.offset
-    # The mean colour normalises to zero, so padding is a zero fill.
-    pixels = torch.zeros((3, height, width), dtype=torch.float32)
-    pixels[:, top:top + new_h, left:left + new_w] = _normalise(resized, mean_t, std_t)
-    return Prepared(pixels, plan.original_size, plan.out_size, window=plan.window)
+        resized = resized.crop((left, top, left + width, top + height))
+    return resized, plan
 
 
 def prepare_batch(images: Union[Sequence[ImageSource], np.ndarray], size: Size, *, mode: str = "squash",

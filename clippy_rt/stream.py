@@ -22,7 +22,21 @@ pixel (its logit equals prompt 0's exactly) nor changes a score. Host frames go 
 same call is uploaded on a second CUDA stream (and with ``device_output=True``, where no
 call waits for its results, the next call's upload overlaps the previous call's work).
 
-Elsewhere (CPU, ONNX Runtime, TensorRT, host pre-processing) the same steps run eagerly.
+On a CPU engine whose backend runs its towers in torch, the rest of a chunk's path after
+pre-processing (with host pre-processing, after the PIL resize: normalisation, letterbox
+padding, image tower, seg head, prompt -> class mapping) runs as a TorchScript trace per
+(frame size and resize, prompt count, synonyms or not), recorded on first use
+(``captures`` counts them with the CUDA graphs; at most ``MAX_GRAPHS`` kept) and called
+with the text embeddings and class map as inputs, so ``set_prompts`` with as many prompts
+re-uses it. A trace takes chunks of any number of frames; the first chunk of each size it
+meets also runs eagerly, and the trace answers chunks of that size only if its labels and
+scores equal the eager ones (``traced_chunks`` counts the chunks it answered). A traced
+call runs the eager path's torch operators in one call into C++ that releases the GIL:
+Python threads beside the stream (a server's event loop, a camera reader) run while it
+computes, where the eager path takes the GIL back between operators. Should tracing fail,
+the stream warns once and stays eager.
+
+Elsewhere (ONNX Runtime, TensorRT, ``graphs=False``) the same steps run eagerly.
 A bad frame raises InputError / TypeError before anything is queued; the stream keeps
 working for the next call.
 """
@@ -30,8 +44,9 @@ working for the next call.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -39,9 +54,10 @@ import torch
 
 from .device_prep import PREPROCESS_CHOICES, as_frame_tensor, concrete_device, frames_of
 from .errors import InputError
-from .images import RESIZE_MODES, Prepared, check_input_size
+from .images import RESIZE_MODES, Prepared, as_pixel_batch, check_input_size, resize_picture
+from .numerics import check_finite
 from .prompts import PromptSet, PromptsLike
-from .results import Segmentation, class_label_dtype, is_single
+from .results import PreparedBatch, Segmentation, class_label_dtype, is_single
 from .validate import check_positive_int
 
 # CUDA graphs kept at once (chunk sizes x frame shapes x prompt buckets); the oldest goes first.
@@ -64,6 +80,13 @@ class _Prompts:
 
 
 @dataclass
+class _Trace:
+    traced: object                                # the torch.jit trace of a _TracedPath
+    checked: set = field(default_factory=set)     # chunk sizes whose results equal the eager path's
+    eager: set = field(default_factory=set)       # chunk sizes whose results do not: run eagerly
+
+
+@dataclass
 class _Graph:
     graph: object                 # torch.cuda.CUDAGraph
     frames: torch.Tensor          # static input [n, H0, W0, C] uint8
@@ -72,10 +95,64 @@ class _Graph:
     prepared: Prepared            # how each frame of this shape is resized (its crop box)
 
 
+class _TracedPath(torch.nn.Module):
+    """The CPU image path of one chunk as traced, for one output size and window: frames
+    -> (labels [n, H, W], scores [n, H, W], whether the features are all finite, patch
+    features [n, h, w, D], pooled [n, D]).
+
+    Frames are pre-processed pixels [n, 3, S, S], or with ``plan`` (host pre-processing)
+    the resized uint8 frames [n, h, w, 3] of ``images.resize_picture``, normalised here as
+    ``images.prepare`` normalises them (and placed in the zero frame for a letterbox)."""
+
+    def __init__(self, engine, out_size, window, plan=None) -> None:
+        super().__init__()
+        self.model = engine.model  # a submodule: its weights are the trace's parameters, not constants
+        object.__setattr__(self, "engine", engine)
+        self.out_size = tuple(out_size)
+        self.window = window
+        self.plan = plan
+        cfg = engine.config.image
+        self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1))
+
+    def forward(self, frames: torch.Tensor, text: torch.Tensor, class_map: Optional[torch.Tensor] = None):
+        engine = self.engine
+        pixels = frames if self.plan is None else self._normalise(frames)
+        patch, pooled = engine.image_tower(pixels)
+        size = engine.config.image.patch_size
+        patch = patch.reshape(patch.shape[0], pixels.shape[-2] // size, pixels.shape[-1] // size, patch.shape[-1])
+        # "torch": the seg head "auto" picks for CPU tensors (the eager path's).
+        labels, scores = engine.label(patch, text, self.out_size, self.window, class_map, "torch")
+        finite = torch.isfinite(patch).all() & torch.isfinite(pooled).all()
+        return labels, scores, finite, patch, pooled
+
+    def _normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        # images._normalise's operators, element for element, on the whole chunk.
+        pixels = frames.permute(0, 3, 1, 2).to(torch.float32).div(255.0).sub(self.mean).div(self.std)
+        pixels = pixels.contiguous()
+        if self.plan.mode != "letterbox":
+            return pixels
+        (height, width), (top, left), (new_h, new_w) = self.plan.input_size, self.plan.offset, self.plan.resize_to
+        framed = torch.zeros((pixels.shape[0], 3, height, width), dtype=torch.float32)
+        framed[:, :, top:top + new_h, left:left + new_w] = pixels
+        return framed
+
+
+def _trace(module: torch.nn.Module, inputs: tuple):
+    """``torch.jit.trace`` without its deprecation notice and its warnings about Python
+    values fixed in the trace (the key a trace is kept under covers every one of them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.inference_mode():
+            return torch.jit.trace(module, inputs, check_trace=False)
+
+
 class Stream:
     """See the module doc. Build it with ``Engine.stream``; arguments as there, plus
     ``preprocess`` ("auto", "device", "kernel", "host": see ``Engine.prepare``), ``graphs`` (capture
-    CUDA graphs where possible) and ``warmup`` (eager runs before a capture)."""
+    CUDA graphs, or on the CPU TorchScript traces, where possible) and ``warmup`` (eager runs
+    before a CUDA graph capture)."""
 
     def __init__(self, engine, prompts: PromptsLike, *, size=None, resize: str = "squash", batch: int = 8,
                  bgr: bool = False, template: Optional[str] = None, device_output: bool = False,
@@ -98,10 +175,14 @@ class Stream:
         self.preprocess = ("device" if on_cuda else "host") if preprocess == "auto" else preprocess
         self.uses_graphs = (bool(graphs) and on_cuda and self.preprocess in ("device", "kernel")
                             and engine.cuda_graphs)
+        self.uses_traces = (bool(graphs) and self.device.type == "cpu" and engine.cuda_graphs
+                            and isinstance(engine.model, torch.nn.Module))
         self.warmup = warmup
         self._graphs: "OrderedDict[tuple, _Graph]" = OrderedDict()
+        self._traces: "OrderedDict[tuple, _Trace]" = OrderedDict()
         self._buffers = {}  # bucket -> (text [bucket, D], class_map [bucket]) graph inputs
         self.captures = 0
+        self.traced_chunks = 0  # chunks answered by a CPU trace
         self._upload_stream = torch.cuda.Stream(self.device) if self.uses_graphs else None
         self._prompts: Optional[_Prompts] = None
         self.set_prompts(prompts, template)
@@ -121,7 +202,8 @@ class Stream:
         prompt_set = self.engine.prompt_set(prompts, template)
         embeds = self.engine.encode_text(list(prompt_set.prompts)).float()
         if not self.uses_graphs:
-            self._prompts = _Prompts(prompt_set, embeds.to(self.device), None)
+            class_map = prompt_set.class_map() if prompt_set.has_synonyms else None
+            self._prompts = _Prompts(prompt_set, embeds.to(self.device), class_map)
             return
         # A captured graph serves every prompt set of its bucket, synonyms or not: the text
         # rows are padded to the bucket and always mapped (a bucket holds any class index).
@@ -190,16 +272,98 @@ class Stream:
         return chunks
 
     def _run_eager(self, chunk: List[torch.Tensor], prompts: _Prompts) -> List[Segmentation]:
-        """One chunk through the engine's stages: prepare, encode_image, decode."""
+        """One chunk through the engine's stages (prepare, encode_image, decode), or their
+        trace on the CPU."""
         if self.preprocess == "host":
             frames = [frame.cpu().numpy() for frame in chunk]
         else:
             frames = torch.stack([frame.to(self.device) for frame in chunk])
+        if self.uses_traces:
+            results = self._run_traced(frames, prompts)
+            if results is not None:
+                return results
+        return self._stages(frames, prompts)
+
+    def _stages(self, frames, prompts: _Prompts) -> List[Segmentation]:
         engine = self.engine
         batch = engine.prepare(frames, self.input_size, self.resize, self.bgr, self.preprocess)
         features = engine.encode_image(batch, dtype=None)
         return engine.decode(features, prompts.text, prompts.prompt_set, device_output=self.device_output,
                              class_map=prompts.class_map)
+
+    # -- CPU traces ----------------------------------------------------------------------
+    def _trace_input(self, frames) -> Optional[Tuple[torch.Tensor, List[Prepared], object]]:
+        """(trace input, how each frame was resized, the resize plan the trace normalises
+        with; None for device pre-processing), or None when the frames of the chunk were
+        not resized alike. Host pre-processing stops after the PIL resize
+        (``images.resize_picture``, as ``Engine.prepare``'s host path); the trace normalises."""
+        if self.preprocess != "host":
+            batch = self.engine.prepare(frames, self.input_size, self.resize, self.bgr, self.preprocess)
+            pixels = as_pixel_batch(batch.pixels, self.engine.config.image.patch_size)
+            prepared, plan = batch.prepared, None
+        else:
+            patch_size = self.engine.config.image.patch_size
+            resized = [resize_picture(frame, self.input_size, mode=self.resize, patch_size=patch_size, bgr=self.bgr)
+                       for frame in frames]
+            plan = resized[0][1]
+            if any(item[1] != plan for item in resized):
+                return None
+            pixels = torch.from_numpy(np.stack([np.asarray(picture, dtype=np.uint8) for picture, _ in resized]))
+            prepared = [Prepared(None, p.original_size, p.out_size, p.window, p.crop_box) for _, p in resized]
+        first = prepared[0]
+        if any((p.out_size, p.window) != (first.out_size, first.window) for p in prepared):
+            return None
+        return pixels, prepared, plan
+
+    def _run_traced(self, frames, prompts: _Prompts) -> Optional[List[Segmentation]]:
+        """A chunk through the trace of its frame size, prompt count and resize (None: run
+        the stages eagerly). A trace takes any number of frames; the first chunk of each
+        size it meets also runs eagerly, and only a trace whose labels and scores equal the
+        eager ones for that size answers chunks of that size from then on."""
+        found = self._trace_input(frames)
+        if found is None:
+            return None
+        pixels, prepared, plan = found
+        first = prepared[0]
+        inputs = (pixels, prompts.text) if prompts.class_map is None else (pixels, prompts.text, prompts.class_map)
+        key = (tuple(pixels.shape[1:]), pixels.dtype, plan, tuple(first.out_size), first.window,
+               tuple(prompts.text.shape), prompts.class_map is not None)
+        entry = self._traces.get(key)
+        if entry is None:
+            try:
+                traced = _trace(_TracedPath(self.engine, first.out_size, first.window, plan), inputs)
+            except Exception as error:  # noqa: BLE001 - any failure leaves the eager path, which is exact
+                warnings.warn(f"clippy-rt: the stream's CPU path could not be traced ({type(error).__name__}: "
+                              f"{error}); it runs eagerly", RuntimeWarning, stacklevel=4)
+                self.uses_traces = False
+                return None
+            if len(self._traces) >= MAX_GRAPHS:
+                self._traces.popitem(last=False)
+            entry = self._traces[key] = _Trace(traced)
+            self.captures += 1
+        else:
+            self._traces.move_to_end(key)
+        count = pixels.shape[0]
+        if count in entry.eager:
+            return None
+        with torch.inference_mode():
+            labels, scores, finite, patch, pooled = entry.traced(*inputs)
+        if not bool(finite):  # the eager path's checks, for their messages
+            check_finite(patch, "patch features")
+            check_finite(pooled, "image embeddings")
+        classes = prompts.prompt_set.classes
+        labels = labels.to(class_label_dtype(len(classes)))
+        results = [Segmentation(labels=labels[row], scores=scores[row], prompts=classes, crop_box=item.crop_box)
+                   for row, item in enumerate(prepared)]
+        if count not in entry.checked:
+            expected = self._stages(frames, prompts)
+            if not all(torch.equal(got.labels, want.labels) and torch.equal(got.scores, want.scores)
+                       for got, want in zip(results, expected)):
+                entry.eager.add(count)
+                return expected
+            entry.checked.add(count)
+        self.traced_chunks += 1
+        return results
 
     def _compute(self, frames: torch.Tensor, prompts: _Prompts) -> Tuple[torch.Tensor, torch.Tensor, Prepared]:
         """The captured image path of one chunk of device frames: (labels [n, H, W] class

@@ -116,6 +116,95 @@ def test_stream_arguments_are_checked(engine):
             engine.stream(PROMPTS, **kwargs)
 
 
+def test_cpu_traces_are_kept_per_shape_and_prompt_count(engine):
+    frames, other = _frames(3, seed=8), _frames(2, 64, 48, seed=9)
+    stream = engine.stream(PROMPTS, batch=4)
+    assert stream.uses_traces and not stream.uses_graphs
+    _assert_same(stream(frames), engine.segment(frames, PROMPTS))
+    assert stream.captures == 1 and stream.traced_chunks == 1
+    # Chunks of other sizes through the same trace (each checked against the stages once).
+    for count in (1, 2, 4, 1):
+        _assert_same(stream(_frames(count, seed=20 + count)), engine.segment(_frames(count, seed=20 + count),
+                                                                            PROMPTS))
+    assert stream.captures == 1 and stream.traced_chunks == 5
+    # Other prompts, as many: the same trace, with the new embeddings as its input.
+    others = ["a yellow ring", "a dotted cross", "sky", "a black triangle", "water"]
+    stream.set_prompts(others)
+    _assert_same(stream(frames), engine.segment(frames, others))
+    assert stream.captures == 1
+    _assert_same(stream(other), engine.segment(other, others))  # another frame size
+    assert stream.captures == 2
+    synonyms = {"background": ["grass", "noise"], "shape": ["a red circle", "a blue square"]}
+    stream.set_prompts(synonyms)  # a class map: another trace
+    _assert_same(stream(frames), engine.segment(frames, synonyms))
+    assert stream.captures == 3
+    stream.set_prompts(others)
+    _assert_same(stream(frames), engine.segment(frames, others))
+    assert stream.captures == 3 and stream.traced_chunks == 9
+
+
+def test_cpu_trace_bounds_and_eager_choice(engine):
+    stream = engine.stream(PROMPTS, batch=1)
+    for height in range(16, 16 * 11, 16):  # 10 frame shapes
+        _assert_same([stream(_frames(1, height, 32, seed=height)[0])],
+                     [engine.segment(_frames(1, height, 32, seed=height)[0], PROMPTS)])
+    assert stream.captures == 10 and len(stream._traces) == 8 and stream.traced_chunks == 10
+    eager = engine.stream(PROMPTS, graphs=False)
+    assert not eager.uses_traces
+    _assert_same(eager(_frames(2, seed=10)), engine.segment(_frames(2, seed=10), PROMPTS))
+    assert eager.captures == 0 and eager.traced_chunks == 0
+
+
+def test_a_trace_that_differs_from_the_stages_never_answers(engine, monkeypatch):
+    from clippy_rt import stream as stream_module
+
+    forward = stream_module._TracedPath.forward
+
+    def off_after_the_first(self, frames, text, class_map=None):
+        labels, scores, finite, patch, pooled = forward(self, frames, text, class_map)
+        scores = torch.cat([scores[:1], scores[1:] + 1.0])  # wrong in chunks of two frames or more
+        return labels, scores, finite, patch, pooled
+
+    monkeypatch.setattr(stream_module._TracedPath, "forward", off_after_the_first)
+    stream = engine.stream(PROMPTS, batch=4)
+    for count in (1, 2, 3, 1, 2, 3):
+        frames = _frames(count, seed=30 + count)
+        _assert_same(stream(frames), engine.segment(frames, PROMPTS))
+    assert stream.captures == 1 and stream.traced_chunks == 2  # the chunks of one frame
+
+
+def test_a_failed_trace_warns_once_and_runs_eagerly(engine, monkeypatch):
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("tracing is unavailable")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    frames = _frames(2, seed=11)
+    stream = engine.stream(PROMPTS)
+    with pytest.warns(RuntimeWarning, match="tracing is unavailable"):
+        _assert_same(stream(frames), engine.segment(frames, PROMPTS))
+    assert not stream.uses_traces and stream.captures == 0
+    _assert_same(stream(_frames(2, 64, 48, seed=12)), engine.segment(_frames(2, 64, 48, seed=12), PROMPTS))
+    assert len(calls) == 1
+
+
+def test_non_finite_features_raise_on_the_traced_path(tiny_model_dir):
+    from clippy_rt.errors import NumericsError
+
+    engine = clippy_rt.load(tiny_model_dir)
+    stream = engine.stream(PROMPTS)
+    frames = _frames(2, seed=13)
+    _assert_same(stream(frames), engine.segment(frames, PROMPTS))
+    with torch.no_grad():
+        next(engine.model.visual.parameters()).fill_(float("nan"))
+    with pytest.raises(NumericsError, match="patch features"):
+        stream(frames)
+    with pytest.raises(NumericsError, match="patch features"):
+        engine.segment(frames, PROMPTS)
+
+
 @pytest.fixture(scope="module")
 def cuda_engine(tiny_model_dir):
     return clippy_rt.load(tiny_model_dir, device="cuda", precision="fp16")
