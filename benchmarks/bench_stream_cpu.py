@@ -28,6 +28,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -103,7 +104,9 @@ def summary(values: List[float]) -> Dict[str, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="a model directory, 'demo' or 'clippy-b16' (default: demo)")
+    parser.add_argument("--model", default="demo",
+                        help="a model directory, 'demo', or 'clippy-b16' (random weights, written to a temporary "
+                             "directory) (default: demo)")
     parser.add_argument("--batch", type=int, default=8, help="frames per stream call (default: 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
@@ -117,7 +120,13 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     sys.setswitchinterval(0.0001)
-    engine = clippy_rt.load(args.model)
+    with tempfile.TemporaryDirectory() as workdir:
+        source = args.model
+        if args.model == "clippy-b16":
+            from clippy_rt.formats.random_init import random_init
+
+            source = random_init("clippy-b16", Path(workdir) / "b16", seed=0)
+        engine = clippy_rt.load(source)
     prompts = prompts_for(args.model)
     frames = frames_for(engine, args.model, args.batch)
     streams = {"eager": engine.stream(prompts, batch=args.batch, graphs=False),
