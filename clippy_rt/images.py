@@ -386,9 +386,28 @@ def plan_resize(original: Tuple[int, int], input_size: Tuple[int, int], mode: st
 # Preparation
 
 
+def normalise_frames(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [n, h, w, 3] -> float32 [n, 3, h, w], contiguous: (x / 255 - mean) / std
+    with ``mean`` and ``std`` [3, 1, 1] (``prepare``'s normalisation; a stream's trace runs it
+    on whole chunks)."""
+    return frames.permute(0, 3, 1, 2).to(torch.float32).div(255.0).sub(mean).div(std).contiguous()
+
+
+def place_in_frame(pixels: torch.Tensor, plan: ResizePlan) -> torch.Tensor:
+    """Normalised pixels [n, 3, h, w] of images resized as ``plan`` says -> the input frames
+    [n, 3, H, W]: for ``letterbox``, a zero fill around them (the mean colour normalises to
+    zero) at the plan's offset; otherwise ``pixels`` themselves."""
+    if plan.mode != "letterbox":
+        return pixels
+    (height, width), (top, left), (new_h, new_w) = plan.input_size, plan.offset, plan.resize_to
+    framed = torch.zeros((pixels.shape[0], 3, height, width), dtype=pixels.dtype)
+    framed[:, :, top:top + new_h, left:left + new_w] = pixels
+    return framed
+
+
 def _normalise(picture: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    pixels = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return pixels.to(torch.float32).div(255.0).sub(mean).div(std).contiguous()
+    frame = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())
+    return normalise_frames(frame.unsqueeze(0), mean, std)[0]
 
 
 def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Sequence[float],
@@ -401,16 +420,8 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     """
     mean_t, std_t = _check_mean_std(mean, std)
     picture, plan = resize_picture(image, size, mode=mode, patch_size=patch_size, bgr=bgr)
-    if mode == "squash":
-        return Prepared(_normalise(picture, mean_t, std_t), plan.original_size, plan.out_size)
-    if mode == "crop":
-        return Prepared(_normalise(picture, mean_t, std_t), plan.original_size, plan.out_size,
-                        crop_box=plan.crop_box)
-    (height, width), (top, left), (new_h, new_w) = plan.input_size, plan.offset, plan.resize_to
-    # The mean colour normalises to zero, so padding is a zero fill.
-    pixels = torch.zeros((3, height, width), dtype=torch.float32)
-    pixels[:, top:top + new_h, left:left + new_w] = _normalise(picture, mean_t, std_t)
-    return Prepared(pixels, plan.original_size, plan.out_size, window=plan.window)
+    pixels = place_in_frame(_normalise(picture, mean_t, std_t).unsqueeze(0), plan)[0]
+    return Prepared(pixels, plan.original_size, plan.out_size, window=plan.window, crop_box=plan.crop_box)
 
 
 def resize_picture(image: ImageSource, size: Size, *, mode: str = "squash", patch_size: int,

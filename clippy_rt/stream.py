@@ -54,7 +54,8 @@ import torch
 
 from .device_prep import PREPROCESS_CHOICES, as_frame_tensor, concrete_device, frames_of
 from .errors import InputError
-from .images import RESIZE_MODES, Prepared, as_pixel_batch, check_input_size, resize_picture
+from .images import (RESIZE_MODES, Prepared, as_pixel_batch, check_input_size, normalise_frames, place_in_frame,
+                     resize_picture)
 from .numerics import check_finite
 from .prompts import PromptSet, PromptsLike
 from .results import PreparedBatch, Segmentation, class_label_dtype, is_single
@@ -107,7 +108,7 @@ class _TracedPath(torch.nn.Module):
     def __init__(self, engine, out_size, window, plan=None) -> None:
         super().__init__()
         self.model = engine.model  # a submodule: its weights are the trace's parameters, not constants
-        object.__setattr__(self, "engine", engine)
+        self.engine = engine
         self.out_size = tuple(out_size)
         self.window = window
         self.plan = plan
@@ -127,15 +128,7 @@ class _TracedPath(torch.nn.Module):
         return labels, scores, finite, patch, pooled
 
     def _normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        # images._normalise's operators, element for element, on the whole chunk.
-        pixels = frames.permute(0, 3, 1, 2).to(torch.float32).div(255.0).sub(self.mean).div(self.std)
-        pixels = pixels.contiguous()
-        if self.plan.mode != "letterbox":
-            return pixels
-        (height, width), (top, left), (new_h, new_w) = self.plan.input_size, self.plan.offset, self.plan.resize_to
-        framed = torch.zeros((pixels.shape[0], 3, height, width), dtype=torch.float32)
-        framed[:, :, top:top + new_h, left:left + new_w] = pixels
-        return framed
+        return place_in_frame(normalise_frames(frames, self.mean, self.std), self.plan)
 
 
 def _trace(module: torch.nn.Module, inputs: tuple):
