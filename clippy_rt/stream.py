@@ -25,8 +25,10 @@ call waits for its results, the next call's upload overlaps the previous call's 
 On a CPU engine whose backend runs its towers in torch, the rest of a chunk's path after
 pre-processing (with host pre-processing, after the PIL resize: normalisation, letterbox
 padding, image tower, seg head, prompt -> class mapping) runs as a TorchScript trace per
-(frame size and resize, prompt count, synonyms or not), recorded on first use
-(``captures`` counts them with the CUDA graphs; at most ``MAX_GRAPHS`` kept) and called
+(frame size and resize, prompt count, synonyms or not), recorded the second time a chunk
+of that frame size and prompt count comes (the first runs eagerly, so a stream called once
+records nothing; ``captures`` counts traces with the CUDA graphs; at most ``MAX_GRAPHS``
+kept) and called
 with the text embeddings and class map as inputs, so ``set_prompts`` with as many prompts
 re-uses it. A trace takes chunks of any number of frames; the first chunk of each size it
 meets also runs eagerly, and the trace answers chunks of that size only if its labels and
@@ -63,6 +65,8 @@ from .validate import check_positive_int
 
 # CUDA graphs kept at once (chunk sizes x frame shapes x prompt buckets); the oldest goes first.
 MAX_GRAPHS = 8
+# CPU traces: the (frame shape, prompt count) pairs remembered as met once.
+MAX_SEEN = 64
 
 
 def prompt_bucket(num_prompts: int) -> int:
@@ -173,6 +177,7 @@ class Stream:
         self.warmup = warmup
         self._graphs: "OrderedDict[tuple, _Graph]" = OrderedDict()
         self._traces: "OrderedDict[tuple, _Trace]" = OrderedDict()
+        self._seen: "OrderedDict[tuple, None]" = OrderedDict()  # (frame shape, prompt rows, class map?) met
         self._buffers = {}  # bucket -> (text [bucket, D], class_map [bucket]) graph inputs
         self.captures = 0
         self.traced_chunks = 0  # chunks answered by a CPU trace
@@ -313,6 +318,14 @@ class Stream:
         the stages eagerly). A trace takes any number of frames; the first chunk of each
         size it meets also runs eagerly, and only a trace whose labels and scores equal the
         eager ones for that size answers chunks of that size from then on."""
+        # A frame size and prompt count seen for the first time runs eagerly: a stream
+        # called once (one image, a test) never pays for a trace it would not re-use.
+        seen = (tuple(frames[0].shape), tuple(prompts.text.shape), prompts.class_map is not None)
+        if seen not in self._seen:
+            self._seen[seen] = None
+            while len(self._seen) > MAX_SEEN:
+                self._seen.popitem(last=False)
+            return None
         found = self._trace_input(frames)
         if found is None:
             return None

@@ -39,7 +39,7 @@ def patch_logits_ref(patch_features: torch.Tensor, text_embeds: torch.Tensor) ->
 def axis_taps(size_in: int, size_out: int, offset: float, scale: float, device):
     """Neighbour indices (i0, i1) [size_out] int64 and weights (l0, l1) float32 of one axis."""
     dst = torch.arange(size_out, device=device, dtype=torch.float32)
-    src = (torch.tensor(offset, dtype=torch.float32) + torch.tensor(scale, dtype=torch.float32) * (dst + 0.5)
+    src = (torch.as_tensor(offset, dtype=torch.float32) + torch.as_tensor(scale, dtype=torch.float32) * (dst + 0.5)
            - 0.5).clamp_min(0.0)
     i0 = src.floor().long().clamp_max(size_in - 1)
     i1 = (i0 + 1).clamp_max(size_in - 1)

@@ -121,6 +121,8 @@ def test_cpu_traces_are_kept_per_shape_and_prompt_count(engine):
     stream = engine.stream(PROMPTS, batch=4)
     assert stream.uses_traces and not stream.uses_graphs
     _assert_same(stream(frames), engine.segment(frames, PROMPTS))
+    assert stream.captures == 0 and stream.traced_chunks == 0  # met once: eager
+    _assert_same(stream(frames), engine.segment(frames, PROMPTS))
     assert stream.captures == 1 and stream.traced_chunks == 1
     # Chunks of other sizes through the same trace (each checked against the stages once).
     for count in (1, 2, 4, 1):
@@ -131,13 +133,15 @@ def test_cpu_traces_are_kept_per_shape_and_prompt_count(engine):
     others = ["a yellow ring", "a dotted cross", "sky", "a black triangle", "water"]
     stream.set_prompts(others)
     _assert_same(stream(frames), engine.segment(frames, others))
-    assert stream.captures == 1
-    _assert_same(stream(other), engine.segment(other, others))  # another frame size
-    assert stream.captures == 2
+    assert stream.captures == 1 and stream.traced_chunks == 6
+    for _ in range(2):  # another frame size: eager, then its own trace
+        _assert_same(stream(other), engine.segment(other, others))
+    assert stream.captures == 2 and stream.traced_chunks == 7
     synonyms = {"background": ["grass", "noise"], "shape": ["a red circle", "a blue square"]}
     stream.set_prompts(synonyms)  # a class map: another trace
-    _assert_same(stream(frames), engine.segment(frames, synonyms))
-    assert stream.captures == 3
+    for _ in range(2):
+        _assert_same(stream(frames), engine.segment(frames, synonyms))
+    assert stream.captures == 3 and stream.traced_chunks == 8
     stream.set_prompts(others)
     _assert_same(stream(frames), engine.segment(frames, others))
     assert stream.captures == 3 and stream.traced_chunks == 9
@@ -145,13 +149,15 @@ def test_cpu_traces_are_kept_per_shape_and_prompt_count(engine):
 
 def test_cpu_trace_bounds_and_eager_choice(engine):
     stream = engine.stream(PROMPTS, batch=1)
-    for height in range(16, 16 * 11, 16):  # 10 frame shapes
-        _assert_same([stream(_frames(1, height, 32, seed=height)[0])],
-                     [engine.segment(_frames(1, height, 32, seed=height)[0], PROMPTS)])
+    for height in range(16, 16 * 11, 16):  # 10 frame shapes, twice each
+        frame = _frames(1, height, 32, seed=height)[0]
+        for _ in range(2):
+            _assert_same([stream(frame)], [engine.segment(frame, PROMPTS)])
     assert stream.captures == 10 and len(stream._traces) == 8 and stream.traced_chunks == 10
     eager = engine.stream(PROMPTS, graphs=False)
     assert not eager.uses_traces
-    _assert_same(eager(_frames(2, seed=10)), engine.segment(_frames(2, seed=10), PROMPTS))
+    for _ in range(2):
+        _assert_same(eager(_frames(2, seed=10)), engine.segment(_frames(2, seed=10), PROMPTS))
     assert eager.captures == 0 and eager.traced_chunks == 0
 
 
@@ -167,10 +173,10 @@ def test_a_trace_that_differs_from_the_stages_never_answers(engine, monkeypatch)
 
     monkeypatch.setattr(stream_module._TracedPath, "forward", off_after_the_first)
     stream = engine.stream(PROMPTS, batch=4)
-    for count in (1, 2, 3, 1, 2, 3):
+    for count in (1, 1, 2, 3, 1, 2, 3):
         frames = _frames(count, seed=30 + count)
         _assert_same(stream(frames), engine.segment(frames, PROMPTS))
-    assert stream.captures == 1 and stream.traced_chunks == 2  # the chunks of one frame
+    assert stream.captures == 1 and stream.traced_chunks == 2  # the chunks of one frame, after the first
 
 
 def test_a_failed_trace_warns_once_and_runs_eagerly(engine, monkeypatch):
@@ -183,10 +189,12 @@ def test_a_failed_trace_warns_once_and_runs_eagerly(engine, monkeypatch):
     monkeypatch.setattr(torch.jit, "trace", broken)
     frames = _frames(2, seed=11)
     stream = engine.stream(PROMPTS)
+    _assert_same(stream(frames), engine.segment(frames, PROMPTS))
     with pytest.warns(RuntimeWarning, match="tracing is unavailable"):
         _assert_same(stream(frames), engine.segment(frames, PROMPTS))
     assert not stream.uses_traces and stream.captures == 0
-    _assert_same(stream(_frames(2, 64, 48, seed=12)), engine.segment(_frames(2, 64, 48, seed=12), PROMPTS))
+    for _ in range(2):
+        _assert_same(stream(_frames(2, 64, 48, seed=12)), engine.segment(_frames(2, 64, 48, seed=12), PROMPTS))
     assert len(calls) == 1
 
 
@@ -196,11 +204,14 @@ def test_non_finite_features_raise_on_the_traced_path(tiny_model_dir):
     engine = clippy_rt.load(tiny_model_dir)
     stream = engine.stream(PROMPTS)
     frames = _frames(2, seed=13)
-    _assert_same(stream(frames), engine.segment(frames, PROMPTS))
+    for _ in range(2):
+        _assert_same(stream(frames), engine.segment(frames, PROMPTS))
+    assert stream.traced_chunks == 1
     with torch.no_grad():
         next(engine.model.visual.parameters()).fill_(float("nan"))
     with pytest.raises(NumericsError, match="patch features"):
         stream(frames)
+    assert stream.traced_chunks == 1
     with pytest.raises(NumericsError, match="patch features"):
         engine.segment(frames, PROMPTS)
 

@@ -50,7 +50,10 @@ def run(args) -> int:
         timing_cache=args.timing_cache, device=args.device)
 
     def log(message: str) -> None:
-        print(f"build: {message}", file=sys.stderr, flush=True)
+        # One write per line: print() writes the newline separately, and a signal between
+        # the two would leave the final "clippy-rt: terminated" on this line.
+        sys.stderr.write(f"build: {message}\n")
+        sys.stderr.flush()
 
     out = build_engines(args.onnx_dir, args.out, settings, overwrite=args.overwrite, log=log,
                         rebuild_command=_command(args))

@@ -55,7 +55,10 @@ def run(args) -> int:
     from clippy_rt.export.onnx import PARITY_CLASSES, export_onnx, format_parity_table
 
     def log(message: str) -> None:
-        print(f"export: {message}", file=sys.stderr, flush=True)
+        # One write per line: print() writes the newline separately, and a signal between
+        # the two would leave the final "clippy-rt: terminated" on this line.
+        sys.stderr.write(f"export: {message}\n")
+        sys.stderr.flush()
 
     from clippy_rt.datasets.calibration import calibration_set
 

@@ -214,15 +214,20 @@ def _write_outputs(out: Path, name: str, image, result, save_masks: bool) -> dic
     classes = list(result.prompts)
     frame = np.asarray(image)
     files = {"labels": out / f"{name}.labels.png", "overlay": out / f"{name}.overlay.png", "masks": []}
+    # Each path is listed before its write starts: a signal that lands after a file's
+    # rename but before the write returns still finds it in the list.
     written = []
     try:
-        written.append(save_label_png(result.labels, files["labels"], len(classes)))
+        written.append(files["labels"])
+        save_label_png(result.labels, files["labels"], len(classes))
         full = _full_frame_labels(result.labels, frame.shape[:2], result.crop_box, len(classes))
-        written.append(save_overlay(np.ascontiguousarray(frame), full, classes, files["overlay"], legend=False))
+        written.append(files["overlay"])
+        save_overlay(np.ascontiguousarray(frame), full, classes, files["overlay"], legend=False)
         if save_masks:
             for index, mask in enumerate(result.to_masks()):
                 path = out / f"{name}.{_mask_name(index, classes[index])}.png"
-                written.append(save_mask_png(mask, path))
+                written.append(path)
+                save_mask_png(mask, path)
                 files["masks"].append(path)
     except BaseException:
         # An image's files appear together or not at all (Ctrl-C between two of them).

@@ -212,3 +212,27 @@ def test_source_folder_writes_masks_and_unknown(tmp_path, tiny_model_dir, capsys
         masks = [_read(path) for path in frame["files"]["masks"]]
         assert len(masks) == 3 and (masks[2] == 255).all() and not masks[0].any() and not masks[1].any()
         assert _read(frame["files"]["overlay"]).shape == (24, 40, 3)
+
+
+@pytest.mark.parametrize("stage", ["labels", "overlay", "mask"])
+def test_an_interrupt_right_after_a_file_lands_leaves_none_of_the_images_files(tmp_path, tiny_model_dir, engine,
+                                                                            capsys, monkeypatch, stage):
+    # A signal can land after a file's rename and before its writer returns: the files of
+    # that image must still go, together with the ones written before it.
+    from clippy_rt import visualize
+
+    image = tmp_path / "scene.png"
+    _write_png(image, 40, 56, seed=3)
+    out = tmp_path / "out"
+    names = {"labels": "save_label_png", "overlay": "save_overlay", "mask": "save_mask_png"}
+    original = getattr(visualize, names[stage])
+
+    def lands_then_interrupted(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(visualize, names[stage], lands_then_interrupted)
+    code = cli(["segment", str(tiny_model_dir), str(image), "--prompts", ",".join(PROMPTS), "--out", str(out),
+                "--save-masks"])
+    assert code == 130 and capsys.readouterr().err.splitlines()[-1] == "clippy-rt: interrupted"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("legend")) == []
