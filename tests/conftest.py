@@ -14,9 +14,17 @@ if "TRITON_INTERPRET" not in os.environ:
     _cuda = importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
     os.environ["TRITON_INTERPRET"] = "0" if _cuda else "1"
 
+import signal
+
 import pytest
 import torch
 
+# A suite started in the background (`nohup ... &`, a CI runner without job control)
+# inherits SIGINT ignored, and so would every command the tests start: the interrupt tests
+# would then see Ctrl-C do nothing. Python's own handler is reset to the default in each
+# child, so the commands under test get SIGINT as a terminal would deliver it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser):

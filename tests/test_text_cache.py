@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import sys
 import threading
 import warnings
 
@@ -111,18 +112,25 @@ def test_clear_during_segment_in_threads_gives_serial_results(engine):
             errors.append(repr(exc))
 
     def clearer():
-        while not stop.is_set():
+        # About a thousand clears a second, each segment call sees several; a clearer that
+        # never sleeps starves the workers of the GIL and only slows the test.
+        while not stop.wait(0.001):
             engine.clear_text_cache()
 
     threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
     background = threading.Thread(target=clearer)
-    background.start()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    stop.set()
-    background.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads hand over often: more interleavings per call
+    try:
+        background.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.set()
+        background.join()
+        sys.setswitchinterval(interval)
     assert errors == [] and mismatches == []
 
 
