@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
                         help="replicas sharing one GPU, each taking 1/N of it in Ray (default: 1)")
     parser.add_argument("--drain-s", type=float, default=1.0,
                         help="seconds a stopping replica keeps answering before it closes its port (default: 1)")
+    parser.add_argument("--gil-switch-ms", type=float, default=5.0,
+                        help="Python's thread switch interval in each replica: how long request handling may "
+                             "keep the GIL from the engine thread (default: 5, Python's own)")
     parser.add_argument("--address", default=None,
                         help="join the Ray cluster at this address (e.g. 127.0.0.1:6379) instead of starting one")
 
@@ -60,6 +63,7 @@ def run(args) -> int:
                            batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica,
                            max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, address=args.address,
                            drain_s=args.drain_s, replicas_per_gpu=args.replicas_per_gpu,
+                           gil_switch_ms=args.gil_switch_ms,
                            text_cache_dir=(str(args.text_cache_dir) if args.text_cache_dir else None)
                            if args.text_cache else False)
     return serve_until_stopped(options)

@@ -16,8 +16,6 @@ from .protocol import error_body, first_line
 from .replica import Replica, load_engine, request_frames
 
 logger = logging.getLogger("clippy_rt.serve")
-# How long a replica thread holding the GIL keeps it from another that asks for it.
-GIL_SWITCH_INTERVAL_S = 0.0001
 
 
 def _batch_failed(requests, exc: Exception):
@@ -37,10 +35,11 @@ class ClippyDeployment:
         import ray
         import torch
 
-        # The engine thread gives up the GIL around every torch call; while the event loop
-        # holds it, Python's 5 ms switch interval would keep the engine waiting that long
-        # after each call (0.1 ms: measured in benchmarks/RESULTS.md).
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        # The engine thread spends its time in one call that releases the GIL (the stream's
+        # trace, CUDA graph or runtime): Python's 5 ms switch interval suits it. A shorter one
+        # forces hand-overs that cost CPU (benchmarks/RESULTS.md); it helps only an engine
+        # path that takes the GIL back after every operator.
+        sys.setswitchinterval(options.gil_switch_ms / 1000.0)
         if options.threads:
             torch.set_num_threads(options.threads)
         self.options = options

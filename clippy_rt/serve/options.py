@@ -39,6 +39,9 @@ class ServeOptions:
     drain_s: float = 1.0
     # Text embeddings on disk: None = the default directory, a path = there, False = memory only.
     text_cache_dir: Union[None, str, bool] = None
+    # Python's thread switch interval in each replica, in ms: how long the event loop may keep
+    # the GIL from the engine thread that asks for it (5: Python's own default).
+    gil_switch_ms: float = 5.0
 
     def __post_init__(self) -> None:
         check_positive_int("port", self.port, upper=65535)
@@ -58,6 +61,9 @@ class ServeOptions:
             raise InputError(f"cpus_per_replica must be >= 0, got {self.cpus_per_replica!r}")
         if not (isinstance(self.drain_s, (int, float)) and 0 <= self.drain_s <= 600 and math.isfinite(self.drain_s)):
             raise InputError(f"drain_s must be in [0, 600], got {self.drain_s!r}")
+        if not (isinstance(self.gil_switch_ms, (int, float)) and not isinstance(self.gil_switch_ms, bool)
+                and 0.001 <= self.gil_switch_ms <= 1000 and math.isfinite(self.gil_switch_ms)):
+            raise InputError(f"gil_switch_ms must be in [0.001, 1000], got {self.gil_switch_ms!r}")
 
     @property
     def uses_cuda(self) -> bool:

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -206,9 +208,18 @@ def _prompt_set(body: Dict[str, Any], name: str, model_template: Optional[str] =
     elif not isinstance(value, list):
         raise RequestError(f"'{name}' must be a list of strings or an object of lists, got {_json_type(value)}")
     try:
-        return build_prompt_set(value, resolve_template(template, model_template))
+        # A camera sends the same prompts with every frame: build each set once (the JSON
+        # text of the value is its key; dictionaries keep their order in it).
+        return _built_prompt_set(json.dumps(value), template, model_template)
     except (InputError, ValueError, KeyError, IndexError) as exc:
         raise RequestError(f"'{name}': {first_line(exc)}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _built_prompt_set(value_json: str, template: Optional[str], model_template: Optional[str]) -> PromptSet:
+    """``build_prompt_set`` of the JSON value, kept for the next request with the same one
+    (a PromptSet is immutable; a value that fails raises each time)."""
+    return build_prompt_set(json.loads(value_json), resolve_template(template, model_template))
 
 
 def _size(value: Any, patch_size: int) -> Size:

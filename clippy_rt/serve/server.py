@@ -5,17 +5,26 @@ Requests reach the replicas without a Python proxy in between: Ray Serve's direc
 gives each replica its own HTTP server on ``--host``, on a port from ``--port`` to
 ``--port + replicas - 1``. Serve still starts its Python HTTP proxy (it keeps the
 application's routes), on a free port that nobody is sent to.
+
+A server started right after another stopped on the same ports would find them held: the
+connections the old replicas closed stay in TCP's TIME_WAIT for up to a minute, and Serve
+binds a replica's port without ``SO_REUSEADDR``, so its replicas would fail to start.
+``wait_for_ports`` waits for them (and fails at once on a port that another program listens on).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 from typing import Callable, Dict, List, Mapping, Optional
 
+from ..errors import ServerError
 from .options import ServeOptions
 
 APP_NAME = "clippy-rt"
@@ -52,6 +61,60 @@ def ray_system_config(environ: Mapping[str, str]) -> Dict[str, object]:
     which on a shared machine would hand their CPU to any other process. A
     ``RAY_worker_niceness`` set for this command is left to Ray."""
     return {} if "RAY_worker_niceness" in environ else {"worker_niceness": 0}
+
+
+# Longer than Linux's TIME_WAIT (60 s): a port held only by closed connections comes free in time.
+PORT_WAIT_S = 75.0
+PORT_POLL_S = 0.25
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether a listening socket could take ``host:port`` now, bound the way Serve binds
+    a replica's (no ``SO_REUSEADDR``). Raises ServerError where it never could."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise ServerError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return True
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    """Whether a program listens on ``port`` (an unspecified ``host`` is tried on loopback)."""
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_ports(options: ServeOptions, stop: threading.Event, log: Callable[[str], None], *,
+                   wait_s: float = PORT_WAIT_S, clock: Callable[[], float] = time.monotonic) -> bool:
+    """Wait until each replica port of ``options`` on this machine can be bound. A port that
+    a program listens on raises ServerError at once; one held only by the closed connections
+    of a server that stopped (TIME_WAIT) is waited for, up to ``wait_s`` seconds in all.
+    Returns False if ``stop`` was set while waiting, True when every port is free."""
+    host = options.host
+    deadline = None
+    for port in range(options.port, options.port + options.replicas):
+        while not _bindable(host, port):
+            if _accepts_connections(host, port):
+                raise ServerError(f"port {port} on {host} is in use: another program accepts connections "
+                                  f"there (another clippy-rt serve?); stop it or pass another --port")
+            if deadline is None:
+                deadline = clock() + wait_s
+                log(f"port {port} on {host} is still held by the closed connections of a server that "
+                    f"stopped (TCP TIME_WAIT, up to a minute); waiting for it")
+            if clock() >= deadline:
+                raise ServerError(f"port {port} on {host} did not come free in {wait_s:g} s; "
+                                  f"pass another --port")
+            if stop.wait(PORT_POLL_S):
+                return False
+    return True
 
 
 def replica_urls(options: ServeOptions) -> List[str]:
@@ -97,13 +160,17 @@ def serve_until_stopped(options: ServeOptions, *, stop: Optional[threading.Event
     catch_signals()
     started_here = options.address is None
     try:
-        where = "a local Ray cluster" if started_here else f"the Ray cluster at {options.address}"
-        log(f"starting {where}")
-        extra = {"_system_config": ray_system_config(os.environ)} if started_here else {}
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=True,
-                 runtime_env={"env_vars": serve_environment(options, os.environ)}, **extra)
-        catch_signals()
+        # The replicas of a cluster started here bind this machine's ports: make sure they can.
+        if started_here:
+            wait_for_ports(options, stop, log)
+        if not stop.is_set():
+            where = "a local Ray cluster" if started_here else f"the Ray cluster at {options.address}"
+            log(f"starting {where}")
+            extra = {"_system_config": ray_system_config(os.environ)} if started_here else {}
+            ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=True,
+                     runtime_env={"env_vars": serve_environment(options, os.environ)}, **extra)
+            catch_signals()
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
         if not stop.is_set():

@@ -49,7 +49,7 @@ def main() -> int:
     report = {"mode": mode}
     command = [sys.executable, "-m", "clippy_rt.cli.main", "serve", model, "--port", str(PORT),
                "--max-batch", str(spec["max_batch"]), "--batch-wait-ms", str(spec["batch_wait_ms"]),
-               "--max-body-bytes", str(spec["max_body_bytes"])]
+               "--max-body-bytes", str(spec["max_body_bytes"]), "--gil-switch-ms", "2.5"]
     if mode == "cluster":
         for args in (["--head", f"--port={RAY_PORT}", "--num-cpus=1", "--include-dashboard=false"],
                      [f"--address=127.0.0.1:{RAY_PORT}", "--num-cpus=1"]):

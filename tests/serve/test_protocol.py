@@ -86,6 +86,22 @@ def test_parse_segment_fields(picture):
     assert parse_classify({"image": png_b64(picture), "labels": ["cat"]}, PATCH).resize == "crop"
 
 
+def test_repeated_prompts_follow_each_requests_template_and_order(picture):
+    image = png_b64(picture)
+    body = {"image": image, "prompts": {"pet": ["cat", "dog"], "tree": ["oak"]}}
+    for _ in range(2):  # a second request with the same prompts gets the same answer
+        assert parse_segment(body, PATCH, model_template="a {}").prompts.prompts == ("a cat", "a dog", "a oak")
+    assert parse_segment(body, PATCH, model_template="the {}").prompts.prompts == ("the cat", "the dog", "the oak")
+    assert parse_segment(body, PATCH).prompts.prompts == ("cat", "dog", "oak")
+    assert parse_segment(dict(body, template="{} here"), PATCH, model_template="a {}").prompts.prompts == (
+        "cat here", "dog here", "oak here")
+    swapped = parse_segment({"image": image, "prompts": {"tree": ["oak"], "pet": ["cat", "dog"]}}, PATCH)
+    assert swapped.prompts.classes == ("tree", "pet") and swapped.prompts.prompt_class == (0, 1, 1)
+    for _ in range(2):  # a bad set fails every time, not only the first
+        with pytest.raises(RequestError, match="duplicate class"):
+            parse_segment({"image": image, "prompts": ["cat", "cat"]}, PATCH)
+
+
 def test_batch_keys_group_only_compatible_requests(picture):
     image = png_b64(picture)
     base = {"image": image, "prompts": ["cat", "dog"]}

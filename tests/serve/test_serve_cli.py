@@ -56,7 +56,9 @@ def test_model_path_is_made_absolute_for_the_replicas(tiny_model_dir, monkeypatc
 
 @pytest.mark.parametrize("field, value", [("port", 0), ("port", 70000), ("replicas", 0), ("max_batch", 0),
                                           ("batch_wait_ms", -1.0), ("batch_wait_ms", float("nan")),
-                                          ("cpus_per_replica", -1), ("max_body_bytes", 0), ("replicas", True)])
+                                          ("cpus_per_replica", -1), ("max_body_bytes", 0), ("replicas", True),
+                                          ("gil_switch_ms", 0), ("gil_switch_ms", float("inf")),
+                                          ("gil_switch_ms", 2000), ("gil_switch_ms", True)])
 def test_options_reject(field, value):
     with pytest.raises(InputError, match=field):
         ServeOptions(model="demo", **{field: value})
@@ -106,8 +108,11 @@ def test_drain_and_port_range_reach_the_options(monkeypatch):
     seen = []
     monkeypatch.setattr(serve_package, "serve_until_stopped", lambda options: seen.append(options) or 0)
     assert cli(["serve", "demo", "--drain-s", "2.5", "--port", "9000", "--replicas", "2",
-                "--replicas-per-gpu", "3"]) == 0
+                "--replicas-per-gpu", "3", "--gil-switch-ms", "0.5"]) == 0
     assert (seen[0].drain_s, seen[0].port, seen[0].replicas, seen[0].replicas_per_gpu) == (2.5, 9000, 2, 3)
+    assert seen[0].gil_switch_ms == 0.5
+    assert cli(["serve", "demo"]) == 0
+    assert seen[1].gil_switch_ms == 5.0  # Python's own default
     with pytest.raises(InputError, match="65535"):
         ServeOptions(model="demo", port=65535, replicas=2)
     with pytest.raises(InputError, match="drain_s"):
