@@ -41,9 +41,9 @@ def add_arguments(parser) -> None:
                         help="replicas sharing one GPU, each taking 1/N of it in Ray (default: 1)")
     parser.add_argument("--drain-s", type=float, default=1.0,
                         help="seconds a stopping replica keeps answering before it closes its port (default: 1)")
-    parser.add_argument("--gil-switch-ms", type=float, default=5.0,
+    parser.add_argument("--gil-switch-ms", type=float, default=0.1,
                         help="Python's thread switch interval in each replica: how long request handling may "
-                             "keep the GIL from the engine thread (default: 5, Python's own)")
+                             "keep the GIL from the engine thread (default: 0.1; Python's own is 5)")
     parser.add_argument("--address", default=None,
                         help="join the Ray cluster at this address (e.g. 127.0.0.1:6379) instead of starting one")
 

@@ -35,10 +35,10 @@ class ClippyDeployment:
         import ray
         import torch
 
-        # The engine thread spends its time in one call that releases the GIL (the stream's
-        # trace, CUDA graph or runtime): Python's 5 ms switch interval suits it. A shorter one
-        # forces hand-overs that cost CPU (benchmarks/RESULTS.md); it helps only an engine
-        # path that takes the GIL back after every operator.
+        # The engine thread needs the GIL before and after each batch's call (the stream's
+        # trace, CUDA graph or runtime), and request handling on the event loop and decoding
+        # threads holds it in between: with Python's 5 ms switch interval the engine would
+        # wait up to that long each time (0.1 ms, the default: benchmarks/RESULTS.md).
         sys.setswitchinterval(options.gil_switch_ms / 1000.0)
         if options.threads:
             torch.set_num_threads(options.threads)

@@ -40,8 +40,8 @@ class ServeOptions:
     # Text embeddings on disk: None = the default directory, a path = there, False = memory only.
     text_cache_dir: Union[None, str, bool] = None
     # Python's thread switch interval in each replica, in ms: how long the event loop may keep
-    # the GIL from the engine thread that asks for it (5: Python's own default).
-    gil_switch_ms: float = 5.0
+    # the GIL from the engine thread that asks for it (Python's own default is 5).
+    gil_switch_ms: float = 0.1
 
     def __post_init__(self) -> None:
         check_positive_int("port", self.port, upper=65535)

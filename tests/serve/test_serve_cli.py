@@ -112,7 +112,7 @@ def test_drain_and_port_range_reach_the_options(monkeypatch):
     assert (seen[0].drain_s, seen[0].port, seen[0].replicas, seen[0].replicas_per_gpu) == (2.5, 9000, 2, 3)
     assert seen[0].gil_switch_ms == 0.5
     assert cli(["serve", "demo"]) == 0
-    assert seen[1].gil_switch_ms == 5.0  # Python's own default
+    assert seen[1].gil_switch_ms == 0.1
     with pytest.raises(InputError, match="65535"):
         ServeOptions(model="demo", port=65535, replicas=2)
     with pytest.raises(InputError, match="drain_s"):
