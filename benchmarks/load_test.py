@@ -21,9 +21,12 @@ timed out), mismatches (frames whose labels differ from the local engine's for t
 image and prompts), the batch sizes the replica saw and the CPU seconds of each process in
 the namespace. For comparison (``--baseline``) the local engine's best batched throughput
 (``segment`` on a list of frames, or its ``stream`` with chunks of the batch size, whichever
-is faster) on this machine is measured in the same run, before the server starts and again
-(at the best setting) after it stopped (decoded images in, label tensors out: no request
-decoding or reply encoding); ratios are against the higher of the two. The same request
+is faster) on this machine is measured in the same run: every setting before the server
+starts, then the best setting again right before each protocol, after the last one, and
+after the server stopped (decoded images in, label tensors out: no request decoding or reply
+encoding). Each protocol's ratio (``vs_local``) is against the higher of the measurements
+just before and just after it, so a machine whose speed drifts over minutes compares like
+with like; ``vs_run_best`` is against the highest measurement of the whole run. The same request
 work the replica does for JSON (``Replica.parse`` and ``Replica.run_batch`` plus JSON
 encoding, at that best batch size and thread count) is also run in this process without Ray
 or HTTP.
@@ -358,15 +361,14 @@ def torch_equal(a, b) -> bool:
     return bool(torch.equal(a, b))
 
 
-MARKDOWN_HEADER = ("| date (UTC) | server args | protocol | clients | frames | frames/s | local best /s | ratio "
-                   "| p50 ms | p95 ms | p99 ms | p99/p50 | errors | lost | mismatched | replica CPU ms/frame "
-                   "| load avg (1 min) before, after |\n"
-                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+MARKDOWN_HEADER = ("| date (UTC) | server args | protocol | clients | frames | frames/s | local /s around it | ratio "
+                   "| ratio to the run's best local | p50 ms | p95 ms | p99 ms | p99/p50 | errors | lost | mismatched "
+                   "| replica CPU ms/frame | load avg (1 min) before, after |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def markdown_rows(report: Dict[str, object], server_args: str) -> List[str]:
     """RESULTS.md's serving table rows, one per protocol (header: MARKDOWN_HEADER)."""
-    local = report.get("local_best_frames_per_s", "-")
     before, after = report["environment_before"], report.get("environment_after") or {}
     loads = ", ".join(str((env.get("load_average") or ["?"])[0]) for env in (before, after))
     rows = []
@@ -376,7 +378,8 @@ def markdown_rows(report: Dict[str, object], server_args: str) -> List[str]:
         protocol = load["protocol"] + (f" ({load['frames_per_request']}{' ' if unit == 'in flight' else ''}{unit})"
                                        if load["frames_per_request"] > 1 else "")
         cells = [before["date"][:16].replace("T", " "), f"`{server_args}`" if server_args else "(defaults)", protocol,
-                 report["clients"], load["sent"], load["throughput_per_s"], local, load.get("vs_local", "-"),
+                 report["clients"], load["sent"], load["throughput_per_s"], load.get("local_around_frames_per_s", "-"),
+                 load.get("vs_local", "-"), load.get("vs_run_best", "-"),
                  latency["p50"], latency["p95"], latency["p99"],
                  round(latency["p99"] / latency["p50"], 2) if latency["p50"] else "-", load["errors"], load["lost"],
                  load["mismatched"], load.get("replica_cpu_ms_per_frame", "-"), loads]
@@ -425,6 +428,13 @@ def main(argv=None) -> int:
         report["replica_in_process"] = replica_baseline(model, files, prompts, local["best_threads"],
                                                         local["best_batch"])
 
+    def measure_again() -> float:
+        """The local engine at the baseline's best setting, now (3 s)."""
+        local = report["local_baseline"]
+        print("measuring the local engine at its best setting", file=sys.stderr, flush=True)
+        return baseline(model, pictures, prompts, [local["best_threads"]], seconds=3.0,
+                        batches=(local["best_batch"],), methods=(local["best_method"],))["best_frames_per_s"]
+
     server = start_server(args.start_server, args.urls[0], args.server_args) if args.start_server else None
     report["loads"] = []
     try:
@@ -437,6 +447,7 @@ def main(argv=None) -> int:
                 run_load(args.urls, protocol, payloads, references, prompts, args.clients, args.warmup, 120.0,
                          args.timeout, per_request)
             stats_before = [probe.stats() for probe in probes]
+            local_before = measure_again() if args.baseline else None
             print(f"load: {protocol}, {args.clients} clients, {args.requests} frames, at most {args.duration:g} s",
                   file=sys.stderr, flush=True)
             cpu_before = namespace_cpu_seconds()
@@ -446,7 +457,13 @@ def main(argv=None) -> int:
             load["replica_cpu_ms_per_frame"] = replica_cpu_ms(load["cpu_seconds"], load["ok"] + load["mismatched"])
             load["replica_stats_before"] = stats_before
             load["replica_stats_after"] = [probe.stats() for probe in probes]
+            if local_before is not None:
+                load["local_before_frames_per_s"] = local_before
+                if report["loads"]:
+                    report["loads"][-1]["local_after_frames_per_s"] = local_before
             report["loads"].append(load)
+        if args.baseline and report["loads"]:
+            report["loads"][-1]["local_after_frames_per_s"] = measure_again()
         report["environment_after"] = collect_environment()
     finally:
         if server is not None:
@@ -464,10 +481,15 @@ def main(argv=None) -> int:
         again = baseline(model, pictures, prompts, [local["best_threads"]], batches=(local["best_batch"],),
                          methods=(local["best_method"],))
         report["local_baseline_after"] = again["best_frames_per_s"]
-        best = max(local["best_frames_per_s"], again["best_frames_per_s"])
+        best = max([local["best_frames_per_s"], again["best_frames_per_s"]]
+                   + [load[key] for load in report["loads"]
+                      for key in ("local_before_frames_per_s", "local_after_frames_per_s") if key in load])
         report["local_best_frames_per_s"] = best
         for load in report["loads"]:
-            load["vs_local"] = round(load["throughput_per_s"] / best, 3) if best else None
+            around = max(load.get("local_before_frames_per_s", 0), load.get("local_after_frames_per_s", 0))
+            load["local_around_frames_per_s"] = around or best
+            load["vs_local"] = round(load["throughput_per_s"] / load["local_around_frames_per_s"], 3)
+            load["vs_run_best"] = round(load["throughput_per_s"] / best, 3)
     if args.json:
         from clippy_rt.formats.atomic import atomic_write
 
@@ -476,7 +498,8 @@ def main(argv=None) -> int:
     summary = {key: report.get(key) for key in ("local_baseline", "local_baseline_after", "replica_in_process",
                                                 "server_shutdown_s")}
     summary["loads"] = [{key: load[key] for key in ("protocol", "sent", "ok", "errors", "lost", "mismatched",
-                                                    "throughput_per_s", "vs_local", "latency_ms",
+                                                    "throughput_per_s", "local_around_frames_per_s", "vs_local",
+                                                    "vs_run_best", "latency_ms",
                                                     "replica_cpu_ms_per_frame", "cpu_seconds") if key in load}
                         for load in report["loads"]]
     print(json.dumps(summary, indent=1))
