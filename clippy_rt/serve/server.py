@@ -110,8 +110,8 @@ def wait_for_ports(options: ServeOptions, stop: threading.Event, log: Callable[[
                 log(f"port {port} on {host} is still held by the closed connections of a server that "
                     f"stopped (TCP TIME_WAIT, up to a minute); waiting for it")
             if clock() >= deadline:
-                raise ServerError(f"port {port} on {host} did not come free in {wait_s:g} s; "
-                                  f"pass another --port")
+                raise ServerError(f"port {port} on {host} did not come free in {wait_s:g} s (a program "
+                                  f"listening on it on another address holds it too); pass another --port")
             if stop.wait(PORT_POLL_S):
                 return False
     return True
