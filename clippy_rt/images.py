@@ -405,11 +405,6 @@ def place_in_frame(pixels: torch.Tensor, plan: ResizePlan) -> torch.Tensor:
     return framed
 
 
-def _normalise(picture: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    frame = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())
-    return normalise_frames(frame.unsqueeze(0), mean, std)[0]
-
-
 def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Sequence[float],
             std: Sequence[float], patch_size: int, bgr: bool = False) -> Prepared:
     """Decode, resize and normalise one image for an input of ``size`` (see the module doc).
@@ -420,7 +415,8 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     """
     mean_t, std_t = _check_mean_std(mean, std)
     picture, plan = resize_picture(image, size, mode=mode, patch_size=patch_size, bgr=bgr)
-    pixels = place_in_frame(_normalise(picture, mean_t, std_t).unsqueeze(0), plan)[0]
+    frame = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy()).unsqueeze(0)
+    pixels = place_in_frame(normalise_frames(frame, mean_t, std_t), plan)[0]
     return Prepared(pixels, plan.original_size, plan.out_size, window=plan.window, crop_box=plan.crop_box)
 
 

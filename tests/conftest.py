@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 # Triton fixes interpreter or compiled mode at its first import (which torch._dynamo,
@@ -13,8 +14,6 @@ if "TRITON_INTERPRET" not in os.environ:
 
     _cuda = importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
     os.environ["TRITON_INTERPRET"] = "0" if _cuda else "1"
-
-import signal
 
 import pytest
 import torch
