@@ -145,3 +145,43 @@ def test_a_signal_while_waiting_stops_without_starting_ray(monkeypatch):
     assert time.monotonic() - start < 5
     assert started == []
     assert "waiting" in logged[0] and logged[-1] == "stopped"
+
+
+def test_a_stop_while_waiting_returns_false_promptly():
+    port = _free_ports(1)
+    sock = _held(port)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    start = time.monotonic()
+    try:
+        assert wait_for_ports(_options(port), stop, lambda text: None, wait_s=30) is False
+    finally:
+        sock.close()
+    assert time.monotonic() - start < 5
+
+
+def test_all_interfaces_see_a_listener_on_loopback():
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(ServerError, match=rf"port {port} on 0\.0\.0\.0 is in use"):
+            wait_for_ports(ServeOptions(model="demo", host="0.0.0.0", port=port), threading.Event(),
+                           lambda text: None, wait_s=30)
+
+
+def test_an_ipv6_host_is_checked_as_ipv6():
+    try:
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        listener.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with listener:
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(ServerError, match=rf"port {port} on ::1 is in use"):
+            wait_for_ports(ServeOptions(model="demo", host="::1", port=port), threading.Event(),
+                           lambda text: None, wait_s=30)
+        listener.close()
+        assert wait_for_ports(ServeOptions(model="demo", host="::1", port=port), threading.Event(),
+                              lambda text: None, wait_s=5) is True
