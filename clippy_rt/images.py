@@ -442,6 +442,24 @@ def resize_picture(image: ImageSource, size: Size, *, mode: str = "squash", patc
     return resized, plan
 
 
+def resize_frame(frame: np.ndarray, size: Size, *, mode: str = "squash", patch_size: int,
+                 bgr: bool = False) -> Tuple[np.ndarray, ResizePlan]:
+    """``resize_picture`` for a uint8 [H, W, 3] frame, as a uint8 array: the same pixels and
+    plan. A frame the plan leaves at its size (already the input size; for ``letterbox``,
+    one that fits without scaling) comes back as itself (a view, channels reversed for
+    ``bgr``), with no trip through PIL; any other frame goes through ``resize_picture``."""
+    if (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+            and mode in RESIZE_MODES and min(frame.shape[:2]) >= patch_size):
+        input_size = check_input_size(size, patch_size)
+        original = (int(frame.shape[0]), int(frame.shape[1]))
+        plan = plan_resize(original, input_size, mode)
+        unscaled = tuple(plan.resize_to) == original if mode == "letterbox" else original == input_size
+        if unscaled:
+            return (frame[:, :, ::-1] if bgr else frame), plan
+    picture, plan = resize_picture(frame, size, mode=mode, patch_size=patch_size, bgr=bgr)
+    return np.asarray(picture, dtype=np.uint8), plan
+
+
 def prepare_batch(images: Union[Sequence[ImageSource], np.ndarray], size: Size, *, mode: str = "squash",
                   mean: Sequence[float], std: Sequence[float], patch_size: int,
                   bgr: bool = False) -> Tuple[torch.Tensor, List[Prepared]]:

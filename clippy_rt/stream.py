@@ -57,7 +57,7 @@ import torch
 from .device_prep import PREPROCESS_CHOICES, as_frame_tensor, concrete_device, frames_of
 from .errors import InputError
 from .images import (RESIZE_MODES, Prepared, as_pixel_batch, check_input_size, normalise_frames, place_in_frame,
-                     resize_picture)
+                     resize_frame)
 from .numerics import check_finite
 from .prompts import PromptSet, PromptsLike
 from .results import PreparedBatch, Segmentation, class_label_dtype, is_single
@@ -293,20 +293,21 @@ class Stream:
     def _trace_input(self, frames) -> Optional[Tuple[torch.Tensor, List[Prepared], object]]:
         """(trace input, how each frame was resized, the resize plan the trace normalises
         with; None for device pre-processing), or None when the frames of the chunk were
-        not resized alike. Host pre-processing stops after the PIL resize
-        (``images.resize_picture``, as ``Engine.prepare``'s host path); the trace normalises."""
+        not resized alike. Host pre-processing stops after the PIL resize (``images.resize_frame``,
+        which skips PIL for a frame left at its size; as ``Engine.prepare``'s host path); the
+        trace normalises."""
         if self.preprocess != "host":
             batch = self.engine.prepare(frames, self.input_size, self.resize, self.bgr, self.preprocess)
             pixels = as_pixel_batch(batch.pixels, self.engine.config.image.patch_size)
             prepared, plan = batch.prepared, None
         else:
             patch_size = self.engine.config.image.patch_size
-            resized = [resize_picture(frame, self.input_size, mode=self.resize, patch_size=patch_size, bgr=self.bgr)
+            resized = [resize_frame(frame, self.input_size, mode=self.resize, patch_size=patch_size, bgr=self.bgr)
                        for frame in frames]
             plan = resized[0][1]
             if any(item[1] != plan for item in resized):
                 return None
-            pixels = torch.from_numpy(np.stack([np.asarray(picture, dtype=np.uint8) for picture, _ in resized]))
+            pixels = torch.from_numpy(np.stack([picture for picture, _ in resized]))
             prepared = [Prepared(None, p.original_size, p.out_size, p.window, p.crop_box) for _, p in resized]
         first = prepared[0]
         if any((p.out_size, p.window) != (first.out_size, first.window) for p in prepared):

@@ -544,3 +544,39 @@ def test_as_pixel_batch_accepts_float_tensors():
 def test_as_pixel_batch_rejects(tensor, error, message):
     with pytest.raises(error, match=message):
         as_pixel_batch(tensor, 16)
+
+
+@pytest.mark.parametrize("shape,size,mode,unscaled", [
+    ((64, 64, 3), 64, "squash", True), ((64, 64, 3), 64, "crop", True), ((64, 64, 3), 64, "letterbox", True),
+    ((48, 64, 3), (48, 64), "squash", True),
+    ((32, 64, 3), 64, "letterbox", True),    # fits as it is: the padding goes around it later
+    ((64, 65, 3), 64, "crop", False),        # covers at scale 1 but needs a crop
+    ((32, 64, 3), 64, "crop", False), ((32, 48, 3), 64, "squash", False), ((80, 64, 3), 64, "letterbox", False),
+    ((64, 64, 4), 64, "squash", False),      # RGBA: PIL drops the alpha
+])
+@pytest.mark.parametrize("bgr", [False, True])
+def test_resize_frame_gives_resize_pictures_pixels_and_skips_pil_for_an_unscaled_frame(
+        shape, size, mode, unscaled, bgr, monkeypatch):
+    from clippy_rt import images as images_module
+    from clippy_rt.images import resize_picture
+
+    frame = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    want, want_plan = resize_picture(frame, size, mode=mode, patch_size=16, bgr=bgr)
+    calls = []
+    monkeypatch.setattr(images_module, "resize_picture",
+                        lambda *args, **kwargs: calls.append(1) or resize_picture(*args, **kwargs))
+    got, plan = images_module.resize_frame(frame, size, mode=mode, patch_size=16, bgr=bgr)
+    assert isinstance(got, np.ndarray) and got.dtype == np.uint8
+    assert np.array_equal(got, np.asarray(want)) and plan == want_plan
+    assert calls == ([] if unscaled else [1])
+
+
+def test_resize_frame_refuses_what_resize_picture_refuses():
+    from clippy_rt.images import resize_frame
+
+    with pytest.raises(InputError, match="multiples of the patch size"):
+        resize_frame(np.zeros((64, 64, 3), np.uint8), 60, patch_size=16)
+    with pytest.raises(InputError, match="smaller than one 16x16 patch"):
+        resize_frame(np.zeros((8, 64, 3), np.uint8), 64, patch_size=16)
+    with pytest.raises(InputError, match="mode must be one of"):
+        resize_frame(np.zeros((64, 64, 3), np.uint8), 64, mode="stretch", patch_size=16)

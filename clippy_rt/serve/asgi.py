@@ -104,6 +104,21 @@ def _parse_json(replica, route: str, data: bytes):
     return replica.parse(route, body)
 
 
+def answering(replica, batcher) -> Callable[[Any], Awaitable[Tuple[int, Any]]]:
+    """The ``run`` coroutine of ``build_app`` for a ``batcher`` running
+    ``replica.compute_batch``: the engine thread computes, and each answer is encoded here,
+    on the event loop while the engine runs the next batch, or on the loop's default
+    executor when ``replica.answer_inline`` says it is too large for the loop."""
+
+    async def run(request) -> Tuple[int, Any]:
+        outcome = await batcher(request)
+        if replica.answer_inline(request, outcome):
+            return replica.answer(request, outcome)
+        return await asyncio.get_running_loop().run_in_executor(None, replica.answer, request, outcome)
+
+    return run
+
+
 def build_app(replica, run: Callable[[Any], Awaitable[Tuple[int, Any]]], *, max_body_bytes: int,
               max_pixels: int, inline_parse_bytes: int = INLINE_PARSE_BYTES):
     """The ASGI application serving ``replica``: ``run(parsed request)`` returns (HTTP

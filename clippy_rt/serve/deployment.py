@@ -1,4 +1,5 @@
-"""The Ray Serve deployment: one ``Replica``, its ``Batcher`` (one engine thread) and the
+"""The Ray Serve deployment: one ``Replica``, its ``Batcher`` (one engine thread running
+``Replica.compute_batch``; answers are encoded on the event loop, ``asgi.answering``) and the
 ASGI application of ``clippy_rt.serve.asgi`` as the replica's HTTP ingress. Importing this
 module imports Ray; use ``clippy_rt.serve.serve_until_stopped``.
 """
@@ -9,7 +10,7 @@ import sys
 
 from ray import serve
 
-from .asgi import build_app
+from .asgi import answering, build_app
 from .batcher import Batcher
 from .options import ServeOptions
 from .protocol import error_body, first_line
@@ -52,7 +53,7 @@ class ClippyDeployment:
         self.replica = Replica(engine, model=str(options.model), max_pixels=options.max_pixels,
                                replica_id=replica_id, node_id=context.get_node_id(),
                                stream_batch=options.max_batch)
-        self.batcher = Batcher(self.replica.run_batch, max_frames=options.max_batch,
+        self.batcher = Batcher(self.replica.compute_batch, max_frames=options.max_batch,
                                wait_s=options.batch_wait_ms / 1000.0, frames=request_frames,
                                on_error=_batch_failed, name="clippy-rt-engine")
         # The model, Ray and torch leave a large heap of long-lived objects: move them out
@@ -61,7 +62,7 @@ class ClippyDeployment:
         gc.freeze()
 
     def __serve_build_asgi_app__(self):
-        return build_app(self.replica, self.batcher, max_body_bytes=self.options.max_body_bytes,
+        return build_app(self.replica, answering(self.replica, self.batcher), max_body_bytes=self.options.max_body_bytes,
                          max_pixels=self.options.max_pixels)
 
     def __del__(self) -> None:

@@ -1,10 +1,13 @@
 """What one serving replica does, without Ray: parse requests, run a batch of them through
 one Engine, encode the responses, and count what it saw.
 
-``Replica.run_batch`` groups the requests of a batch by ``batch_key`` (same kind, prompt
-set, input size and resize mode) and makes one engine call per group, so pre-processing,
-the image tower and the seg head run batched; JSON requests and binary ones (several frames
-each) share a group. ``parse`` and ``parse_binary`` turn
+``Replica.compute_batch`` groups the requests of a batch by ``batch_key`` (same kind,
+prompt set, input size and resize mode) and makes one engine call per group, so
+pre-processing, the image tower and the seg head run batched; JSON requests and binary ones
+(several frames each) share a group. ``Replica.answer`` encodes each request's output
+(labels PNG and JSON, or binary labels): in a served replica the engine thread computes
+batches while the event loop encodes answers (``asgi.answering``); ``run_batch`` does both
+in the calling thread. ``parse`` and ``parse_binary`` turn
 decoded files into RGB arrays (the pixels ``Engine.segment`` would read), so segment groups
 go through the engine's streaming path (``Engine.stream``: frames of one size per chunk,
 CUDA graphs on a CUDA engine), one ``Stream`` kept per prompt set, size and resize mode; a
@@ -15,6 +18,7 @@ engine's text-embedding cache lives as long as the replica.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import threading
@@ -32,10 +36,28 @@ from .protocol import (DEFAULT_MAX_PIXELS, ClassifyRequest, RequestError, Segmen
                        segmentation_to_json)
 
 Request = Union[SegmentRequest, ClassifyRequest, FramesRequest]
+logger = logging.getLogger("clippy_rt.serve")
 # Streams kept per replica (prompt set x size x resize); the least recently used goes first.
 MAX_STREAMS = 8
 # (HTTP status, JSON body or, for a binary request's success, a BinaryBody)
 Reply = Tuple[int, Union[Dict[str, Any], BinaryBody]]
+# Answers of at most this many label pixels are encoded on the event loop (PNG of 256 x 256
+# labels: well under a millisecond); larger ones on a thread. Raw binary labels always inline.
+INLINE_ANSWER_PIXELS = 256 * 256
+
+
+class Computed:
+    """The engine's output for one request (a Segmentation, a list of them for a
+    FramesRequest, or a classification), before ``Replica.answer`` encodes it."""
+
+    __slots__ = ("output",)
+
+    def __init__(self, output: Any) -> None:
+        self.output = output
+
+
+# What ``Replica.compute_batch`` gives for one request: its output, or an error reply.
+Outcome = Union[Computed, Reply]
 
 
 def load_engine(options):
@@ -93,9 +115,15 @@ class Replica:
         return dataclasses.replace(request, images=tuple(_rgb_array(image) for image in request.images))
 
     def run_batch(self, requests: Sequence[Request]) -> List[Reply]:
-        """One reply per request, in order. A group whose engine call fails on bad input is
-        rerun one request at a time, so one bad request fails alone."""
-        replies: List[Optional[Reply]] = [None] * len(requests)
+        """One reply per request, in order: ``compute_batch`` then ``answer`` for each."""
+        return [self.answer(request, outcome) for request, outcome in zip(requests, self.compute_batch(requests))]
+
+    def compute_batch(self, requests: Sequence[Request]) -> List[Outcome]:
+        """The engine's work for a batch, one outcome per request, in order: a ``Computed``
+        (what ``answer`` encodes) or an error reply. A group whose engine call fails on bad
+        input is rerun one request at a time, so one bad request fails alone. The encoding
+        is left to ``answer``, so that a replica's engine thread only computes."""
+        outcomes: List[Optional[Outcome]] = [None] * len(requests)
         groups: Dict[tuple, List[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.batch_key, []).append(index)
@@ -107,7 +135,7 @@ class Replica:
                 calls.append(_frame_count(members))
             except (ClippyError, ValueError, TypeError) as exc:
                 if len(members) == 1:
-                    replies[indices[0]] = (400, error_body(first_line(exc)))
+                    outcomes[indices[0]] = (400, error_body(first_line(exc)))
                     continue
                 outputs = []
                 for member in members:
@@ -116,21 +144,47 @@ class Replica:
                         calls.append(_frame_count([member]))
                     except (ClippyError, ValueError, TypeError) as single_exc:
                         outputs.append(RequestError(first_line(single_exc)))
-            for index, member, output in zip(indices, members, outputs):
-                if isinstance(output, Exception):
-                    replies[index] = (400, error_body(str(output)))
-                elif isinstance(member, FramesRequest):
-                    replies[index] = (200, segmentations_to_binary(output, member.labels))
-                elif isinstance(member, SegmentRequest):
-                    replies[index] = (200, segmentation_to_json(output, member.return_scores))
-                else:
-                    replies[index] = (200, classification_to_json(output))
+            for index, output in zip(indices, outputs):
+                outcomes[index] = (400, error_body(str(output))) if isinstance(output, Exception) else Computed(output)
         with self._lock:
             self._batch_sizes[len(requests)] += 1
             self._call_sizes.update(calls)
             self._requests += len(requests)
-            self._failed += sum(1 for status, _ in replies if status != 200)
-        return replies
+            self._failed += sum(1 for outcome in outcomes if not isinstance(outcome, Computed))
+        return outcomes
+
+    def answer(self, request: Request, outcome: Outcome) -> Reply:
+        """The reply for ``request`` given its outcome from ``compute_batch`` (or a reply,
+        returned as it is): a binary body for a FramesRequest, JSON otherwise. An answer
+        that cannot be encoded is a 500, logged."""
+        if not isinstance(outcome, Computed):
+            return outcome
+        try:
+            if isinstance(request, FramesRequest):
+                return 200, segmentations_to_binary(outcome.output, request.labels)
+            if isinstance(request, SegmentRequest):
+                return 200, segmentation_to_json(outcome.output, request.return_scores)
+            return 200, classification_to_json(outcome.output)
+        except Exception as exc:  # noqa: BLE001 - one request's answer, not the replica
+            logger.exception("encoding an answer failed")
+            with self._lock:
+                self._failed += 1
+            return 500, error_body(f"internal error: {first_line(exc)}")
+
+    @staticmethod
+    def answer_inline(request: Request, outcome: Outcome) -> bool:
+        """Whether ``answer`` is cheap enough for the event loop: errors, classifications,
+        raw binary labels, and other answers of at most ``INLINE_ANSWER_PIXELS`` label
+        pixels in all (PNG or zlib encoding of more goes to a thread)."""
+        if not isinstance(outcome, Computed):
+            return True
+        if isinstance(request, FramesRequest):
+            if request.labels == "raw":
+                return True
+            return sum(int(result.labels.numel()) for result in outcome.output) <= INLINE_ANSWER_PIXELS
+        if isinstance(request, SegmentRequest):
+            return int(outcome.output.labels.numel()) <= INLINE_ANSWER_PIXELS
+        return True
 
     def _call(self, members: Sequence[Request]) -> list:
         """One engine call for all the members' images; one output per image."""

@@ -612,3 +612,77 @@ def test_request_frames_counts_each_requests_images(engine, images):
     assert [request_frames(three), request_frames(one)] == [3, 1]
     assert request_frames(replica.parse("segment", body(images[4]))) == 1
     assert request_frames(replica.parse("classify", {"image": body(images[0])["image"], "labels": ["a cat"]})) == 1
+
+
+def test_answers_are_encoded_on_the_loop_or_a_thread_never_on_the_engine_thread(engine, images, monkeypatch):
+    import asyncio
+
+    from clippy_rt.serve import replica as replica_module
+    from clippy_rt.serve.asgi import answering
+    from clippy_rt.serve.batcher import Batcher
+    from clippy_rt.serve.frames import encode_frames, frame_of, segmentations_from_binary
+    from clippy_rt.serve.protocol import segmentation_from_json
+
+    where = []
+    for name in ("segmentation_to_json", "segmentations_to_binary"):
+        def recording(*args, _original=getattr(replica_module, name), _name=name):
+            where.append((_name, threading.current_thread().name))
+            return _original(*args)
+        monkeypatch.setattr(replica_module, name, recording)
+    # Labels come back at the frame's size: 272 x 256 is past INLINE_ANSWER_PIXELS, 32 x 48 is not.
+    large = np.random.default_rng(5).integers(0, 256, (272, 256, 3), dtype=np.uint8)
+    assert large.shape[0] * large.shape[1] > replica_module.INLINE_ANSWER_PIXELS
+    replica = Replica(engine)
+    requests = [replica.parse("segment", body(images[0])),
+                replica.parse_binary(*encode_frames([frame_of(images[1])], PROMPTS)),
+                replica.parse("segment", body(large)),
+                replica.parse_binary(*encode_frames([frame_of(large)], PROMPTS, labels="zlib")),
+                replica.parse_binary(*encode_frames([frame_of(large)], PROMPTS))]
+    batcher = Batcher(replica.compute_batch, max_frames=16, wait_s=0.2, name="the-engine-thread")
+    try:
+        async def main():
+            run = answering(replica, batcher)
+            return threading.current_thread().name, await asyncio.gather(*(run(r) for r in requests))
+
+        loop_thread, replies = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert replica.stats()["batch_sizes"] == {"5": 1}
+    assert all(status == 200 for status, _ in replies)
+    want_small = [engine.segment(images[i], PROMPTS).labels for i in (0, 1)]
+    want_large = engine.segment(large, PROMPTS).labels
+    assert torch.equal(segmentation_from_json(replies[0][1]).labels, want_small[0])
+    assert torch.equal(segmentation_from_json(replies[2][1]).labels, want_large)
+    for (_, reply), want in zip([replies[1], replies[3], replies[4]], [want_small[1], want_large, want_large]):
+        [got] = segmentations_from_binary(reply.header_length, reply.data)
+        assert torch.equal(got.labels, want)
+    threads = [thread for _, thread in where]
+    assert "the-engine-thread" not in threads
+    # Small PNG and raw labels on the loop; the large PNG and zlib answers on a thread.
+    assert [thread == loop_thread for thread in threads] == [True, True, False, False, True]
+
+
+def test_an_answer_that_cannot_be_encoded_is_a_500_alone(engine, images, monkeypatch):
+    from clippy_rt.serve import replica as replica_module
+    from clippy_rt.serve.protocol import segmentation_from_json
+
+    original = replica_module.segmentation_to_json
+
+    def failing(result, return_scores=False):
+        if result.labels.shape[1] == 48:
+            raise ValueError("Out of range float values are not JSON compliant\nmore")
+        return original(result, return_scores)
+
+    monkeypatch.setattr(replica_module, "segmentation_to_json", failing)
+    replica = Replica(CountingEngine(engine))  # which fails on images 40 pixels wide
+    requests = [replica.parse("segment", body(images[0])), replica.parse("segment", body(images[3])),
+                replica.parse("segment", body(images[1]))]
+    outcomes = replica.compute_batch(requests)
+    assert outcomes[2] == (400, {"error": "width 40 is not supported"})
+    assert replica.stats()["failed"] == 1
+    replies = [replica.answer(request, outcome) for request, outcome in zip(requests, outcomes)]
+    assert replies[0] == (500, {"error": "internal error: Out of range float values are not JSON compliant"})
+    assert replies[1][0] == 200
+    assert torch.equal(segmentation_from_json(replies[1][1]).labels, engine.segment(images[3], PROMPTS).labels)
+    assert replies[2] == outcomes[2]
+    assert (replica.stats()["requests"], replica.stats()["failed"]) == (3, 2)
