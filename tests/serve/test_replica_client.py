@@ -623,21 +623,34 @@ def test_answers_are_encoded_on_the_loop_or_a_thread_never_on_the_engine_thread(
     from clippy_rt.serve.frames import encode_frames, frame_of, segmentations_from_binary
     from clippy_rt.serve.protocol import segmentation_from_json
 
-    where = []
-    for name in ("segmentation_to_json", "segmentations_to_binary"):
+    where = {}  # what was encoded (kind, label shapes, encoding) -> the thread that encoded it
+
+    def key(name, args):
+        if name == "segmentation_to_json":
+            return name, tuple(args[0].labels.shape)
+        if name == "segmentations_to_binary":
+            return name, tuple(tuple(result.labels.shape) for result in args[0]), args[1]
+        return (name,)
+
+    for name in ("segmentation_to_json", "segmentations_to_binary", "classification_to_json"):
         def recording(*args, _original=getattr(replica_module, name), _name=name):
-            where.append((_name, threading.current_thread().name))
+            where[key(_name, args)] = threading.current_thread().name
             return _original(*args)
         monkeypatch.setattr(replica_module, name, recording)
     # Labels come back at the frame's size: 272 x 256 is past INLINE_ANSWER_PIXELS, 32 x 48 is not.
-    large = np.random.default_rng(5).integers(0, 256, (272, 256, 3), dtype=np.uint8)
-    assert large.shape[0] * large.shape[1] > replica_module.INLINE_ANSWER_PIXELS
+    rng = np.random.default_rng(5)
+    large = rng.integers(0, 256, (272, 256, 3), dtype=np.uint8)
+    at_limit = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # exactly INLINE_ANSWER_PIXELS
+    assert large.shape[0] * large.shape[1] > replica_module.INLINE_ANSWER_PIXELS == 256 * 256
     replica = Replica(engine)
     requests = [replica.parse("segment", body(images[0])),
                 replica.parse_binary(*encode_frames([frame_of(images[1])], PROMPTS)),
                 replica.parse("segment", body(large)),
                 replica.parse_binary(*encode_frames([frame_of(large)], PROMPTS, labels="zlib")),
-                replica.parse_binary(*encode_frames([frame_of(large)], PROMPTS))]
+                replica.parse_binary(*encode_frames([frame_of(large)], PROMPTS)),
+                replica.parse("segment", body(at_limit)),
+                replica.parse_binary(*encode_frames([frame_of(at_limit)], PROMPTS, labels="zlib")),
+                replica.parse("classify", {"image": body(large)["image"], "labels": PROMPTS})]
     batcher = Batcher(replica.compute_batch, max_frames=16, wait_s=0.2, name="the-engine-thread")
     try:
         async def main():
@@ -647,19 +660,31 @@ def test_answers_are_encoded_on_the_loop_or_a_thread_never_on_the_engine_thread(
         loop_thread, replies = asyncio.run(main())
     finally:
         batcher.close()
-    assert replica.stats()["batch_sizes"] == {"5": 1}
+    assert replica.stats()["batch_sizes"] == {"8": 1}
     assert all(status == 200 for status, _ in replies)
     want_small = [engine.segment(images[i], PROMPTS).labels for i in (0, 1)]
     want_large = engine.segment(large, PROMPTS).labels
     assert torch.equal(segmentation_from_json(replies[0][1]).labels, want_small[0])
     assert torch.equal(segmentation_from_json(replies[2][1]).labels, want_large)
-    for (_, reply), want in zip([replies[1], replies[3], replies[4]], [want_small[1], want_large, want_large]):
+    for (_, reply), want, encoding in zip([replies[1], replies[3], replies[4]], [want_small[1], want_large, want_large],
+                                          ["raw", "zlib", "raw"]):
         [got] = segmentations_from_binary(reply.header_length, reply.data)
         assert torch.equal(got.labels, want)
-    threads = [thread for _, thread in where]
-    assert "the-engine-thread" not in threads
-    # Small PNG and raw labels on the loop; the large PNG and zlib answers on a thread.
-    assert [thread == loop_thread for thread in threads] == [True, True, False, False, True]
+        assert json.loads(reply.data[:reply.header_length])["frames"][0]["encoding"] == encoding
+    assert torch.equal(segmentation_from_json(replies[5][1]).labels, engine.segment(at_limit, PROMPTS).labels)
+    assert [name for name, _ in replies[7][1]["labels"]] == [name for name, _ in engine.classify(large, PROMPTS)]
+    assert "the-engine-thread" not in where.values()
+    # PNG and zlib labels up to 256 x 256 pixels, raw labels and classifications on the loop;
+    # larger PNG and zlib answers on a thread.
+    on_loop = {key: thread == loop_thread for key, thread in where.items()}
+    assert on_loop == {("segmentation_to_json", (32, 48)): True,
+                       ("segmentations_to_binary", ((40, 40),), "raw"): True,
+                       ("segmentation_to_json", (272, 256)): False,
+                       ("segmentations_to_binary", ((272, 256),), "zlib"): False,
+                       ("segmentations_to_binary", ((272, 256),), "raw"): True,
+                       ("segmentation_to_json", (256, 256)): True,
+                       ("segmentations_to_binary", ((256, 256),), "zlib"): True,
+                       ("classification_to_json",): True}
 
 
 def test_an_answer_that_cannot_be_encoded_is_a_500_alone(engine, images, monkeypatch):
@@ -686,3 +711,21 @@ def test_an_answer_that_cannot_be_encoded_is_a_500_alone(engine, images, monkeyp
     assert torch.equal(segmentation_from_json(replies[1][1]).labels, engine.segment(images[3], PROMPTS).labels)
     assert replies[2] == outcomes[2]
     assert (replica.stats()["requests"], replica.stats()["failed"]) == (3, 2)
+
+
+def test_classify_requests_use_their_size_and_resize(engine, images):
+    replica = Replica(engine)
+    image = images[2]  # 24 x 56: each resize mode and size sees other pixels
+    answers = []
+    for size, resize in [(None, "crop"), (16, "crop"), ([16, 32], "squash"), ([16, 32], "letterbox")]:
+        request = {"image": body(image)["image"], "labels": PROMPTS, "top_k": 3, "resize": resize}
+        if size is not None:
+            request["size"] = size
+        [(status, reply)] = replica.run_batch([replica.parse("classify", request)])
+        want = engine.classify(Image.fromarray(image), PROMPTS, top_k=3,
+                               size=tuple(size) if isinstance(size, list) else size, resize=resize)
+        assert status == 200
+        assert [name for name, _ in reply["labels"]] == [name for name, _ in want]
+        assert [p for _, p in reply["labels"]] == pytest.approx([p for _, p in want], abs=1e-6)
+        answers.append(sorted(reply["labels"]))
+    assert all(answers[i] != answers[j] for i in range(4) for j in range(i))  # the settings matter here
