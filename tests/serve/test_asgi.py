@@ -157,6 +157,16 @@ def test_a_body_message_without_more_body_is_the_whole_body():
     assert sent[0]["status"] == 200 and replica.parsed[0][2] == {"labels": ["a"]}
 
 
+def test_a_body_message_without_a_body_key_adds_nothing():
+    # ASGI leaves "body" out of an http.request message that carries none.
+    app, replica, _ = make()
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": []}
+    sent = call(app, scope, [{"type": "http.request", "more_body": True},
+                             {"type": "http.request", "body": b'{"labels": ["a"]}', "more_body": True},
+                             {"type": "http.request"}])
+    assert sent[0]["status"] == 200 and replica.parsed[0][2] == {"labels": ["a"]}
+
+
 def test_body_arriving_in_chunks_is_joined():
     app, replica, _ = make()
     assert http(app, "POST", "/v1/segment", chunks=[b'{"image": ', b'"x", ', b'"prompts": ["a"]}'])[0] == 200
