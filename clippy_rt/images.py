@@ -414,8 +414,8 @@ def prepare(image: ImageSource, size: Size, *, mode: str = "squash", mean: Seque
     for an image smaller than one patch.
     """
     mean_t, std_t = _check_mean_std(mean, std)
-    picture, plan = resize_picture(image, size, mode=mode, patch_size=patch_size, bgr=bgr)
-    frame = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy()).unsqueeze(0)
+    picture, plan = resize_frame(image, size, mode=mode, patch_size=patch_size, bgr=bgr)
+    frame = torch.from_numpy(picture.copy()).unsqueeze(0)  # a copy: the caller's array may be read-only
     pixels = place_in_frame(normalise_frames(frame, mean_t, std_t), plan)[0]
     return Prepared(pixels, plan.original_size, plan.out_size, window=plan.window, crop_box=plan.crop_box)
 
@@ -442,12 +442,12 @@ def resize_picture(image: ImageSource, size: Size, *, mode: str = "squash", patc
     return resized, plan
 
 
-def resize_frame(frame: np.ndarray, size: Size, *, mode: str = "squash", patch_size: int,
+def resize_frame(frame: ImageSource, size: Size, *, mode: str = "squash", patch_size: int,
                  bgr: bool = False) -> Tuple[np.ndarray, ResizePlan]:
-    """``resize_picture`` for a uint8 [H, W, 3] frame, as a uint8 array: the same pixels and
-    plan. A frame the plan leaves at its size (already the input size; for ``letterbox``,
+    """``resize_picture`` as a uint8 [h, w, 3] array: the same pixels and plan. A uint8
+    [H, W, 3] frame the plan leaves at its size (already the input size; for ``letterbox``,
     one that fits without scaling) comes back as itself (a view, channels reversed for
-    ``bgr``), with no trip through PIL; any other frame goes through ``resize_picture``."""
+    ``bgr``), with no trip through PIL; anything else goes through ``resize_picture``."""
     if (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
             and mode in RESIZE_MODES and min(frame.shape[:2]) >= patch_size):
         input_size = check_input_size(size, patch_size)

@@ -580,3 +580,21 @@ def test_resize_frame_refuses_what_resize_picture_refuses():
         resize_frame(np.zeros((8, 64, 3), np.uint8), 64, patch_size=16)
     with pytest.raises(InputError, match="mode must be one of"):
         resize_frame(np.zeros((64, 64, 3), np.uint8), 64, mode="stretch", patch_size=16)
+
+
+@pytest.mark.parametrize("bgr", [False, True])
+def test_prepare_of_an_array_at_the_input_size_skips_pil_and_equals_the_pil_path(bgr, monkeypatch):
+    from clippy_rt import images as images_module
+
+    frame = np.random.default_rng(11).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    frame.setflags(write=False)  # as frames parsed from a request body are
+    want = prepare(Image.fromarray(frame[:, :, ::-1] if bgr else frame), (32, 48), **NORM, patch_size=16)
+    calls = []
+    original = images_module.resize_picture
+    monkeypatch.setattr(images_module, "resize_picture",
+                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    got = prepare(frame, (32, 48), **NORM, patch_size=16, bgr=bgr)
+    assert calls == []
+    assert torch.equal(got.pixels, want.pixels) and (got.out_size, got.window) == (want.out_size, want.window)
+    prepare(frame, 16, **NORM, patch_size=16, bgr=bgr)  # another size: through PIL
+    assert calls == [1]

@@ -62,8 +62,8 @@ class ClippyDeployment:
         gc.freeze()
 
     def __serve_build_asgi_app__(self):
-        return build_app(self.replica, answering(self.replica, self.batcher), max_body_bytes=self.options.max_body_bytes,
-                         max_pixels=self.options.max_pixels)
+        return build_app(self.replica, answering(self.replica, self.batcher),
+                         max_body_bytes=self.options.max_body_bytes, max_pixels=self.options.max_pixels)
 
     def __del__(self) -> None:
         batcher = getattr(self, "batcher", None)
