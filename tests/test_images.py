@@ -548,7 +548,7 @@ def test_as_pixel_batch_rejects(tensor, error, message):
 
 @pytest.mark.parametrize("shape,size,mode,unscaled", [
     ((64, 64, 3), 64, "squash", True), ((64, 64, 3), 64, "crop", True), ((64, 64, 3), 64, "letterbox", True),
-    ((48, 64, 3), (48, 64), "squash", True),
+    ((48, 64, 3), (48, 64), "squash", True), ((16, 32, 3), (16, 32), "crop", True),  # one patch high
     ((32, 64, 3), 64, "letterbox", True),    # fits as it is: the padding goes around it later
     ((64, 65, 3), 64, "crop", False),        # covers at scale 1 but needs a crop
     ((32, 64, 3), 64, "crop", False), ((32, 48, 3), 64, "squash", False), ((80, 64, 3), 64, "letterbox", False),
@@ -573,6 +573,9 @@ def test_resize_frame_gives_resize_pictures_pixels_and_skips_pil_for_an_unscaled
 
 def test_resize_frame_refuses_what_resize_picture_refuses():
     from clippy_rt.images import resize_frame
+
+    frame = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(resize_frame(frame, 32, patch_size=16)[0], frame)  # RGB unless told otherwise
 
     with pytest.raises(InputError, match="multiples of the patch size"):
         resize_frame(np.zeros((64, 64, 3), np.uint8), 60, patch_size=16)
